@@ -1,0 +1,54 @@
+# embperf: `make run` sets everything up and serves the portal; `make test` runs the suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PORT ?= 8000
+export PORT
+
+.PHONY: run test bench lint venv test-deps assets setup clean-var
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: requirements-test.txt requirements.txt $(VENV)/.installed
+	$(PIP) install -q -r requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+assets: node_modules/.installed
+
+# Migrations, first account and demo data; each step does nothing when already done.
+setup: venv assets
+	$(PY) manage.py migrate --noinput -v0
+	$(PY) manage.py embperf_bootstrap
+
+run: setup
+	$(VENV)/bin/honcho start -f Procfile
+
+# Browser tests drive Debian's chromium; install it where it is missing (needs root, as on CI).
+/usr/bin/chromium:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+test-deps: $(VENV)/.installed-test assets /usr/bin/chromium
+
+test: test-deps
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+bench: test-deps
+	$(PY) scripts/bench.py
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+
+clean-var:
+	rm -rf var/

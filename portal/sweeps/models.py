@@ -1,0 +1,295 @@
+"""Targets, plans, runs and levels.
+
+Vocabulary (../docs and DESIGN): a Target is one embedding service, a Plan the load to
+apply, a Run one execution of a plan against a target, a Level one load step of a run.
+The `to_spec()` methods produce the dictionaries the engine (`benchmarks`) takes; a Run
+keeps copies of both so that editing a target or plan never rewrites history.
+"""
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+from portal.accounts.models import Team
+from portal.sweeps.fields import EncryptedTextField
+
+
+class TeamOwnedQuerySet(models.QuerySet):
+    def for_user(self, user):
+        """Rows of the teams the user belongs to; another team's rows are simply not found."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(team__memberships__user=user)
+
+
+class Target(models.Model):
+    class Flavor(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible (/v1/embeddings)"
+        TEI = "tei", "TEI native (/embed)"
+        OLLAMA = "ollama", "Ollama (/api/embed)"
+
+    class Engine(models.TextChoices):
+        SGLANG = "sglang", "SGLang"
+        VLLM = "vllm", "vLLM"
+        TEI = "tei", "Text Embeddings Inference"
+        INFINITY = "infinity", "Infinity"
+        OLLAMA = "ollama", "Ollama"
+        OPENAI = "openai", "OpenAI API"
+        SIMULATOR = "simulator", "embperf simulator"
+        OTHER = "other", "Other"
+
+    class GpuSource(models.TextChoices):
+        NONE = "none", "No GPU telemetry"
+        NVML = "nvml", "Local NVML on the worker"
+        PROMETHEUS = "prometheus", "Prometheus metrics URL"
+
+    team = models.ForeignKey(Team, models.CASCADE, related_name="targets")
+    name = models.CharField(max_length=100)
+    flavor = models.CharField(max_length=10, choices=Flavor.choices, default=Flavor.OPENAI)
+    base_urls = models.JSONField(default=list, help_text="One or more base URLs (replicas), used round-robin.")
+    model_name = models.CharField(max_length=200)
+    api_key = EncryptedTextField(blank=True, default="")
+    engine = models.CharField(max_length=20, choices=Engine.choices, default=Engine.OTHER)
+    engine_version = models.CharField(max_length=50, blank=True, default="")
+    launch_config = models.JSONField(default=dict, blank=True, help_text="Server launch flags as key/values.")
+    gpu_source = models.CharField(max_length=12, choices=GpuSource.choices, default=GpuSource.NONE)
+    gpu_indices = models.CharField(max_length=50, blank=True, default="", help_text="NVML GPU indices, e.g. 0,1")
+    metrics_urls = models.JSONField(default=list, blank=True, help_text="Prometheus /metrics URLs to scrape.")
+    queue = models.CharField(
+        max_length=50, default="sweeps", help_text="Celery queue whose workers run this target's sweeps."
+    )
+    last_probe = models.JSONField(null=True, blank=True)
+    probe_requested_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    objects = TeamOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("target-detail", args=[self.pk])
+
+    def gpu_list(self) -> list[int]:
+        return [int(x) for x in self.gpu_indices.replace(" ", "").split(",") if x != ""]
+
+    def to_spec(self, *, with_secret: bool = True) -> dict:
+        """The target section of the engine's input (and, without the key, of the result document)."""
+        spec = {
+            "name": self.name,
+            "flavor": self.flavor,
+            "base_urls": list(self.base_urls),
+            "model": self.model_name,
+            "engine": self.engine,
+            "engine_version": self.engine_version,
+            "launch_config": dict(self.launch_config or {}),
+            "gpu_source": self.gpu_source,
+            "gpus": self.gpu_list(),
+            "metrics_urls": list(self.metrics_urls or []),
+            "queue": self.queue,
+        }
+        if with_secret and self.api_key:
+            spec["api_key"] = self.api_key
+        return spec
+
+
+class Plan(models.Model):
+    class Mode(models.TextChoices):
+        CLOSED = "closed", "Closed loop (fixed concurrency)"
+        OPEN = "open", "Open loop (fixed arrival rate)"
+
+    class Arrival(models.TextChoices):
+        CONSTANT = "constant", "Constant"
+        POISSON = "poisson", "Poisson"
+
+    class Encoding(models.TextChoices):
+        FLOAT = "float", "float"
+        BASE64 = "base64", "base64"
+
+    class Input(models.TextChoices):
+        UNIQUE = "unique", "Unique text per request"
+        CORPUS = "corpus", "Corpus (one text per line), no reuse"
+        REPEAT = "repeat", "Identical text (cache study)"
+
+    team = models.ForeignKey(Team, models.CASCADE, related_name="plans")
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True, default="")
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.CLOSED)
+    levels = models.JSONField(default=list, help_text="Concurrencies (closed loop) or rates in requests/s (open loop).")
+    arrival = models.CharField(max_length=10, choices=Arrival.choices, default=Arrival.POISSON)
+    max_in_flight = models.PositiveIntegerField(null=True, blank=True)
+    warmup_s = models.FloatField(default=5)
+    duration_s = models.FloatField(default=120)
+    tokens = models.PositiveIntegerField(default=512, help_text="Input tokens per text.")
+    batch = models.PositiveIntegerField(default=1, help_text="Texts per request.")
+    dimensions = models.PositiveIntegerField(null=True, blank=True)
+    encoding = models.CharField(max_length=10, choices=Encoding.choices, default=Encoding.FLOAT)
+    timeout_s = models.FloatField(default=30)
+    abort_error_rate = models.FloatField(default=0.5)
+    abort_window_s = models.FloatField(default=10)
+    slo_p99_ms = models.FloatField(null=True, blank=True)
+    input_mode = models.CharField(max_length=10, choices=Input.choices, default=Input.UNIQUE)
+    corpus_text = models.TextField(blank=True, default="")
+    processes = models.PositiveIntegerField(default=1)
+    keep_samples = models.BooleanField(default=False, help_text="Keep every request's timing (raw samples).")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    objects = TeamOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("plan-detail", args=[self.pk])
+
+    def to_spec(self) -> dict:
+        """The plan section of the engine's input and of the result document."""
+        return {
+            "name": self.name,
+            "mode": self.mode,
+            "levels": list(self.levels),
+            "arrival": self.arrival,
+            "max_in_flight": self.max_in_flight,
+            "warmup_s": self.warmup_s,
+            "duration_s": self.duration_s,
+            "tokens": self.tokens,
+            "batch": self.batch,
+            "dimensions": self.dimensions,
+            "encoding": self.encoding,
+            "timeout_s": self.timeout_s,
+            "abort_error_rate": self.abort_error_rate,
+            "abort_window_s": self.abort_window_s,
+            "slo_p99_ms": self.slo_p99_ms,
+            "input": self.input_mode,
+            "corpus": self.corpus_text.splitlines() if self.input_mode == self.Input.CORPUS else None,
+            "processes": self.processes,
+            "keep_samples": self.keep_samples,
+        }
+
+    def expected_seconds(self) -> float:
+        return len(self.levels) * (self.warmup_s + self.duration_s + self.timeout_s)
+
+
+class RunQuerySet(TeamOwnedQuerySet):
+    def active(self):
+        return self.filter(status__in=[Run.Status.QUEUED, Run.Status.RUNNING])
+
+
+class Run(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+        INTERRUPTED = "interrupted", "Interrupted"
+
+    class Source(models.TextChoices):
+        PORTAL = "portal", "Portal"
+        API = "api", "API"
+        INGEST = "ingest", "Ingested document"
+
+    FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.INTERRUPTED)
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    team = models.ForeignKey(Team, models.CASCADE, related_name="runs")
+    target = models.ForeignKey(Target, models.SET_NULL, null=True, blank=True, related_name="runs")
+    plan = models.ForeignKey(Plan, models.SET_NULL, null=True, blank=True, related_name="runs")
+    # Snapshots taken when the run was created (target without its API key).
+    target_config = models.JSONField(default=dict)
+    plan_config = models.JSONField(default=dict)
+    server_config = models.JSONField(
+        default=dict, blank=True, help_text="Free key/values, e.g. --max-running-requests 128"
+    )
+    label = models.CharField(max_length=100, blank=True, default="")
+    notes = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    status_reason = models.TextField(blank=True, default="")
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.PORTAL)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+")
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    worker_host = models.CharField(max_length=200, blank=True, default="")
+    client_version = models.CharField(max_length=50, blank=True, default="")
+    cancel_requested = models.BooleanField(default=False)
+    progress = models.JSONField(default=dict, blank=True)
+    # Run-wide parts of the result document: client, host, inputs, summary, telemetry notes.
+    document = models.JSONField(default=dict, blank=True)
+    summary = models.JSONField(default=dict, blank=True)
+    is_baseline = models.BooleanField(default=False)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [
+            models.Index(fields=["team", "-created"]),
+            models.Index(fields=["target", "plan", "-created"]),
+            models.Index(fields=["status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Run {self.pk} ({self.label or self.target_config.get('name', '')})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("run-detail", args=[self.pk])
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL
+
+    @property
+    def level_key(self) -> str:
+        """'concurrency' for closed-loop plans, 'rate' for open-loop ones."""
+        return "rate" if self.plan_config.get("mode") == "open" else "concurrency"
+
+
+class Level(models.Model):
+    """One load step of a run: the headline figures as columns, the full level document in `data`."""
+
+    run = models.ForeignKey(Run, models.CASCADE, related_name="levels")
+    index = models.PositiveIntegerField()
+    concurrency = models.FloatField(null=True, blank=True)
+    rate = models.FloatField(null=True, blank=True)
+    duration_s = models.FloatField(default=0)
+    requests_ok = models.PositiveIntegerField(default=0)
+    requests_failed = models.PositiveIntegerField(default=0)
+    qps = models.FloatField(default=0)
+    texts_per_s = models.FloatField(default=0)
+    tokens_per_s = models.FloatField(default=0)
+    latency_mean_ms = models.FloatField(null=True, blank=True)
+    latency_p50_ms = models.FloatField(null=True, blank=True)
+    latency_p90_ms = models.FloatField(null=True, blank=True)
+    latency_p95_ms = models.FloatField(null=True, blank=True)
+    latency_p99_ms = models.FloatField(null=True, blank=True)
+    latency_p999_ms = models.FloatField(null=True, blank=True)
+    latency_max_ms = models.FloatField(null=True, blank=True)
+    error_rate = models.FloatField(default=0)
+    errors = models.JSONField(default=dict, blank=True)
+    client_bound = models.BooleanField(default=False)
+    gpu_util_mean = models.FloatField(null=True, blank=True)
+    vram_peak_mib = models.FloatField(null=True, blank=True)
+    power_mean_w = models.FloatField(null=True, blank=True)
+    joules_per_1k_tokens = models.FloatField(null=True, blank=True)
+    data = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [models.UniqueConstraint(fields=["run", "index"], name="unique_run_level")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.index}"
+
+    @property
+    def load(self) -> float | None:
+        return self.concurrency if self.concurrency is not None else self.rate

@@ -1,0 +1,71 @@
+"""Shared fixtures: an owner, a team member and an outsider, with a target and a plan."""
+import os
+import tempfile
+
+# Tests never touch the developer's var/ (database, broker, secret key).
+os.environ.setdefault("EMBPERF_VAR_DIR", tempfile.mkdtemp(prefix="embperf-test-var-"))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def team(db):
+    from portal.accounts.models import Team
+
+    return Team.objects.create(name="Alice's team")
+
+
+@pytest.fixture
+def other_team(db):
+    from portal.accounts.models import Team
+
+    return Team.objects.create(name="Charlie's team")
+
+
+def _user(username, team, role):
+    from django.contrib.auth.models import User
+
+    from portal.accounts.models import Membership
+
+    user = User.objects.create_user(username=username, email=f"{username}@example.org", password="password")
+    if team is not None:
+        Membership.objects.create(team=team, user=user, role=role)
+    return user
+
+
+@pytest.fixture
+def owner(team):
+    return _user("alice", team, "owner")
+
+
+@pytest.fixture
+def member(team):
+    return _user("bob", team, "member")
+
+
+@pytest.fixture
+def outsider(other_team):
+    return _user("charlie", other_team, "owner")
+
+
+@pytest.fixture
+def target(team):
+    from portal.sweeps.models import Target
+
+    return Target.objects.create(
+        team=team,
+        name="sim",
+        flavor="openai",
+        base_urls=["http://127.0.0.1:9100/v1"],
+        model_name="sim-embed",
+        engine="simulator",
+    )
+
+
+@pytest.fixture
+def plan(team):
+    from portal.sweeps.models import Plan
+
+    return Plan.objects.create(
+        team=team, name="smoke", levels=[1, 4], warmup_s=0.5, duration_s=2, tokens=32, dimensions=64, timeout_s=5
+    )
