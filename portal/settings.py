@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "portal.accounts",
     "portal.sweeps",
+    "portal.api",
 ]
 
 MIDDLEWARE = [
@@ -156,7 +157,30 @@ EMBPERF_MAX_LEVEL_SECONDS = env_int("EMBPERF_MAX_LEVEL_SECONDS", 3600)
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # API tokens for scripts and CI, the session for the browser (browsable API, docs page).
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "portal.api.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.ApiPagination",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.ScopedRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env_str("EMBPERF_API_THROTTLE_ANON", "60/minute"),
+        "user": env_str("EMBPERF_API_THROTTLE_USER", "1200/minute"),
+        "ingest": env_str("EMBPERF_API_THROTTLE_INGEST", "120/hour"),
+        "start": env_str("EMBPERF_API_THROTTLE_START", "120/hour"),
+    },
+    "DEFAULT_PARSER_CLASSES": ["portal.api.parsers.LimitedJSONParser"],
+    "EXCEPTION_HANDLER": "portal.api.errors.api_exception_handler",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
+# Largest result document POST /api/v1/ingest/ accepts (bytes).
+EMBPERF_API_MAX_INGEST_BYTES = env_int("EMBPERF_API_MAX_INGEST_BYTES", 20 * 1024 * 1024)
 SPECTACULAR_SETTINGS = {
     "TITLE": "embperf API",
     "DESCRIPTION": "Targets, plans, runs and results of embedding-server benchmarks.",
@@ -164,6 +188,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Separate request/response components, so write-only fields (a target's api_key) show correctly.
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 LOGGING = {
