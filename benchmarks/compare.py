@@ -1,0 +1,291 @@
+"""Comparison maths: differences between runs, their direction, and whether they exceed the noise.
+
+Framework-free so the portal, the API and the CLI share one definition. Inputs are plain numbers
+and level documents (embperf.run/1, see docs/result-schema.md); nothing here decodes histograms:
+callers pass a `quantile` function (percentile -> milliseconds) when they have one.
+
+The noise method is documented in docs/comparison.md. In short: every figure of a level gets a
+standard error from the variation inside the level (per-second throughput, per-second
+percentiles, the order-statistic error of a percentile from the latency histogram, the binomial
+error of the error rate); when three or more runs of the same target and plan exist, the spread
+of the figure across them is used instead whenever it is larger. A difference is significant
+when it exceeds K times the combined noise of the two values.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+# Three standard errors: with ~6 levels x 6 metrics compared at once, k=2 would flag about one
+# change in every comparison of identical set-ups by chance alone (5 % per figure); k=3 keeps
+# that near 0.3 % per figure and leaves margin for the error of the noise estimate itself.
+K_SIGMA = 3.0
+
+# Elasticity of throughput with respect to load below which a step no longer pays: doubling
+# the load buys less than 2**0.5 (41 %) more requests/s. Scale-free, so uneven level spacing
+# (1, 4, 8, 16, ...) does not move the knee.
+KNEE_ELASTICITY = 0.5
+
+# Lag-1 autocorrelation is clamped: per-second figures of a busy server are positively
+# correlated, and an estimate near 1 from a short window would blow the error up to infinity.
+MAX_AUTOCORRELATION = 0.9
+
+# The percentile band used to estimate the density of latencies around a percentile.
+QUANTILE_BAND = {50.0: 2.5, 90.0: 1.0, 95.0: 1.0, 99.0: 0.5, 99.9: 0.05}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One figure that can be compared across runs."""
+
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    percentile: float | None = None  # for latency metrics: which percentile
+
+    def better(self, diff: float) -> bool | None:
+        """True when a change of `diff` (candidate - baseline) is an improvement; None for no change."""
+        if diff == 0:
+            return None
+        return diff > 0 if self.higher_is_better else diff < 0
+
+
+METRICS: dict[str, Metric] = {
+    m.key: m
+    for m in (
+        Metric("qps", "Requests/s", "req/s", True),
+        Metric("tokens_per_s", "Tokens/s", "tokens/s", True),
+        Metric("p50_ms", "p50 latency", "ms", False, 50.0),
+        Metric("p90_ms", "p90 latency", "ms", False, 90.0),
+        Metric("p99_ms", "p99 latency", "ms", False, 99.0),
+        Metric("error_rate", "Error rate", "%", False),
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise of one level
+
+
+def autocorrelation_lag1(values: Sequence[float]) -> float:
+    """Lag-1 autocorrelation of a series (0 when undefined: fewer than 3 points or no variance)."""
+    n = len(values)
+    if n < 3:
+        return 0.0
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values)
+    if var == 0:
+        return 0.0
+    cov = sum((values[i] - mean) * (values[i + 1] - mean) for i in range(n - 1))
+    return cov / var
+
+
+def standard_error_of_mean(values: Sequence[float]) -> float | None:
+    """Standard error of the mean of a per-second series, corrected for lag-1 autocorrelation.
+
+    Uses the AR(1) effective sample size n_eff = n (1 - r) / (1 + r) with r clamped to
+    [0, MAX_AUTOCORRELATION]; None with fewer than 2 values.
+    """
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    r = min(max(autocorrelation_lag1(values), 0.0), MAX_AUTOCORRELATION)
+    n_eff = n * (1 - r) / (1 + r)
+    return sd / math.sqrt(n_eff)
+
+
+def quantile_standard_error(p: float, count: int, q_low: float, q_high: float, band: float) -> float | None:
+    """Order-statistic standard error of the p-th percentile of `count` samples.
+
+    Var(q_p) ~ p(1-p) / (n f(q_p)^2); the density f is read from the histogram as
+    2*band / (q(p+band) - q(p-band)) with percentiles in % (so p and band in %).
+    """
+    if count < 2 or q_high < q_low:
+        return None
+    frac = p / 100.0
+    width = (q_high - q_low) / (2 * band / 100.0)  # 1 / density, in ms per unit probability
+    return math.sqrt(frac * (1 - frac) / count) * width
+
+
+def binomial_standard_error(rate: float, attempts: int) -> float | None:
+    """Standard error of an error rate; a rate of 0 is treated as 1/attempts so zero is not 'exact'."""
+    if attempts <= 0:
+        return None
+    p = min(max(rate, 1.0 / attempts), 1.0)
+    return math.sqrt(p * (1 - p) / attempts) if p < 1 else 1.0 / attempts
+
+
+def _series(timeseries: Iterable[dict], key: str) -> list[float]:
+    return [float(s[key]) for s in timeseries if s.get(key) is not None]
+
+
+def level_values(doc: dict) -> dict[str, float | None]:
+    """The compared figures of one level document, keyed like METRICS."""
+    latency = doc.get("latency_ms") or {}
+    return {
+        "qps": doc.get("qps"),
+        "tokens_per_s": doc.get("tokens_per_s"),
+        "p50_ms": latency.get("p50"),
+        "p90_ms": latency.get("p90"),
+        "p99_ms": latency.get("p99"),
+        "error_rate": doc.get("error_rate"),
+    }
+
+
+def level_noise(doc: dict, quantile: Callable[[float], float] | None = None) -> dict[str, float | None]:
+    """Standard error of each compared figure of one level, from the variation inside the level.
+
+    `quantile(percentile) -> ms` reads the level's latency histogram; without it latency noise
+    comes from the per-second percentiles alone (and p90 has none). None means unknown.
+    """
+    timeseries = doc.get("timeseries") or []
+    noise: dict[str, float | None] = dict.fromkeys(METRICS)
+
+    # Per-second completions are requests/s samples; their mean is the level's qps.
+    noise["qps"] = standard_error_of_mean(_series(timeseries, "completed"))
+    qps, tps = doc.get("qps"), doc.get("tokens_per_s")
+    if noise["qps"] is not None and qps and tps is not None:
+        noise["tokens_per_s"] = noise["qps"] * tps / qps
+
+    count = int(doc.get("requests_ok") or 0) + int(doc.get("requests_failed") or 0)
+    for key, series_key in (("p50_ms", "p50_ms"), ("p90_ms", None), ("p99_ms", "p99_ms")):
+        p = METRICS[key].percentile
+        candidates = []
+        if series_key is not None:
+            spread = standard_error_of_mean(_series(timeseries, series_key))
+            if spread is not None:
+                candidates.append(spread)
+        if quantile is not None and count >= 2:
+            band = QUANTILE_BAND[p]
+            se = quantile_standard_error(p, count, quantile(p - band), quantile(min(p + band, 100.0)), band)
+            if se is not None:
+                candidates.append(se)
+        noise[key] = max(candidates) if candidates else None
+
+    noise["error_rate"] = binomial_standard_error(float(doc.get("error_rate") or 0), count)
+    return noise
+
+
+def between_run_noise(values: Sequence[float | None]) -> float | None:
+    """Sample standard deviation of one figure over repeated runs; None with fewer than 3 values."""
+    xs = [float(v) for v in values if v is not None]
+    if len(xs) < 3:
+        return None
+    mean = sum(xs) / len(xs)
+    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def combine_noise(within: float | None, between: float | None) -> float | None:
+    """The noise of one run's figure: the larger of the within-level and between-run estimates."""
+    known = [x for x in (within, between) if x is not None]
+    return max(known) if known else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Differences
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A candidate's figure against the baseline's."""
+
+    diff: float
+    pct: float | None  # None when the baseline is 0
+    better: bool | None  # None: no change
+    significant: bool | None  # None: the noise of one side is unknown
+    threshold: float | None  # |diff| must exceed this to be significant
+
+    @property
+    def verdict(self) -> str:
+        """'better', 'worse' (both beyond the noise), 'same' (within the noise) or 'unknown'."""
+        if self.significant is None:
+            return "unknown"
+        if not self.significant or self.better is None:
+            return "same"
+        return "better" if self.better else "worse"
+
+    def to_dict(self) -> dict:
+        return {
+            "diff": self.diff,
+            "pct": self.pct,
+            "better": self.better,
+            "significant": self.significant,
+            "threshold": self.threshold,
+            "verdict": self.verdict,
+        }
+
+
+def significance_threshold(noise_a: float | None, noise_b: float | None, k: float = K_SIGMA) -> float | None:
+    """k times the combined standard error of a difference of two independent figures."""
+    if noise_a is None or noise_b is None:
+        return None
+    return k * math.hypot(noise_a, noise_b)
+
+
+def compare_values(metric: Metric, base: float, base_noise: float | None, value: float,
+                   noise: float | None, k: float = K_SIGMA) -> Delta:
+    """Difference, % change, direction and significance of `value` against `base`."""
+    diff = value - base
+    pct = diff / base * 100.0 if base else None
+    threshold = significance_threshold(base_noise, noise, k)
+    significant = None if threshold is None else abs(diff) > threshold
+    return Delta(diff=diff, pct=pct, better=metric.better(diff), significant=significant, threshold=threshold)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures of a whole run
+
+
+def knee_level(points: Sequence[tuple[float, float]], elasticity: float = KNEE_ELASTICITY) -> float | None:
+    """The load after which more load stops paying: the first level whose step to the next one has a
+    throughput elasticity d ln(qps) / d ln(load) below `elasticity`.
+
+    `points` are (load, qps) pairs in any order. None when throughput still scales at the last
+    level (the knee lies beyond the plan) or there are fewer than two usable levels.
+    """
+    pts = sorted((float(load), float(q)) for load, q in points if load and load > 0 and q is not None)
+    for (l0, q0), (l1, q1) in zip(pts, pts[1:], strict=False):
+        if l1 <= l0:
+            continue
+        if q0 <= 0:
+            continue
+        if q1 <= 0 or math.log(q1 / q0) / math.log(l1 / l0) < elasticity:
+            return l0
+    return None
+
+
+def slo_max_level(points: Sequence[tuple[float, float | None]], slo_p99_ms: float | None) -> float | None:
+    """The highest load whose p99 met the SLO (p99 <= slo), or None (no SLO, or no level met it)."""
+    if slo_p99_ms is None:
+        return None
+    ok = [float(load) for load, p99 in points if p99 is not None and p99 <= slo_p99_ms]
+    return max(ok) if ok else None
+
+
+def peak(points: Sequence[tuple[float, float]]) -> tuple[float | None, float | None]:
+    """(peak qps, load at which it was reached); the lower load wins a tie."""
+    best: tuple[float | None, float | None] = (None, None)
+    for load, q in sorted(points):
+        if q is not None and (best[0] is None or q > best[0]):
+            best = (float(q), float(load))
+    return best
+
+
+def run_figures(levels: Sequence[dict], slo_p99_ms: float | None = None) -> dict:
+    """Key figures of a run from its levels' (load, qps, p99_ms) dicts.
+
+    Returns {"peak_qps", "peak_level", "knee_level", "slo_max_level"} (the summary's shape).
+    """
+    qps_points = [(lv["load"], lv["qps"]) for lv in levels if lv.get("load") is not None and lv.get("qps") is not None]
+    peak_qps, peak_level = peak(qps_points)
+    return {
+        "peak_qps": peak_qps,
+        "peak_level": peak_level,
+        "knee_level": knee_level(qps_points),
+        "slo_max_level": slo_max_level([(lv["load"], lv.get("p99_ms")) for lv in levels
+                                         if lv.get("load") is not None], slo_p99_ms),
+    }
