@@ -137,7 +137,13 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(BROKER_DIR / "queue"),
         "processed_folder": str(BROKER_DIR / "processed"),
         "store_processed": False,
+        # The file-system transport polls its folder; a short interval makes a new run start promptly.
+        "polling_interval": 0.25,
     }
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # Tasks are acknowledged late; Redis hands an unacknowledged one to another worker after this
+    # many seconds, so it must outlast the longest sweep (the task skips a duplicate of a live run).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 12 * 3600)}
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
