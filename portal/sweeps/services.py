@@ -1,7 +1,22 @@
 """Operations that span several models: starting a run, storing a finished level."""
+import logging
+
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from portal.sweeps.models import Level, Plan, Run, Target
+
+logger = logging.getLogger(__name__)
+
+# Added to a plan's expected duration for the probe, input calibration and start-up,
+# then a share on top for slow servers; the hard limit leaves the soft one time to clean up.
+TIME_LIMIT_MARGIN_S = 120
+TIME_LIMIT_FACTOR = 1.25
+HARD_LIMIT_GRACE_S = 60
+PROBE_SOFT_LIMIT_S = 60
+# A probe nobody picked up within this time is dropped: the page has long stopped waiting.
+PROBE_EXPIRES_S = 300
 
 
 def create_run(*, target: Target, plan: Plan, user=None, label: str = "", notes: str = "",
@@ -63,3 +78,74 @@ def store_level(run: Run, doc: dict) -> Level:
         run=run, index=doc["index"], defaults={**level_columns(doc), "data": doc}
     )
     return level
+
+
+def sweep_time_limits(plan: Plan) -> tuple[int, int]:
+    """(soft, hard) Celery time limits in seconds for a sweep of this plan."""
+    soft = int(plan.expected_seconds() * TIME_LIMIT_FACTOR + TIME_LIMIT_MARGIN_S)
+    return soft, soft + HARD_LIMIT_GRACE_S
+
+
+def _broker_failure(exc: Exception) -> str:
+    return (f"Could not hand the job to a worker: the task broker ({_broker_name()}) did not answer "
+            f"({type(exc).__name__}: {exc}). Check that it is running and that CELERY_BROKER_URL points at it.")
+
+
+def _broker_name() -> str:
+    url = str(getattr(settings, "CELERY_BROKER_URL", "") or "")
+    return url.split("://", 1)[0] + "://…" if "://" in url else url or "default"
+
+
+def start_run(*, target: Target, plan: Plan, user=None, label: str = "", notes: str = "",
+              server_config: dict | None = None, source: str = Run.Source.PORTAL) -> Run:
+    """Create a queued run and hand it to the workers of the target's queue, with time limits sized
+    from the plan. When the broker cannot be reached the run is marked failed with the reason."""
+    from workers.tasks import run_sweep
+
+    run = create_run(target=target, plan=plan, user=user, label=label, notes=notes,
+                     server_config=server_config, source=source)
+    soft, hard = sweep_time_limits(plan)
+    queue = target.queue or "sweeps"
+
+    def enqueue():
+        try:
+            run_sweep.apply_async(args=[run.pk], queue=queue, soft_time_limit=soft, time_limit=hard)
+        except Exception as exc:
+            logger.exception("run %s: could not enqueue", run.pk)
+            Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
+                status=Run.Status.FAILED, status_reason=_broker_failure(exc), finished=timezone.now()
+            )
+            run.refresh_from_db()
+
+    # The worker must find the row: publish only once the transaction that created it commits.
+    transaction.on_commit(enqueue)
+    return run
+
+
+def request_cancel(run: Run) -> Run:
+    """Cancel a run: a queued one ends at once, a running one is asked to stop (the worker checks
+    the flag every half second and the engine stops within a second). Returns the refreshed run."""
+    cancelled = Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
+        status=Run.Status.CANCELLED, cancel_requested=True, finished=timezone.now(),
+        status_reason="Cancelled before it started.",
+    )
+    if not cancelled:
+        Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(cancel_requested=True)
+    run.refresh_from_db()
+    return run
+
+
+def request_probe(target: Target) -> None:
+    """Ask a worker of the target's queue to probe it; the answer lands on Target.last_probe."""
+    from workers.tasks import probe_target
+
+    now = timezone.now()
+    Target.objects.filter(pk=target.pk).update(probe_requested_at=now)
+    target.probe_requested_at = now
+    try:
+        probe_target.apply_async(args=[target.pk], queue=target.queue or "sweeps", expires=PROBE_EXPIRES_S,
+                                 soft_time_limit=PROBE_SOFT_LIMIT_S, time_limit=PROBE_SOFT_LIMIT_S + 30)
+    except Exception as exc:
+        logger.exception("target %s: could not enqueue the probe", target.pk)
+        target.last_probe = {"ok": False, "error": _broker_failure(exc), "hint": None, "at": now.isoformat()}
+        Target.objects.filter(pk=target.pk).update(last_probe=target.last_probe)
