@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "portal.accounts",
     "portal.sweeps",
     "portal.api",
+    "portal.front",
 ]
 
 MIDDLEWARE = [

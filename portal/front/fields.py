@@ -1,0 +1,141 @@
+"""Form fields for the free-text inputs of targets, plans and runs: load levels, URL lists, key/values.
+
+Each field turns text into the value stored on the model and explains, in plain words, what is
+wrong with the text when it cannot.
+"""
+import re
+from urllib.parse import urlsplit
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-/:]+$")
+
+
+def format_number(value: float) -> str:
+    """1.0 -> '1', 2.5 -> '2.5': levels written back the way a person types them."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class LevelsField(forms.CharField):
+    """'1, 4, 8, 16' -> [1, 4, 8, 16]: positive, distinct numbers, in the order given.
+
+    Whether a level must be a whole number (concurrency) or may be fractional (arrival rate),
+    and the installation's limits, depend on the plan's mode; PlanForm checks those.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("help_text", "Comma-separated, run in the order given, e.g. 1, 4, 8, 16, 32, 64.")
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value):
+        if isinstance(value, (list, tuple)):
+            return ", ".join(format_number(v) for v in value)
+        return value
+
+    def to_python(self, value):
+        text = (value or "").strip()
+        if not text:
+            return []
+        levels: list[float] = []
+        for token in re.split(r"[,\s;]+", text):
+            if not token:
+                continue
+            try:
+                number = float(token)
+            except ValueError:
+                raise ValidationError(
+                    f"“{token}” is not a number. Separate levels with commas, e.g. 1, 4, 8, 16."
+                ) from None
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValidationError(f"“{token}” is not a finite number.")
+            if number <= 0:
+                raise ValidationError(f"Levels must be greater than zero; “{token}” is not.")
+            if number in levels:
+                raise ValidationError(f"Level {format_number(number)} appears twice; each level must be different.")
+            levels.append(int(number) if number.is_integer() else number)
+        return levels
+
+    def validate(self, value):
+        if not value and self.required:
+            raise ValidationError("Enter at least one level, e.g. 1, 4, 8, 16.", code="required")
+
+
+class URLListField(forms.CharField):
+    """One http(s) URL per line -> list of URLs without trailing slashes."""
+
+    widget = forms.Textarea(attrs={"rows": 3})
+
+    def prepare_value(self, value):
+        if isinstance(value, (list, tuple)):
+            return "\n".join(value)
+        return value
+
+    def to_python(self, value):
+        urls: list[str] = []
+        for line in (value or "").splitlines():
+            url = line.strip()
+            if not url:
+                continue
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https"):
+                raise ValidationError(
+                    f"“{url}” has no http:// or https:// scheme. Write the full URL, e.g. http://{url}"
+                    if "://" not in url
+                    else f"“{url}” must start with http:// or https://."
+                )
+            if not parts.hostname:
+                raise ValidationError(f"“{url}” has no host name.")
+            try:
+                parts.port  # noqa: B018  (raises on a port that is not a number)
+            except ValueError:
+                raise ValidationError(f"“{url}” has a port that is not a number.") from None
+            url = url.rstrip("/")
+            if url in urls:
+                raise ValidationError(f"“{url}” is listed twice.")
+            urls.append(url)
+        return urls
+
+    def validate(self, value):
+        if not value and self.required:
+            raise ValidationError("Enter at least one URL, e.g. http://127.0.0.1:30000/v1", code="required")
+
+
+class KeyValueField(forms.CharField):
+    """Lines of '--max-running-requests 128' or 'key=value' -> {key: value}.
+
+    A flag on its own ('--enable-metrics') gets the empty string as its value.
+    """
+
+    widget = forms.Textarea(attrs={"rows": 4, "placeholder": "--max-running-requests 128\n--dtype=bfloat16"})
+
+    def prepare_value(self, value):
+        if isinstance(value, dict):
+            return "\n".join(f"{k} {v}".rstrip() for k, v in value.items())
+        return value
+
+    def to_python(self, value):
+        pairs: dict[str, str] = {}
+        for number, line in enumerate((value or "").splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            eq, space = line.find("="), re.search(r"\s", line)
+            if eq != -1 and (space is None or eq < space.start()):
+                key, val = line[:eq].strip(), line[eq + 1 :].strip()
+            elif space is not None:
+                key, val = line[: space.start()], line[space.start() :].strip()
+            else:
+                key, val = line, ""
+            if not key:
+                raise ValidationError(f"Line {number} (“{line}”) has a value but no key.")
+            if not _KEY_RE.match(key):
+                raise ValidationError(
+                    f"Line {number}: “{key}” is not a key; keys use letters, digits and - _ . / : only."
+                )
+            if len(key) > 100 or len(val) > 1000:
+                raise ValidationError(f"Line {number} is too long (keys up to 100, values up to 1000 characters).")
+            if key in pairs:
+                raise ValidationError(f"Line {number}: “{key}” is already set above; give each key once.")
+            pairs[key] = val
+        return pairs

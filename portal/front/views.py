@@ -1,0 +1,313 @@
+"""Pages for targets, plans and runs. Views stay thin: access checks, a form, a template."""
+import logging
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Count
+from django.http import JsonResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from portal.front.access import (
+    get_plan_for_user,
+    get_run_for_user,
+    get_target_for_user,
+    teams_for_user,
+)
+from portal.front.forms import PlanForm, RunFilterForm, RunForm, TargetForm
+from portal.front.presets import PLAN_PRESETS, PRESET_LABELS
+from portal.sweeps.models import Plan, Run, Target
+
+log = logging.getLogger(__name__)
+
+RUNS_PER_PAGE = 25
+
+
+def _broker_error_text(exc: Exception) -> str:
+    return f"The task queue could not be reached ({exc.__class__.__name__}: {exc}). Is the broker running?"
+
+
+@login_required
+def dashboard(request):
+    """The landing page: active and recent runs of the user's teams."""
+    runs = Run.objects.for_user(request.user).distinct().select_related("target", "plan")
+    context = {
+        "active_runs": runs.active()[:10],
+        "recent_runs": runs.exclude(status__in=[Run.Status.QUEUED, Run.Status.RUNNING])[:10],
+        "target_count": Target.objects.for_user(request.user).distinct().count(),
+        "plan_count": Plan.objects.for_user(request.user).distinct().count(),
+        "run_count": runs.count(),
+    }
+    return render(request, "front/dashboard.html", context)
+
+
+# Targets ----------------------------------------------------------------------------------------
+
+
+@login_required
+def target_list(request):
+    targets = (
+        Target.objects.for_user(request.user).distinct().select_related("team").annotate(run_count=Count("runs"))
+    )
+    return render(request, "sweeps/target_list.html", {"targets": targets})
+
+
+@login_required
+def target_create(request):
+    form = TargetForm(request.POST or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        target = form.save()
+        messages.success(request, f"Target “{target.name}” created. Test the connection before the first run.")
+        return redirect(target)
+    return render(
+        request,
+        "sweeps/target_form.html",
+        {"form": form, "can_create": teams_for_user(request.user, write=True).exists()},
+    )
+
+
+@login_required
+def target_detail(request, pk):
+    target = get_target_for_user(request.user, pk)
+    runs = target.runs.select_related("plan")[:10]
+    return render(request, "sweeps/target_detail.html", {"target": target, "runs": runs})
+
+
+@login_required
+def target_edit(request, pk):
+    target = get_target_for_user(request.user, pk, write=True)
+    form = TargetForm(request.POST or None, instance=target, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Target saved. Earlier runs keep the configuration they ran with.")
+        return redirect(target)
+    return render(request, "sweeps/target_form.html", {"form": form, "target": target, "can_create": True})
+
+
+@login_required
+def target_delete(request, pk):
+    target = get_target_for_user(request.user, pk, write=True)
+    if request.method == "POST":
+        name = target.name
+        target.delete()
+        messages.success(request, f"Target “{name}” deleted. Its runs are kept.")
+        return redirect("target-list")
+    return render(request, "sweeps/target_confirm_delete.html", {"target": target, "run_count": target.runs.count()})
+
+
+def probe_state(target: Target) -> dict:
+    """What the page shows about 'Test connection': pending (waiting for a worker) or the last result."""
+    pending = target.probe_requested_at is not None and not target.last_probe
+    waited = (timezone.now() - target.probe_requested_at).total_seconds() if pending else None
+    return {"pending": pending, "waited_s": waited, "queue": target.queue, "result": target.last_probe}
+
+
+@login_required
+def target_probe(request, pk):
+    """POST: ask a worker on the target's queue to probe it. GET: the probe's state as JSON."""
+    if request.method != "POST":
+        target = get_target_for_user(request.user, pk)
+        state = probe_state(target)
+        state["html"] = render_to_string("sweeps/_probe_result.html", {"target": target, "probe": state})
+        return JsonResponse(state)
+    target = get_target_for_user(request.user, pk, write=True)
+    from workers.tasks import probe_target
+
+    target.last_probe = None
+    target.probe_requested_at = timezone.now()
+    target.save(update_fields=["last_probe", "probe_requested_at"])
+    try:
+        probe_target.apply_async(args=[target.pk], queue=target.queue)
+    except Exception as exc:  # a broker that is down raises kombu/redis/socket errors alike
+        log.warning("could not enqueue probe of target %s: %s", target.pk, exc)
+        target.last_probe = {"ok": False, "error": _broker_error_text(exc), "hint": None}
+        target.save(update_fields=["last_probe"])
+    if request.headers.get("Accept", "").startswith("application/json"):
+        return JsonResponse(probe_state(target))
+    return redirect(target)
+
+
+# Plans ------------------------------------------------------------------------------------------
+
+
+@login_required
+def plan_list(request):
+    plans = Plan.objects.for_user(request.user).distinct().select_related("team").annotate(run_count=Count("runs"))
+    return render(request, "sweeps/plan_list.html", {"plans": plans})
+
+
+@login_required
+def plan_create(request):
+    preset = request.GET.get("preset", "")
+    initial = dict(PLAN_PRESETS.get(preset, {}))
+    form = PlanForm(request.POST or None, initial=initial, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        plan = form.save()
+        messages.success(request, f"Plan “{plan.name}” created.")
+        return redirect(plan)
+    context = {
+        "form": form,
+        "presets": PRESET_LABELS,
+        "preset": preset,
+        "can_create": teams_for_user(request.user, write=True).exists(),
+    }
+    return render(request, "sweeps/plan_form.html", context)
+
+
+@login_required
+def plan_detail(request, pk):
+    plan = get_plan_for_user(request.user, pk)
+    runs = plan.runs.select_related("target")[:10]
+    return render(request, "sweeps/plan_detail.html", {"plan": plan, "runs": runs})
+
+
+@login_required
+def plan_edit(request, pk):
+    plan = get_plan_for_user(request.user, pk, write=True)
+    form = PlanForm(request.POST or None, instance=plan, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Plan saved. Earlier runs keep the plan they ran with.")
+        return redirect(plan)
+    return render(request, "sweeps/plan_form.html", {"form": form, "plan": plan, "can_create": True})
+
+
+# Runs -------------------------------------------------------------------------------------------
+
+
+@login_required
+def run_list(request):
+    filters = RunFilterForm(request.GET or None, user=request.user)
+    runs = Run.objects.for_user(request.user).distinct().select_related("target", "plan")
+    runs = filters.filter(runs).order_by("-created", "-id")
+    page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {"filters": filters, "page": page, "runs": page.object_list, "query": query.urlencode()}
+    return render(request, "sweeps/run_list.html", context)
+
+
+@login_required
+def run_create(request):
+    initial = {k: request.GET[k] for k in ("target", "plan", "label") if request.GET.get(k)}
+    form = RunForm(request.POST or None, initial=initial, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        from portal.sweeps.services import start_run
+
+        data = form.cleaned_data
+        try:
+            run = start_run(
+                target=data["target"],
+                plan=data["plan"],
+                user=request.user,
+                label=data["label"],
+                notes=data["notes"],
+                server_config=data["server_config"],
+            )
+        except Exception as exc:  # the broker is down: say so instead of a server error
+            log.warning("could not start a run: %s", exc)
+            form.add_error(None, _broker_error_text(exc))
+        else:
+            messages.success(request, "Run queued. This page follows it live.")
+            return redirect(run)
+    return render(request, "sweeps/run_form.html", {"form": form})
+
+
+def level_rows(run: Run) -> list[dict]:
+    """The finished levels of a run as plain dictionaries for the results table and charts."""
+    rows = []
+    for level in run.levels.all():
+        data = level.data or {}
+        client = data.get("client") or {}
+        rows.append(
+            {
+                "index": level.index,
+                "load": level.load,
+                "status": data.get("status", "completed"),
+                "abort_reason": data.get("abort_reason"),
+                "duration_s": level.duration_s,
+                "requests_ok": level.requests_ok,
+                "requests_failed": level.requests_failed,
+                "qps": level.qps,
+                "texts_per_s": level.texts_per_s,
+                "tokens_per_s": level.tokens_per_s,
+                "tokens_estimated": bool(data.get("tokens_estimated")),
+                "latency_mean_ms": level.latency_mean_ms,
+                "latency_p50_ms": level.latency_p50_ms,
+                "latency_p90_ms": level.latency_p90_ms,
+                "latency_p99_ms": level.latency_p99_ms,
+                "error_rate": level.error_rate,
+                "errors": {k: v for k, v in (level.errors or {}).items() if v},
+                "error_examples": data.get("error_examples") or {},
+                "client_bound": level.client_bound,
+                "client_bound_reason": client.get("client_bound_reason") or "",
+                "vram_peak_mib": level.vram_peak_mib,
+                "gpu_util_mean": level.gpu_util_mean,
+            }
+        )
+    return rows
+
+
+def _results_context(run: Run) -> dict:
+    rows = level_rows(run)
+    return {
+        "run": run,
+        "rows": rows,
+        "load_label": "Rate (req/s)" if run.level_key == "rate" else "Concurrency",
+        "show_vram": any(r["vram_peak_mib"] is not None for r in rows),
+        "any_client_bound": any(r["client_bound"] for r in rows),
+    }
+
+
+@login_required
+def run_detail(request, pk):
+    run = get_run_for_user(request.user, pk)
+    context = _results_context(run)
+    context["levels_total"] = len(run.plan_config.get("levels") or [])
+    return render(request, "sweeps/run_detail.html", context)
+
+
+@login_required
+def run_progress(request, pk):
+    """The live state of a run as JSON, polled by the run page."""
+    run = get_run_for_user(request.user, pk)
+    context = _results_context(run)
+    return JsonResponse(
+        {
+            "id": run.pk,
+            "status": run.status,
+            "status_display": run.get_status_display(),
+            "status_reason": run.status_reason,
+            "is_final": run.is_final,
+            "cancel_requested": run.cancel_requested,
+            "started": run.started.isoformat() if run.started else None,
+            "finished": run.finished.isoformat() if run.finished else None,
+            "levels_total": len(run.plan_config.get("levels") or []),
+            "progress": run.progress or {},
+            "levels": context["rows"],
+            "results_html": render_to_string("sweeps/_run_results.html", context, request=request),
+        }
+    )
+
+
+@login_required
+@require_POST
+def run_cancel(request, pk):
+    """Ask the worker to stop the run; a run no worker has picked up yet is cancelled at once."""
+    run = get_run_for_user(request.user, pk, write=True)
+    if run.is_final:
+        messages.info(request, f"This run has already finished ({run.get_status_display().lower()}).")
+        return redirect(run)
+    Run.objects.filter(pk=run.pk).update(cancel_requested=True)
+    # Only a still-queued run changes state here; a running one is stopped by its worker within seconds.
+    cancelled_now = Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
+        status=Run.Status.CANCELLED, finished=timezone.now(), status_reason="Cancelled before a worker started it."
+    )
+    if cancelled_now:
+        messages.success(request, "Run cancelled before it started.")
+    else:
+        messages.info(request, "Cancelling: the worker stops after the current second and keeps finished levels.")
+    return redirect(run)
