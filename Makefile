@@ -31,7 +31,9 @@ setup: venv assets
 	$(PY) manage.py migrate --noinput -v0
 	$(PY) manage.py embperf_bootstrap
 
+# Web server, Celery worker and simulator together; Ctrl-C stops all three.
 run: setup
+	@echo "embperf: open http://127.0.0.1:$(PORT)/ (sign in as admin; PORT=... make run to change the port)"
 	$(VENV)/bin/honcho start -f Procfile
 
 # Browser tests drive Debian's chromium; install it where it is missing (needs root, as on CI).

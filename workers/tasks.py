@@ -188,7 +188,8 @@ def build_telemetry_for(target_spec: dict):
         logger.warning("benchmarks.telemetry is not available; the run has no GPU telemetry")
         return None
     if source == "nvml":
-        return build_telemetry(gpus=list(target_spec.get("gpus") or []) or None)
+        # No indices given means every GPU of the worker's host ([] to build_telemetry).
+        return build_telemetry(gpus=list(target_spec.get("gpus") or []))
     if source == "prometheus":
         return build_telemetry(metrics_urls=list(target_spec.get("metrics_urls") or []))
     logger.warning("unknown gpu_source %r; the run has no GPU telemetry", source)
