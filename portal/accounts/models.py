@@ -4,10 +4,21 @@ from django.db import models
 from django.utils.text import slugify
 
 
+class TeamQuerySet(models.QuerySet):
+    def for_user(self, user):
+        """Teams the user belongs to; nothing for anonymous users."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(memberships__user=user)
+
+
 class Team(models.Model):
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=100, unique=True)
     created = models.DateTimeField(auto_now_add=True)
+
+    # Declared in the class body: a manager added after class creation loses to the default one.
+    objects = TeamQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -24,17 +35,6 @@ class Team(models.Model):
                 slug = f"{base}-{n}"
             self.slug = slug
         super().save(*args, **kwargs)
-
-
-class TeamQuerySet(models.QuerySet):
-    def for_user(self, user):
-        """Teams the user belongs to; nothing for anonymous users."""
-        if not user.is_authenticated:
-            return self.none()
-        return self.filter(memberships__user=user)
-
-
-Team.add_to_class("objects", TeamQuerySet.as_manager())
 
 
 class Membership(models.Model):
