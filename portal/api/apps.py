@@ -5,3 +5,6 @@ class ApiConfig(AppConfig):
     name = "portal.api"
     label = "api"
     verbose_name = "API"
+
+    def ready(self):
+        from portal.api import schema  # noqa: F401  (registers the token scheme with drf-spectacular)

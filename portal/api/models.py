@@ -80,12 +80,6 @@ class ApiToken(models.Model):
             self.last_used = now
             ApiToken.objects.filter(pk=self.pk).update(last_used=now)
 
-    def visible_teams(self):
-        """The teams this token may see: its user's teams, narrowed to the chosen ones if any."""
-        teams = Team.objects.for_user(self.user)
-        chosen = list(self.teams.values_list("pk", flat=True))
-        return teams.filter(pk__in=chosen) if chosen else teams
-
 
 class RawSampleChunk(models.Model):
     """A zlib-compressed block of raw-sample CSV lines of one level (see portal/api/samples.py).

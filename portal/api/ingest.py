@@ -1,0 +1,249 @@
+"""Ingest: add a result document produced elsewhere (the CLI's --json output) to a team's history.
+
+The document is checked against portal/api/result-schema.json and a few rules JSON Schema cannot
+say; every problem is reported with the path of the field (`levels[2].latency_ms.p99`). Nothing is
+saved unless the whole document is accepted. The target and plan are matched by name within the
+team (and created from the document when missing), so ingested runs sit in history beside runs
+started in the browser.
+"""
+import json
+import uuid
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+
+import jsonschema
+from django.db import transaction
+from django.utils import timezone
+
+from portal.sweeps.models import Plan, Run, Target
+from portal.sweeps.services import store_level
+
+SCHEMA_PATH = Path(__file__).with_name("result-schema.json")
+MAX_ERRORS = 20
+
+
+class IngestError(Exception):
+    """The document was refused; `errors` maps field paths to messages."""
+
+    def __init__(self, errors: dict[str, list[str]]):
+        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+        self.errors = errors
+
+
+class AlreadyIngested(Exception):
+    def __init__(self, run: Run):
+        super().__init__(f"run.uuid: this run is already in history as run {run.pk}")
+        self.run = run
+
+
+@cache
+def result_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+@cache
+def _validator() -> jsonschema.protocols.Validator:
+    schema = result_schema()
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema)
+
+
+def _path(parts) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+def _join(base: str, key: str) -> str:
+    return key if base == "body" else f"{base}.{key}"
+
+
+def _describe(error: jsonschema.ValidationError) -> list[tuple[str, str]]:
+    """(field path, message) pairs for one schema error, naming the offending field itself."""
+    where = _path(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = set((error.schema.get("properties") or {}).keys())
+        return [(_join(where, k), "Unknown field.") for k in error.instance if k not in known]
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return [(_join(where, missing), "This field is required.")]
+    if error.validator == "type":
+        wanted = error.validator_value
+        wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
+        return [(where, f"Expected {wanted}, got {type(error.instance).__name__} {_short(error.instance)}.")]
+    if error.validator == "enum":
+        choices = ", ".join(json.dumps(v) for v in error.validator_value)
+        return [(where, f"{_short(error.instance)} is not one of {choices}.")]
+    if error.validator == "const":
+        return [(where, f"Must be {json.dumps(error.validator_value)}; got {_short(error.instance)}.")]
+    return [(where, error.message)]
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _find_nul(value, path: str):
+    # PostgreSQL cannot store NUL in text or JSON; refuse it with its place instead of failing later.
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _find_nul(k, path) or _find_nul(v, _join(path, str(k)))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _find_nul(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _parse_time(value, field: str, errors: dict):
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        errors.setdefault(field, []).append(f"{_short(value)} is not an ISO 8601 date-time.")
+        return None
+    return parsed.replace(tzinfo=UTC) if timezone.is_naive(parsed) else parsed
+
+
+def validate_document(doc) -> dict:
+    """Check a parsed document; returns the parsed times. Raises IngestError naming each bad field."""
+    errors: dict[str, list[str]] = {}
+    if not isinstance(doc, dict):
+        raise IngestError({"body": [f"Expected a JSON object (the result document), got {type(doc).__name__}."]})
+    schema_errors = sorted(_validator().iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    for error in schema_errors[:MAX_ERRORS]:
+        for field, message in _describe(error):
+            errors.setdefault(field, []).append(message)
+    if errors:
+        raise IngestError(errors)
+    nul = _find_nul(doc, "body")
+    if nul:
+        raise IngestError({nul: ["Text may not contain the NUL character (\\u0000)."]})
+    times = {
+        "started": _parse_time(doc["run"].get("started_at"), "run.started_at", errors),
+        "finished": _parse_time(doc["run"].get("finished_at"), "run.finished_at", errors),
+    }
+    if doc["run"].get("uuid") is not None:
+        try:
+            uuid.UUID(doc["run"]["uuid"])
+        except ValueError:
+            errors.setdefault("run.uuid", []).append(f"{_short(doc['run']['uuid'])} is not a UUID.")
+    load_key = "rate" if doc["plan"]["mode"] == "open" else "concurrency"
+    seen: set[int] = set()
+    for i, level in enumerate(doc["levels"]):
+        if level["index"] in seen:
+            errors.setdefault(f"levels[{i}].index", []).append(f"Index {level['index']} appears twice.")
+        seen.add(level["index"])
+        if level.get(load_key) is None:
+            errors.setdefault(f"levels[{i}].{load_key}", []).append(
+                f"Required: a {doc['plan']['mode']}-loop plan's levels give their {load_key}."
+            )
+        _parse_time(level.get("started_at"), f"levels[{i}].started_at", errors)
+    if errors:
+        raise IngestError(errors)
+    return times
+
+
+def _plan_name(plan: dict) -> str:
+    if plan.get("name"):
+        return plan["name"]
+    levels = ",".join(f"{v:g}" for v in plan["levels"])
+    return f"{plan['mode']} {levels}"[:100]
+
+
+def _match_target(team, spec: dict) -> Target:
+    target = Target.objects.filter(team=team, name=spec["name"]).order_by("id").first()
+    if target is not None:
+        return target
+    engine = spec.get("engine") or "other"
+    return Target.objects.create(
+        team=team,
+        name=spec["name"],
+        flavor=spec.get("flavor") or Target.Flavor.OPENAI,
+        base_urls=list(spec.get("base_urls") or []),
+        model_name=spec.get("model") or "",
+        engine=engine if engine in Target.Engine.values else Target.Engine.OTHER,
+        engine_version=spec.get("engine_version") or "",
+        launch_config=dict(spec.get("launch_config") or {}),
+        gpu_source=spec.get("gpu_source") or Target.GpuSource.NONE,
+        gpu_indices=",".join(str(g) for g in spec.get("gpus") or []),
+        metrics_urls=list(spec.get("metrics_urls") or []),
+    )
+
+
+def _match_plan(team, spec: dict) -> Plan:
+    name = _plan_name(spec)
+    plan = Plan.objects.filter(team=team, name=name).order_by("id").first()
+    if plan is not None:
+        return plan
+    fields = {
+        key: spec[key]
+        for key in (
+            "mode", "arrival", "max_in_flight", "warmup_s", "duration_s", "tokens", "batch", "dimensions",
+            "encoding", "timeout_s", "abort_error_rate", "abort_window_s", "slo_p99_ms", "processes",
+            "keep_samples",
+        )
+        if spec.get(key) is not None
+    }
+    if spec.get("input"):
+        fields["input_mode"] = spec["input"]
+    if spec.get("corpus"):
+        fields["corpus_text"] = "\n".join(spec["corpus"])
+    return Plan.objects.create(team=team, name=name, levels=list(spec["levels"]), **fields)
+
+
+def ingest_document(doc, *, team, user=None) -> Run:
+    """Validate and store a result document as a Run (source=ingest) with its levels.
+
+    Raises IngestError (nothing saved) or AlreadyIngested (the run's uuid is already stored).
+    """
+    times = validate_document(doc)
+    run_spec = doc["run"]
+    if run_spec.get("uuid"):
+        existing = Run.objects.filter(uuid=run_spec["uuid"]).first()
+        if existing is not None:
+            raise AlreadyIngested(existing)
+    with transaction.atomic():
+        target = _match_target(team, doc["target"])
+        plan = _match_plan(team, doc["plan"])
+        target_config = {k: v for k, v in doc["target"].items() if k != "api_key"}
+        plan_config = dict(doc["plan"])
+        plan_config.setdefault("name", plan.name)
+        document = {k: v for k, v in doc.items() if k != "levels"}
+        run = Run.objects.create(
+            team=team,
+            target=target,
+            plan=plan,
+            target_config=target_config,
+            plan_config=plan_config,
+            server_config=dict(run_spec.get("server_config") or {}),
+            label=run_spec.get("label") or "",
+            notes=run_spec.get("notes") or "",
+            status=run_spec["status"],
+            status_reason=run_spec.get("status_reason") or "",
+            source=Run.Source.INGEST,
+            created_by=user if user is not None and user.is_authenticated else None,
+            started=times["started"],
+            finished=times["finished"],
+            worker_host=str((doc.get("client") or {}).get("host") or "")[:200],
+            client_version=str((doc.get("client") or {}).get("version") or "")[:50],
+            document=document,
+            summary=dict(doc.get("summary") or {}),
+            **({"uuid": run_spec["uuid"]} if run_spec.get("uuid") else {}),
+        )
+        if times["started"] is not None:
+            # History orders by creation: an ingested run belongs where it was run, not where it was uploaded.
+            Run.objects.filter(pk=run.pk).update(created=times["started"])
+            run.created = times["started"]
+        for level in doc["levels"]:
+            store_level(run, level)
+    return run

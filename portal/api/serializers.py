@@ -1,0 +1,355 @@
+"""API serializers. Strict: a field the resource does not take is refused with 400 naming it.
+
+Targets and plans are validated by the same Django forms the pages use (portal/front/forms.py),
+so the API and the browser accept exactly the same values with the same messages.
+"""
+from collections.abc import Mapping
+
+from django.urls import NoReverseMatch, reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from portal.accounts.models import Membership, Team
+from portal.api.access import api_teams, plans_for, targets_for
+from portal.front.fields import KeyValueField
+from portal.front.forms import PlanForm, TargetForm
+from portal.sweeps.models import Level, Plan, Run, Target
+
+
+class StrictMixin:
+    """Refuse keys the serializer does not accept, naming each one."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            errors = {}
+            for key in data:
+                field = self.fields.get(key)
+                if field is None:
+                    errors[key] = ["Unknown field."]
+                elif field.read_only:
+                    errors[key] = ["This field is read-only."]
+            if errors:
+                raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)
+
+
+def _request(serializer):
+    return serializer.context["request"]
+
+
+def _web_url(name: str, pk: int) -> str | None:
+    try:
+        return reverse(name, args=[pk])
+    except NoReverseMatch:  # the web pages are not installed (API-only deployment)
+        return None
+
+
+class TeamSerializer(serializers.ModelSerializer):
+    role = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Team
+        fields = ["id", "slug", "name", "role"]
+
+    def get_role(self, team) -> str | None:
+        user = _request(self).user
+        return Membership.objects.filter(team=team, user=user).values_list("role", flat=True).first()
+
+
+def _choose_team(serializer, value: Team | None) -> Team:
+    """The team a new object goes to: the one given, or the only team the request may write to."""
+    writable = api_teams(_request(serializer), write=True)
+    if value is not None:
+        if not writable.filter(pk=value.pk).exists():
+            raise serializers.ValidationError({"team": ["You cannot create things in this team (read-only role)."]})
+        return value
+    teams = list(writable[:2])
+    if len(teams) == 1:
+        return teams[0]
+    if not teams:
+        raise serializers.ValidationError({"team": ["You have no team where you may create things."]})
+    raise serializers.ValidationError({"team": ["Required: you belong to several teams; give the team's id."]})
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class VisibleTeamField(serializers.PrimaryKeyRelatedField):
+    def get_queryset(self):
+        return api_teams(self.context["request"])
+
+
+class FormBackedSerializer(StrictMixin, serializers.Serializer):
+    """Validates through a Django ModelForm and saves with it."""
+
+    form_class = None
+    # API values that the form takes as text: name -> form field (prepare_value turns lists/dicts to text).
+    text_fields: tuple[str, ...] = ()
+
+    def _form_initial(self, instance) -> dict:
+        data = {}
+        form = self.form_class(instance=instance, user=_request(self).user)
+        for name, field in form.fields.items():
+            if name == "team":
+                continue
+            value = getattr(instance, name, None)
+            if name in self.text_fields:
+                value = field.prepare_value(value)
+            data[name] = "" if value is None else value
+        return data
+
+    def _api_to_form(self, attrs: dict, data: dict) -> None:
+        form = self.form_class(user=_request(self).user)
+        for name, value in attrs.items():
+            if name == "team":
+                continue
+            if name in self.text_fields:
+                value = form.fields[name].prepare_value(value)
+            data[name] = "" if value is None else value
+
+    def validate(self, attrs):
+        creating = self.instance is None
+        instance = self.instance
+        if creating:
+            team = _choose_team(self, attrs.get("team"))
+            instance = self.Meta.model(team=team)
+        data = self._form_initial(instance)
+        if creating:
+            data["team"] = instance.team.pk
+        self._api_to_form(attrs, data)
+        self.adjust_form_data(attrs, data)
+        form = self.form_class(data=data, instance=None if creating else self.instance, user=_request(self).user)
+        if not form.is_valid():
+            errors = {}
+            for name, messages in form.errors.items():
+                errors["non_field_errors" if name == "__all__" else name] = list(messages)
+            raise serializers.ValidationError(errors)
+        self._form = form
+        return attrs
+
+    def adjust_form_data(self, attrs: dict, data: dict) -> None:
+        """Hook for fields whose API meaning differs from the form's."""
+
+    def create(self, validated_data):
+        return self._form.save()
+
+    def update(self, instance, validated_data):
+        return self._form.save()
+
+
+class TargetSerializer(FormBackedSerializer):
+    form_class = TargetForm
+    text_fields = ("base_urls", "launch_config", "metrics_urls")
+
+    id = serializers.IntegerField(read_only=True)
+    url = serializers.SerializerMethodField()
+    team = VisibleTeamField(required=False, help_text="Team id; optional when you can write to one team only.")
+    name = serializers.CharField(max_length=100)
+    flavor = serializers.ChoiceField(choices=Target.Flavor.choices, required=False)
+    base_urls = serializers.ListField(child=serializers.CharField(max_length=500), min_length=1, max_length=32)
+    model_name = serializers.CharField(max_length=200)
+    api_key = serializers.CharField(
+        write_only=True, required=False, allow_blank=True, max_length=1000, trim_whitespace=True,
+        help_text="Write-only. Send a new key to replace the stored one, an empty string to remove it.",
+    )
+    has_api_key = serializers.SerializerMethodField()
+    engine = serializers.ChoiceField(choices=Target.Engine.choices, required=False)
+    engine_version = serializers.CharField(max_length=50, required=False, allow_blank=True)
+    launch_config = serializers.DictField(child=serializers.CharField(max_length=1000, allow_blank=True),
+                                          required=False)
+    gpu_source = serializers.ChoiceField(choices=Target.GpuSource.choices, required=False)
+    gpu_indices = serializers.CharField(max_length=50, required=False, allow_blank=True)
+    metrics_urls = serializers.ListField(child=serializers.CharField(max_length=500), required=False,
+                                         max_length=32)
+    queue = serializers.CharField(max_length=50, required=False)
+    last_probe = serializers.JSONField(read_only=True)
+    created = serializers.DateTimeField(read_only=True)
+    updated = serializers.DateTimeField(read_only=True)
+
+    class Meta:
+        model = Target
+
+    def get_url(self, obj) -> str:
+        return reverse("api:target-detail", args=[obj.pk])
+
+    def get_has_api_key(self, obj) -> bool:
+        return bool(obj.api_key)
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        data["team"] = instance.team_id
+        return data
+
+    def adjust_form_data(self, attrs, data):
+        # The form keeps the stored key when the field is blank; the API removes it on "".
+        if attrs.get("api_key") == "" and self.instance is not None:
+            data["clear_api_key"] = True
+        if "api_key" not in attrs:
+            data["api_key"] = ""
+
+
+class PlanSerializer(FormBackedSerializer):
+    form_class = PlanForm
+    text_fields = ("levels",)
+
+    id = serializers.IntegerField(read_only=True)
+    url = serializers.SerializerMethodField()
+    team = VisibleTeamField(required=False, help_text="Team id; optional when you can write to one team only.")
+    name = serializers.CharField(max_length=100)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+    mode = serializers.ChoiceField(choices=Plan.Mode.choices, required=False)
+    levels = serializers.ListField(child=serializers.FloatField(), min_length=1, max_length=1000,
+                                   help_text="Concurrencies (closed loop) or rates in requests/s (open loop).")
+    arrival = serializers.ChoiceField(choices=Plan.Arrival.choices, required=False)
+    max_in_flight = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1_000_000)
+    warmup_s = serializers.FloatField(required=False, min_value=0, max_value=1e6)
+    duration_s = serializers.FloatField(required=False, min_value=0, max_value=1e6)
+    tokens = serializers.IntegerField(required=False, min_value=1, max_value=1_000_000)
+    batch = serializers.IntegerField(required=False, min_value=1, max_value=100_000)
+    dimensions = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1_000_000)
+    encoding = serializers.ChoiceField(choices=Plan.Encoding.choices, required=False)
+    timeout_s = serializers.FloatField(required=False, min_value=0, max_value=1e6)
+    abort_error_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
+    abort_window_s = serializers.FloatField(required=False, min_value=0, max_value=1e6)
+    slo_p99_ms = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1e9)
+    input_mode = serializers.ChoiceField(choices=Plan.Input.choices, required=False)
+    corpus_text = serializers.CharField(required=False, allow_blank=True, max_length=10_000_000, trim_whitespace=False)
+    processes = serializers.IntegerField(required=False, min_value=1, max_value=1024)
+    keep_samples = serializers.BooleanField(required=False)
+    created = serializers.DateTimeField(read_only=True)
+    updated = serializers.DateTimeField(read_only=True)
+
+    class Meta:
+        model = Plan
+
+    def get_url(self, obj) -> str:
+        return reverse("api:plan-detail", args=[obj.pk])
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        data["team"] = instance.team_id
+        data["levels"] = list(instance.levels)
+        return data
+
+
+class LevelSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Level
+        fields = [
+            "index", "concurrency", "rate", "duration_s", "requests_ok", "requests_failed", "qps", "texts_per_s",
+            "tokens_per_s", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms", "latency_p95_ms",
+            "latency_p99_ms", "latency_p999_ms", "latency_max_ms", "error_rate", "errors", "client_bound",
+            "gpu_util_mean", "vram_peak_mib", "power_mean_w", "joules_per_1k_tokens",
+        ]
+        read_only_fields = fields
+
+
+class RunSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+    web_url = serializers.SerializerMethodField()
+    created_by = serializers.SerializerMethodField()
+    links = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Run
+        fields = [
+            "id", "url", "web_url", "uuid", "team", "target", "plan", "label", "notes", "status", "status_reason",
+            "source", "created_by", "created", "started", "finished", "worker_host", "client_version",
+            "cancel_requested", "is_baseline", "server_config", "target_config", "plan_config", "summary", "links",
+        ]
+        read_only_fields = fields
+
+    def get_url(self, obj) -> str:
+        return reverse("api:run-detail", args=[obj.pk])
+
+    def get_web_url(self, obj) -> str | None:
+        return _web_url("run-detail", obj.pk)
+
+    def get_created_by(self, obj) -> str | None:
+        return obj.created_by.get_username() if obj.created_by_id else None
+
+    def get_links(self, obj) -> dict:
+        export = reverse("api:run-export", args=[obj.pk])
+        return {
+            "document": export,
+            "csv": export + "?format=csv",
+            "markdown": export + "?format=md",
+            "samples": reverse("api:run-samples", args=[obj.pk]),
+            "cancel": reverse("api:run-cancel", args=[obj.pk]),
+        }
+
+
+class RunDetailSerializer(RunSerializer):
+    levels = LevelSerializer(many=True, read_only=True)
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "progress", "levels"]
+        read_only_fields = fields
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class VisibleTargetField(serializers.PrimaryKeyRelatedField):
+    def get_queryset(self):
+        return targets_for(self.context["request"])
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class VisiblePlanField(serializers.PrimaryKeyRelatedField):
+    def get_queryset(self):
+        return plans_for(self.context["request"])
+
+
+class RunStartSerializer(StrictMixin, serializers.Serializer):
+    """POST /api/v1/runs/: start a sweep of a plan against a target."""
+
+    target = VisibleTargetField(help_text="Target id.")
+    plan = VisiblePlanField(help_text="Plan id (of the target's team).")
+    label = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    notes = serializers.CharField(max_length=10_000, required=False, allow_blank=True, default="")
+    server_config = serializers.DictField(
+        child=serializers.CharField(max_length=1000, allow_blank=True), required=False, default=dict,
+        help_text="What was different on the server for this run, e.g. {\"--max-running-requests\": \"128\"}.",
+    )
+
+    def validate_server_config(self, value):
+        field = KeyValueField(required=False)
+        try:
+            return field.clean(field.prepare_value(value))
+        except Exception as exc:  # django ValidationError -> DRF
+            raise serializers.ValidationError(getattr(exc, "messages", [str(exc)])) from None
+
+    def validate(self, attrs):
+        target, plan = attrs["target"], attrs["plan"]
+        if target.team_id != plan.team_id:
+            raise serializers.ValidationError(
+                {"plan": [f"This plan belongs to {plan.team.name}; pick a plan of {target.team.name}, "
+                          "the target's team."]}
+            )
+        return attrs
+
+
+class DateOrDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 date-time, or a plain date meaning its midnight (UTC)."""
+
+    def to_internal_value(self, value):
+        if isinstance(value, str) and len(value.strip()) == 10:
+            value = value.strip() + "T00:00:00Z"
+        return super().to_internal_value(value)
+
+
+class RunFilterSerializer(serializers.Serializer):
+    """Query parameters of GET /api/v1/runs/."""
+
+    target = serializers.IntegerField(required=False, min_value=1, help_text="Target id.")
+    plan = serializers.IntegerField(required=False, min_value=1, help_text="Plan id.")
+    status = serializers.ChoiceField(choices=Run.Status.choices, required=False)
+    source = serializers.ChoiceField(choices=Run.Source.choices, required=False)
+    label = serializers.CharField(required=False, max_length=100, help_text="Label contains (case-insensitive).")
+    created_after = DateOrDateTimeField(required=False, help_text="ISO 8601 date or date-time (inclusive).")
+    created_before = DateOrDateTimeField(required=False, help_text="ISO 8601 date or date-time (exclusive).")
+
+
+class RunStartedSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    url = serializers.CharField()
+    web_url = serializers.CharField(allow_null=True)
+    status = serializers.CharField()

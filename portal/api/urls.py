@@ -1,0 +1,24 @@
+"""URLs of the API: /api/v1/..., the OpenAPI schema and its docs page."""
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from portal.api import views
+
+router = DefaultRouter()
+router.register("teams", views.TeamViewSet, basename="team")
+router.register("targets", views.TargetViewSet, basename="target")
+router.register("plans", views.PlanViewSet, basename="plan")
+router.register("runs", views.RunViewSet, basename="run")
+
+api_v1 = [
+    path("compare/", views.CompareView.as_view(), name="compare"),
+    path("ingest/", views.IngestView.as_view(), name="ingest"),
+    *router.urls,
+]
+
+urlpatterns = [
+    path("api/v1/", include((api_v1, "api"))),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]

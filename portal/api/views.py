@@ -1,0 +1,324 @@
+"""The REST API under /api/v1/: teams, targets, plans, runs, exports, compare, ingest.
+
+Every queryset comes from portal.api.access, so another team's object is a 404 and a token sees
+no more than its user. Writing needs an owner or member role in the object's team (403 otherwise).
+"""
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from portal.accounts.models import Team
+from portal.api import export, samples
+from portal.api.access import api_teams, check_write, plans_for, runs_for, targets_for
+from portal.api.ingest import AlreadyIngested, IngestError, ingest_document
+from portal.api.renderers import CSVRenderer, MarkdownRenderer
+from portal.api.serializers import (
+    PlanSerializer,
+    RunDetailSerializer,
+    RunFilterSerializer,
+    RunSerializer,
+    RunStartedSerializer,
+    RunStartSerializer,
+    TargetSerializer,
+    TeamSerializer,
+)
+from portal.sweeps import services
+from portal.sweeps.models import Plan, Run, Target
+
+ERROR_400 = OpenApiResponse(description="Invalid input: the body names each field and what is wrong with it.")
+ERROR_404 = OpenApiResponse(description="No such object among your teams' objects.")
+FORMAT_PARAM = OpenApiParameter(
+    "format", str, enum=["json", "csv", "md"], description="json (default), csv or md (Markdown table)."
+)
+
+
+class TeamViewSet(viewsets.ReadOnlyModelViewSet):
+    """The teams this request can see, with your role in each."""
+
+    serializer_class = TeamSerializer
+    queryset = Team.objects.none()  # for the schema; requests use get_queryset()
+    lookup_value_regex = r"\d+"
+
+    def get_queryset(self):
+        return api_teams(self.request).order_by("name", "id")
+
+
+class TeamOwnedViewSet(viewsets.ModelViewSet):
+    """Targets and plans: list/create in your teams, change and delete with a writing role."""
+
+    http_method_names = ["get", "post", "put", "patch", "delete", "head", "options"]
+    lookup_value_regex = r"\d+"
+
+    def update(self, request, *args, **kwargs):
+        check_write(request, self.get_object().team)
+        return super().update(request, *args, **kwargs)
+
+    def perform_destroy(self, instance):
+        check_write(self.request, instance.team)
+        instance.delete()
+
+
+@extend_schema_view(
+    create=extend_schema(responses={201: TargetSerializer, 400: ERROR_400}),
+    update=extend_schema(responses={200: TargetSerializer, 400: ERROR_400, 404: ERROR_404}),
+    partial_update=extend_schema(responses={200: TargetSerializer, 400: ERROR_400, 404: ERROR_404}),
+)
+class TargetViewSet(TeamOwnedViewSet):
+    """Embedding services to benchmark. `api_key` is write-only; `has_api_key` says whether one is stored."""
+
+    serializer_class = TargetSerializer
+    queryset = Target.objects.none()
+
+    def get_queryset(self):
+        return targets_for(self.request).order_by("name", "id")
+
+
+@extend_schema_view(
+    create=extend_schema(responses={201: PlanSerializer, 400: ERROR_400}),
+    update=extend_schema(responses={200: PlanSerializer, 400: ERROR_400, 404: ERROR_404}),
+    partial_update=extend_schema(responses={200: PlanSerializer, 400: ERROR_400, 404: ERROR_404}),
+)
+class PlanViewSet(TeamOwnedViewSet):
+    """Test plans: the load levels and request shape of a sweep."""
+
+    serializer_class = PlanSerializer
+    queryset = Plan.objects.none()
+
+    def get_queryset(self):
+        return plans_for(self.request).order_by("name", "id")
+
+
+def _attachment(response, filename: str):
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=[RunFilterSerializer]),
+    create=extend_schema(
+        request=RunStartSerializer,
+        responses={201: RunStartedSerializer, 400: ERROR_400, 403: OpenApiResponse(description="Read-only role.")},
+    ),
+)
+class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
+    """Runs: list with filters, one run with its levels, start a sweep, cancel, export."""
+
+    queryset = Run.objects.none()
+    lookup_value_regex = r"\d+"
+
+    def get_serializer_class(self):
+        if self.action == "retrieve":
+            return RunDetailSerializer
+        if self.action == "create":
+            return RunStartSerializer
+        return RunSerializer
+
+    def get_throttles(self):
+        if self.action == "create":
+            self.throttle_scope = "start"
+        return super().get_throttles()
+
+    def get_queryset(self):
+        runs = runs_for(self.request).select_related("created_by")
+        if self.action == "retrieve":
+            runs = runs.prefetch_related("levels")
+        if self.action != "list":
+            return runs
+        params = RunFilterSerializer(data=self.request.query_params)
+        params.is_valid(raise_exception=True)
+        f = params.validated_data
+        if "target" in f:
+            runs = runs.filter(target_id=f["target"])
+        if "plan" in f:
+            runs = runs.filter(plan_id=f["plan"])
+        if "status" in f:
+            runs = runs.filter(status=f["status"])
+        if "source" in f:
+            runs = runs.filter(source=f["source"])
+        if f.get("label"):
+            runs = runs.filter(label__icontains=f["label"].strip())
+        if "created_after" in f:
+            runs = runs.filter(created__gte=f["created_after"])
+        if "created_before" in f:
+            runs = runs.filter(created__lt=f["created_before"])
+        return runs.order_by("-created", "-id")
+
+    def create(self, request, *args, **kwargs):
+        serializer = RunStartSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        check_write(request, data["target"].team)
+        run = services.start_run(
+            target=data["target"], plan=data["plan"], user=request.user, label=data["label"], notes=data["notes"],
+            server_config=data["server_config"], source=Run.Source.API,
+        )
+        body = RunStartedSerializer(
+            {"id": run.pk, "url": RunSerializer(run, context={"request": request}).data["url"],
+             "web_url": RunSerializer(run, context={"request": request}).data["web_url"], "status": run.status}
+        ).data
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+
+    @extend_schema(request=None, responses={200: RunSerializer, 403: OpenApiResponse(description="Read-only role."),
+                                            404: ERROR_404})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Cancel a queued or running run; a run that already ended is returned unchanged."""
+        run = self.get_object()
+        check_write(request, run.team)
+        if not run.is_final:
+            run = services.request_cancel(run)
+        return Response(RunSerializer(run, context={"request": request}).data)
+
+    @extend_schema(
+        parameters=[FORMAT_PARAM],
+        responses={
+            (200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description="embperf.run/1 document"),
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="One row per level"),
+            (200, "text/markdown"): OpenApiResponse(OpenApiTypes.STR, description="Markdown table"),
+            404: ERROR_404,
+        },
+    )
+    @action(detail=True, methods=["get"], url_path="export",
+            renderer_classes=[JSONRenderer, CSVRenderer, MarkdownRenderer, BrowsableAPIRenderer])
+    def export(self, request, pk=None):
+        """The run as a result document (JSON), a CSV row per level, or a Markdown table."""
+        run = self.get_object()
+        fmt = request.accepted_renderer.format
+        if fmt == "csv":
+            return _attachment(Response(export.levels_csv([run])), f"embperf-run-{run.pk}.csv")
+        if fmt == "md":
+            return Response(export.levels_markdown(run))
+        return Response(export.result_document(run))
+
+    @extend_schema(
+        responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="Streamed raw samples"),
+                   404: ERROR_404},
+    )
+    @action(detail=True, methods=["get"], renderer_classes=[CSVRenderer, JSONRenderer])
+    def samples(self, request, pk=None):
+        """Every request's timing as CSV, streamed (only when the run's plan kept raw samples)."""
+        run = self.get_object()
+        if not samples.has_samples(run):
+            return Response(
+                {"detail": f"Run {run.pk} kept no raw samples: its plan had keep_samples off, "
+                           "or it ended before a level finished."},
+                status=status.HTTP_404_NOT_FOUND,
+            )
+        response = StreamingHttpResponse(samples.iter_samples_csv(run), content_type="text/csv; charset=utf-8")
+        return _attachment(response, f"embperf-run-{run.pk}-samples.csv")
+
+
+class CompareQuerySerializer(serializers.Serializer):
+    runs = serializers.CharField(help_text="Comma-separated run ids, e.g. 12,15,16.", max_length=500)
+    baseline = serializers.IntegerField(required=False, min_value=1,
+                                        help_text="Run id to compare against; defaults to the first of `runs`.")
+
+    def validate_runs(self, value):
+        ids = []
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.isdigit() or len(part) > 18:
+                raise serializers.ValidationError(f"“{part}” is not a run id; give ids like 12,15,16.")
+            if int(part) not in ids:
+                ids.append(int(part))
+        if len(ids) < 2:
+            raise serializers.ValidationError("Give at least two run ids, e.g. runs=12,15.")
+        return ids
+
+
+class CompareView(APIView):
+    """GET /api/v1/compare/?runs=ID,ID&baseline=ID[&format=csv|md]: the comparison the compare page shows."""
+
+    renderer_classes = [JSONRenderer, CSVRenderer, MarkdownRenderer, BrowsableAPIRenderer]
+
+    @extend_schema(
+        parameters=[CompareQuerySerializer, FORMAT_PARAM],
+        responses={
+            (200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description="Comparison"),
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR),
+            (200, "text/markdown"): OpenApiResponse(OpenApiTypes.STR),
+            400: ERROR_400,
+            404: ERROR_404,
+        },
+    )
+    def get(self, request):
+        from portal.history.comparison import ComparisonError, build_comparison
+
+        params = CompareQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        ids = params.validated_data["runs"]
+        baseline_id = params.validated_data.get("baseline") or ids[0]
+        if baseline_id not in ids:
+            ids.insert(0, baseline_id)
+        found = {run.pk: run for run in runs_for(request).filter(pk__in=ids)}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            return Response({"detail": f"No run {missing[0]} among your teams' runs."},
+                            status=status.HTTP_404_NOT_FOUND)
+        try:
+            comparison = build_comparison([found[i] for i in ids], found[baseline_id])
+        except ComparisonError as exc:
+            raise ValidationError({"runs": [str(exc)]}) from None
+        fmt = request.accepted_renderer.format
+        if fmt == "csv":
+            return _attachment(Response(comparison.to_csv()), "embperf-compare.csv")
+        if fmt == "md":
+            return Response(comparison.to_markdown())
+        return Response(comparison.to_dict())
+
+
+class IngestQuerySerializer(serializers.Serializer):
+    team = serializers.IntegerField(required=False, min_value=1,
+                                    help_text="Team id; optional when you can write to one team only.")
+
+
+class IngestView(APIView):
+    """POST a result document (embperf.run/1, e.g. the CLI's --json output) to add it to history."""
+
+    throttle_scope = "ingest"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return settings.EMBPERF_API_MAX_INGEST_BYTES
+
+    @extend_schema(
+        parameters=[IngestQuerySerializer],
+        request={"application/json": OpenApiTypes.OBJECT},
+        responses={201: RunStartedSerializer, 400: ERROR_400,
+                   409: OpenApiResponse(description="This run (by run.uuid) is already in history.")},
+    )
+    def post(self, request):
+        params = IngestQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        writable = api_teams(request, write=True)
+        team_id = params.validated_data.get("team")
+        if team_id is not None:
+            team = writable.filter(pk=team_id).first()
+            if team is None:
+                raise ValidationError({"team": [f"You cannot add runs to team {team_id} (unknown or read-only)."]})
+        else:
+            teams = list(writable[:2])
+            if len(teams) != 1:
+                raise ValidationError({"team": [
+                    "Required: you belong to several teams; add ?team=ID." if teams
+                    else "You have no team where you may add runs."]})
+            team = teams[0]
+        try:
+            run = ingest_document(request.data, team=team, user=request.user)
+        except IngestError as exc:
+            return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
+        except AlreadyIngested as exc:
+            url = RunSerializer(exc.run, context={"request": request}).data["url"]
+            return Response({"detail": str(exc), "id": exc.run.pk, "url": url}, status=status.HTTP_409_CONFLICT)
+        data = RunSerializer(run, context={"request": request}).data
+        body = {"id": run.pk, "url": data["url"], "web_url": data["web_url"], "status": run.status}
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
