@@ -1,0 +1,266 @@
+"""API flavors: how a request is addressed and encoded, and how its answer is read and checked.
+
+Each flavor sends only the fields its servers accept (strict servers reject unknown ones) and
+validates every answer: one vector per input text, each of the expected length, all finite.
+A wrong answer raises `InvalidResponse` with a message that says what was wrong.
+"""
+import binascii
+import json
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import orjson
+
+from benchmarks.errors import ConfigError, InvalidResponse
+
+ENCODINGS = ("float", "base64")
+
+
+def _loads(raw: bytes):
+    """Parse JSON with orjson; on failure explain why (non-standard NaN/Infinity literals included)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        # Python's parser accepts NaN/Infinity; it only runs on the failure path, to name the problem.
+        json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        snippet = raw[:80].decode("utf-8", "replace")
+        raise InvalidResponse(f"response is not JSON: {snippet!r}") from None
+    raise InvalidResponse("response holds non-finite numbers (NaN or Infinity literals)")
+
+
+def _check_float_vector(vec, dims: int, i: int) -> None:
+    if type(vec) is not list:
+        raise InvalidResponse(f"embedding {i} is {type(vec).__name__}, expected a list of numbers")
+    if len(vec) != dims:
+        raise InvalidResponse(f"embedding {i} has {len(vec)} values, expected {dims}")
+    try:
+        # One C-level pass: a NaN or infinity anywhere makes the sum non-finite.
+        total = sum(vec)
+    except TypeError:
+        if any(x is None for x in vec):
+            # Standard JSON has no NaN; servers that produce one often write null instead.
+            raise InvalidResponse(f"embedding {i} holds null (a NaN or infinity written as null)") from None
+        raise InvalidResponse(f"embedding {i} holds a value that is not a number") from None
+    if not math.isfinite(total) and not all(math.isfinite(x) for x in vec):
+        raise InvalidResponse(f"embedding {i} holds a non-finite value")
+
+
+def _check_base64_vector(text, dims: int, i: int) -> None:
+    if type(text) is not str:
+        raise InvalidResponse(f"embedding {i} is {type(text).__name__}, expected a base64 string")
+    try:
+        raw = binascii.a2b_base64(text)
+    except binascii.Error:
+        raise InvalidResponse(f"embedding {i} is not valid base64") from None
+    if len(raw) != 4 * dims:
+        raise InvalidResponse(f"embedding {i} decodes to {len(raw) // 4} float32 values, expected {dims}")
+    if not np.isfinite(np.frombuffer(raw, dtype="<f4")).all():
+        raise InvalidResponse(f"embedding {i} holds a non-finite value")
+
+
+def _vector_length(vec, encoding: str) -> int:
+    if encoding == "base64" and type(vec) is str:
+        try:
+            return len(binascii.a2b_base64(vec)) // 4
+        except binascii.Error:
+            raise InvalidResponse("embedding 0 is not valid base64") from None
+    if type(vec) is not list:
+        raise InvalidResponse(f"embedding 0 is {type(vec).__name__}, expected a list of numbers")
+    return len(vec)
+
+
+class Flavor:
+    """Base of the three flavors; subclasses fill in the wire format."""
+
+    name = ""
+    path = ""
+    supports_base64 = False
+
+    def __init__(self, model: str, *, dimensions: int | None = None, encoding: str = "float") -> None:
+        if encoding not in ENCODINGS:
+            raise ConfigError(f"encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
+        if encoding == "base64" and not self.supports_base64:
+            raise ConfigError(f"the {self.name} flavor has no base64 encoding; use --encoding float")
+        self.model = model
+        self.dimensions = dimensions
+        self.encoding = encoding
+        self._check = _check_base64_vector if encoding == "base64" else _check_float_vector
+
+    def url(self, base_url: str) -> str:
+        """The full request URL for one base URL (a replica)."""
+        return base_url.rstrip("/") + self.path
+
+    def body(self, texts: list[str]) -> bytes:
+        """The encoded JSON request body for these texts."""
+        raise NotImplementedError
+
+    def vectors(self, doc) -> list:
+        """The list of vectors in a parsed answer (raises InvalidResponse when the shape is wrong)."""
+        raise NotImplementedError
+
+    def tokens(self, doc, headers: Mapping | None) -> int | None:
+        """Prompt tokens the server reports for this request, or None when it reports none."""
+        raise NotImplementedError
+
+    def served_model(self, doc) -> str | None:
+        """The model name the server says it used, when it says."""
+        model = doc.get("model") if isinstance(doc, dict) else None
+        return model if isinstance(model, str) else None
+
+    def validate(self, raw: bytes, n_texts: int, dims: int, headers: Mapping | None = None) -> int | None:
+        """Check one answer completely; return the reported prompt tokens (or None)."""
+        doc = _loads(raw)
+        vecs = self.vectors(doc)
+        if len(vecs) != n_texts:
+            raise InvalidResponse(f"{len(vecs)} embeddings for {n_texts} input texts")
+        check = self._check
+        for i, vec in enumerate(vecs):
+            check(vec, dims, i)
+        return self.tokens(doc, headers)
+
+    def inspect(self, raw: bytes, n_texts: int, headers: Mapping | None = None) -> dict:
+        """Read an answer without knowing the vector length yet (the probe): validate it against
+        the length of its first vector (or the requested dimensions) and report what it found."""
+        doc = _loads(raw)
+        vecs = self.vectors(doc)
+        if not vecs:
+            raise InvalidResponse("the answer holds no embeddings")
+        length = _vector_length(vecs[0], self.encoding)
+        dims = self.dimensions or length
+        self.validate(raw, n_texts, dims, headers)
+        return {
+            "served_model": self.served_model(doc),
+            "vector_length": length,
+            "prompt_tokens": self.tokens(doc, headers),
+        }
+
+
+class OpenAIFlavor(Flavor):
+    """OpenAI-compatible `POST {base_url}/embeddings` (SGLang, vLLM, Infinity, TEI's OpenAI route)."""
+
+    name = "openai"
+    path = "/embeddings"
+    supports_base64 = True
+
+    def body(self, texts: list[str]) -> bytes:
+        payload = {"model": self.model, "input": texts}
+        if self.dimensions:
+            payload["dimensions"] = self.dimensions
+        if self.encoding == "base64":
+            # Only sent when asked for: some servers reject encoding_format altogether.
+            payload["encoding_format"] = "base64"
+        return orjson.dumps(payload)
+
+    def vectors(self, doc) -> list:
+        data = doc.get("data") if isinstance(doc, dict) else None
+        if not isinstance(data, list):
+            raise InvalidResponse("answer has no 'data' list (expected an OpenAI embeddings response)")
+        try:
+            return [item["embedding"] for item in data]
+        except (TypeError, KeyError):
+            raise InvalidResponse("an item of 'data' has no 'embedding'") from None
+
+    def tokens(self, doc, headers) -> int | None:
+        usage = doc.get("usage")
+        if isinstance(usage, dict):
+            n = usage.get("prompt_tokens")
+            if isinstance(n, int) and not isinstance(n, bool):
+                return n
+        return None
+
+
+class TEIFlavor(Flavor):
+    """Text Embeddings Inference's native `POST /embed`: `{"inputs": [...]}` → `[[...], ...]`."""
+
+    name = "tei"
+    path = "/embed"
+
+    def body(self, texts: list[str]) -> bytes:
+        payload = {"inputs": texts}
+        if self.dimensions:
+            payload["dimensions"] = self.dimensions
+        return orjson.dumps(payload)
+
+    def vectors(self, doc) -> list:
+        if not isinstance(doc, list):
+            raise InvalidResponse("answer is not a list of vectors (expected TEI's /embed response)")
+        return doc
+
+    def tokens(self, doc, headers) -> int | None:
+        # TEI reports usage only in a response header.
+        value = headers.get("x-compute-tokens") if headers is not None else None
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+
+    def served_model(self, doc) -> str | None:
+        return None
+
+
+class OllamaFlavor(Flavor):
+    """Ollama's `POST /api/embed`: `{"model", "input": [...]}` → `{"embeddings": [...], "prompt_eval_count"}`."""
+
+    name = "ollama"
+    path = "/api/embed"
+
+    def body(self, texts: list[str]) -> bytes:
+        payload = {"model": self.model, "input": texts}
+        if self.dimensions:
+            payload["dimensions"] = self.dimensions
+        return orjson.dumps(payload)
+
+    def vectors(self, doc) -> list:
+        vecs = doc.get("embeddings") if isinstance(doc, dict) else None
+        if not isinstance(vecs, list):
+            raise InvalidResponse("answer has no 'embeddings' list (expected Ollama's /api/embed response)")
+        return vecs
+
+    def tokens(self, doc, headers) -> int | None:
+        n = doc.get("prompt_eval_count")
+        return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+FLAVORS = {cls.name: cls for cls in (OpenAIFlavor, TEIFlavor, OllamaFlavor)}
+
+
+def make_flavor(name: str, model: str, *, dimensions: int | None = None, encoding: str = "float") -> Flavor:
+    """The flavor object for a target's flavor name."""
+    try:
+        cls = FLAVORS[name]
+    except KeyError:
+        raise ConfigError(f"unknown flavor {name!r}; choose one of {', '.join(FLAVORS)}") from None
+    return cls(model, dimensions=dimensions, encoding=encoding)
+
+
+def request_headers(api_key: str | None) -> dict:
+    """Headers sent with every request: JSON body, optional Bearer key."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def error_text(raw: bytes, limit: int = 300) -> str:
+    """The server's own error message from an error body, shortened for display."""
+    text = None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        for key in ("error", "detail", "message", "msg"):
+            value = doc.get(key)
+            if isinstance(value, dict):
+                value = value.get("message") or value.get("msg") or value
+            if value:
+                text = value if isinstance(value, str) else orjson.dumps(value).decode()
+                break
+    if text is None:
+        text = raw.decode("utf-8", "replace").strip()
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

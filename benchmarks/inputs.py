@@ -1,0 +1,183 @@
+"""Input texts: unique per request by default, calibrated to the server's own token counts.
+
+Unique texts start with a run salt, the process number and a counter, followed by a window of
+ordinary English words at a random position of a long word stream, cut at a word boundary after
+the calibrated number of characters. The distinct start defeats prefix, radix and response
+caches; the word window keeps the text realistic for a tokenizer; cutting by characters (not by
+words) keeps the token count of every text close to the target; and a text costs one slice.
+Repeat mode (one identical text) exists only as a cache study.
+"""
+import bisect
+import random
+import secrets
+
+from benchmarks.errors import ConfigError
+
+MODES = ("unique", "corpus", "repeat")
+
+# Common English words: they tokenize like real prose (about 1.1-1.4 tokens per word).
+WORDS = """
+the of and to in is was for on are with as his they be at one have this from or had by word but
+what some we can out other were all there when up use your how said an each she which do their
+time if will way about many then them write would like so these her long make thing see him two
+has look more day could go come did number sound no most people my over know water than call first
+who may down side been now find any new work part take get place made live where after back little
+only round man year came show every good me give our under name very through just form sentence
+great think say help low line differ turn cause much mean before move right boy old too same tell
+does set three want air well also play small end put home read hand port large spell add even land
+here must big high such follow act why ask men change went light kind off need house picture try
+us again animal point mother world near build self earth father head stand own page should country
+found answer school grow study still learn plant cover food sun four between state keep eye never
+last let thought city tree cross farm hard start might story saw far sea draw left late run while
+press close night real life few north open seem together next white children begin got walk example
+ease paper group always music those both mark often letter until mile river car feet care second
+book carry took science eat room friend began idea fish mountain stop once base hear horse cut sure
+watch color face wood main enough plain girl usual young ready above ever red list though feel talk
+bird soon body dog family direct pose leave song measure door product black short numeral class wind
+question happen complete ship area half rock order fire south problem piece told knew pass since top
+whole king space heard best hour better true during hundred five remember step early hold west ground
+interest reach fast verb sing listen six table travel less morning ten simple several vowel toward
+war lay against pattern slow center love person money serve appear road map rain rule govern pull
+cold notice voice unit power town fine certain fly fall lead cry dark machine note wait plan figure
+star box noun field rest correct able pound done beauty drive stood contain front teach week final
+gave green quick develop ocean warm free minute strong special mind behind clear tail produce fact
+""".split()
+
+STREAM_WORDS = 60_000
+
+
+class InputSource:
+    """Produces the texts of successive requests for one process of a sweep.
+
+    `chars_per_text` comes from calibration (unique and repeat modes). `stream_index` and
+    `stream_count` split a corpus between processes so that no text is sent twice until the
+    corpus is exhausted; after that it is reused, and `corpus_reused` counts how often.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        *,
+        batch: int = 1,
+        chars_per_text: int = 400,
+        corpus: list[str] | None = None,
+        salt: str = "",
+        seed: int | None = None,
+        stream_index: int = 0,
+        stream_count: int = 1,
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"input mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if batch < 1:
+            raise ConfigError("batch (texts per request) must be at least 1")
+        if mode == "corpus" and not corpus:
+            raise ConfigError("input mode 'corpus' needs a non-empty corpus")
+        self.mode = mode
+        self.batch = batch
+        self.salt = salt or secrets.token_hex(3)
+        self.stream_index = stream_index
+        self.stream_count = max(1, stream_count)
+        self.counter = 0
+        self.corpus = corpus or []
+        self.corpus_pos = stream_index
+        self.corpus_reused = 0
+        self._rng = random.Random(seed if seed is not None else secrets.randbits(64))
+        words = self._rng.choices(WORDS, k=STREAM_WORDS)
+        self._stream = " ".join(words)
+        self._starts = []
+        pos = 0
+        for w in words:
+            self._starts.append(pos)
+            pos += len(w) + 1
+        self._starts.append(pos)
+        self.set_chars(chars_per_text)
+        self._repeat_text = self._unique_text() if mode == "repeat" else ""
+
+    def set_chars(self, chars: int) -> None:
+        """Set the length of the word window of unique texts, in characters."""
+        total = len(self._stream)
+        self.chars_per_text = max(1, min(int(chars), total // 2))
+        self._last_start = bisect.bisect_left(self._starts, total - self.chars_per_text - 1) - 1
+
+    def _unique_text(self) -> str:
+        starts = self._starts
+        first = self._rng.randrange(0, self._last_start)
+        begin = starts[first]
+        end = starts[bisect.bisect_left(starts, begin + self.chars_per_text, first + 1)] - 1
+        self.counter += 1
+        return f"{self.salt}{self.stream_index:02d}{self.counter:09d} {self._stream[begin:end]}"
+
+    def _corpus_text(self) -> str:
+        if self.corpus_pos >= len(self.corpus):
+            # Exhausted: start again and say so (the result reports reuse).
+            self.corpus_pos = self.stream_index % len(self.corpus)
+            self.corpus_reused += 1
+        text = self.corpus[self.corpus_pos]
+        self.corpus_pos += self.stream_count
+        return text
+
+    def next_texts(self) -> list[str]:
+        """The texts of the next request (`batch` of them)."""
+        if self.mode == "unique":
+            return [self._unique_text() for _ in range(self.batch)]
+        if self.mode == "corpus":
+            return [self._corpus_text() for _ in range(self.batch)]
+        return [self._repeat_text] * self.batch
+
+    def sample_text(self, chars: int) -> str:
+        """One unique text with a word window of about `chars` characters (for calibration)."""
+        saved = self.chars_per_text
+        self.set_chars(chars)
+        try:
+            return self._unique_text()
+        finally:
+            self.set_chars(saved)
+
+
+def load_corpus(path: str) -> list[str]:
+    """Texts from a file: one per line, or JSONL with a `text` field. Empty lines are skipped."""
+    import orjson
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [line.rstrip("\n") for line in fh]
+    except OSError as exc:
+        raise ConfigError(f"cannot read corpus file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"corpus file {path} is not UTF-8 text") from None
+    texts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise ConfigError(f"corpus file {path}, line {number}: not valid JSON") from None
+            text = doc.get("text") if isinstance(doc, dict) else None
+            if not isinstance(text, str) or not text:
+                raise ConfigError(f"corpus file {path}, line {number}: JSON line without a 'text' string")
+            texts.append(text)
+        else:
+            texts.append(line)
+    if not texts:
+        raise ConfigError(f"corpus file {path} holds no texts")
+    return texts
+
+
+def fit_length(samples: list[tuple[int, int]], target_tokens: int) -> int:
+    """Characters per text that give `target_tokens`, from (characters, measured tokens) samples.
+
+    Tokens grow linearly with the length plus a fixed part (special tokens, the unique prefix), so
+    two samples of different length give slope and intercept; one sample gives a plain ratio."""
+    samples = [(n, t) for n, t in samples if n > 0 and t and t > 0]
+    if not samples:
+        raise ValueError("no samples to calibrate with")
+    if len(samples) >= 2 and samples[-1][0] != samples[0][0]:
+        (n1, t1), (n2, t2) = samples[0], samples[-1]
+        slope = (t2 - t1) / (n2 - n1)
+        if slope > 0:
+            intercept = t1 - slope * n1
+            return max(1, round((target_tokens - intercept) / slope))
+    n, t = samples[-1]
+    return max(1, round(target_tokens * n / t))

@@ -1,0 +1,463 @@
+"""The hot loop: one event loop that applies one level's load and records every request.
+
+A `LevelRunner` drives one process's share of a level (its concurrency, or its share of the
+arrival rate) through one aiohttp session with one keep-alive connection pool, validates every
+answer, and files each request into HDR histograms and counters. Once a second it reports the
+finished second to the controller (`sweep.py`) through `out.put(...)`; at the end it returns a
+*partial*: a plain picklable dict that `document.merge_partials` combines exactly with the
+partials of the other processes.
+
+Clock: `time.perf_counter()` throughout (CLOCK_MONOTONIC on Linux, shared by all processes of a
+host, so the controller can hand every process the same start instant).
+
+Timing rules (docs/result-schema.md, "In-flight rule"):
+- the window is [t_w, t_e): t_w = level start + warm-up, t_e = t_w + duration;
+- a request belongs to the window when its intended start (closed loop: actual start) lies in it;
+  latency (from the intended start) and service time (from the actual start) are recorded for
+  those requests that succeeded or timed out, so a stall can never hide behind a timeout;
+- throughput counts successful requests that complete inside the window.
+"""
+import asyncio
+import math
+import random
+import time
+
+import aiohttp
+
+from benchmarks import stats
+from benchmarks.errors import (
+    CONNECT_ERROR,
+    ERROR_CLASSES,
+    INVALID_RESPONSE,
+    OK,
+    OUTCOMES,
+    TIMEOUT,
+    InvalidResponse,
+    classify_status,
+)
+from benchmarks.flavors import error_text
+
+LATE_THRESHOLD_S = 0.001  # an open-loop request starting later than this after its intended time is "late"
+LAG_PROBE_INTERVAL_S = 0.05  # event-loop lag probe period
+STOP_POLL_EVERY = 4  # lag probes between two looks at the stop event (about every 0.2 s)
+YIELD_EVERY = 16  # open loop: arrivals issued back to back before letting responses in
+
+
+class Second:
+    """What completed during one second of a level (counted by completion time)."""
+
+    __slots__ = ("ok", "errors", "hist", "in_flight")
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.errors = 0
+        self.hist = stats.new_histogram()
+        self.in_flight = 0
+
+
+class LevelRunner:
+    """Runs one process's share of one level. Build it, then `asyncio.run(runner.run())`.
+
+    `work` (one dict, picklable) carries the level: `index`, `mode` (closed/open), `concurrency`
+    (this process's slots) or `rate` (this process's arrivals/s) with `phase_s` (offset of its
+    first arrival), `arrival`, `max_in_flight`, `t0` (perf_counter instant the level starts),
+    `warmup_s`, `duration_s`, `timeout_s`, `dims` (expected vector length), `keep_samples`,
+    `seed`, `tokens_per_text_estimate`.
+    """
+
+    def __init__(self, work: dict, *, proc: int, flavor, urls: list[str], headers: dict, inputs,
+                 out, stop_event, cpu_clock=time.thread_time) -> None:
+        self.work = work
+        self.proc = proc
+        self.flavor = flavor
+        self.urls = urls
+        self.headers = headers
+        self.inputs = inputs
+        self.out = out
+        self.stop_event = stop_event
+        self.cpu_clock = cpu_clock
+
+        self.t0 = work["t0"]
+        self.t_w = self.t0 + work["warmup_s"]
+        self.t_e = self.t_w + work["duration_s"]
+        self.timeout_s = work["timeout_s"]
+        self.dims = work["dims"]
+        self.keep_samples = bool(work.get("keep_samples"))
+        self.est_tokens = float(work.get("tokens_per_text_estimate") or 0)
+
+        self.counts = dict.fromkeys(OUTCOMES, 0)
+        self.latency = stats.new_histogram()
+        self.service = stats.new_histogram()
+        self.schedule = stats.new_histogram()
+        self.loop_lag = stats.new_histogram()
+        self.late = 0
+        self.started = 0
+        self.in_flight = 0
+        self.window_ok = 0
+        self.window_texts = 0
+        self.window_tokens = 0
+        self.tokens_missing = 0
+        self.tpt_sum = 0.0  # tokens per text, over window requests that reported tokens
+        self.tpt_n = 0
+        self.tpt_min = None
+        self.tpt_max = None
+        self.seconds: dict[int, Second] = {}
+        self.examples: dict[str, str] = {}
+        self.samples: list[tuple] = []
+        self.rr = 0
+        self.stop_reason = None  # "cancelled" or "aborted" when told to stop early
+        self.window_closed_at = None
+        self.cpu_window_start = None
+        self.cpu_window = None
+        self._issuing = True
+        self._finished = False
+        self._tasks: set[asyncio.Task] = set()
+
+    # ---- one request -------------------------------------------------------------------------
+
+    async def _request(self, intended: float | None) -> None:
+        texts = self.inputs.next_texts()
+        n_texts = len(texts)
+        body = self.flavor.body(texts)
+        url = self.urls[self.rr % len(self.urls)]
+        self.rr += 1
+        self.in_flight += 1
+        start = time.perf_counter()
+        if intended is None:
+            intended = start
+        status = None
+        tokens = None
+        nbytes = 0
+        try:
+            async with self.session.post(url, data=body) as resp:
+                status = resp.status
+                raw = await resp.read()
+            end = time.perf_counter()
+            nbytes = len(raw)
+            if 200 <= status < 300:
+                try:
+                    tokens = self.flavor.validate(raw, n_texts, self.dims, resp.headers)
+                    outcome = OK
+                except InvalidResponse as exc:
+                    outcome = INVALID_RESPONSE
+                    self._example(outcome, str(exc))
+            else:
+                outcome = classify_status(status)
+                if outcome not in self.examples:
+                    self._example(outcome, f"HTTP {status}: {error_text(raw)}")
+        except TimeoutError:
+            end = time.perf_counter()
+            outcome = TIMEOUT
+            self._example(outcome, f"no complete answer within {self.timeout_s:g} s")
+        except (aiohttp.ClientError, OSError) as exc:
+            end = time.perf_counter()
+            outcome = CONNECT_ERROR
+            if outcome not in self.examples:
+                self._example(outcome, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        finally:
+            self.in_flight -= 1
+        self._record(intended, start, end, outcome, status, tokens, n_texts, nbytes)
+
+    def _example(self, outcome: str, message: str) -> None:
+        self.examples.setdefault(outcome, message[:300])
+
+    def _record(self, intended, start, end, outcome, status, tokens, n_texts, nbytes) -> None:
+        t_w = self.t_w
+        ok = outcome == OK
+        if ok and tokens is None:
+            self.tokens_missing += 1
+            tokens = round(n_texts * self.est_tokens)
+        if t_w <= intended < self.t_e:
+            self.counts[outcome] += 1
+            if ok or outcome == TIMEOUT:
+                stats.record_seconds(self.latency, end - intended)
+                stats.record_seconds(self.service, end - start)
+            if ok and tokens:
+                per_text = tokens / n_texts
+                self.tpt_sum += per_text
+                self.tpt_n += 1
+                if self.tpt_min is None or per_text < self.tpt_min:
+                    self.tpt_min = per_text
+                if self.tpt_max is None or per_text > self.tpt_max:
+                    self.tpt_max = per_text
+            if self.keep_samples:
+                self.samples.append((round(intended - t_w, 6), round(start - t_w, 6), round(end - t_w, 6),
+                                     outcome, status, tokens, n_texts, nbytes))
+        # Per-second series and throughput go by completion time.
+        sec = math.floor(end - t_w)
+        bucket = self.seconds.get(sec)
+        if bucket is None:
+            bucket = self.seconds[sec] = Second()
+        if ok:
+            bucket.ok += 1
+            stats.record_seconds(bucket.hist, end - intended)
+            if t_w <= end < self.t_e:
+                self.window_ok += 1
+                self.window_texts += n_texts
+                self.window_tokens += tokens or 0
+        else:
+            bucket.errors += 1
+
+    # ---- load patterns -----------------------------------------------------------------------
+
+    async def _open_schedule(self) -> None:
+        work = self.work
+        rate = float(work["rate"])
+        poisson = work.get("arrival", "poisson") == "poisson"
+        rng = random.Random(work.get("seed"))
+        cap = work.get("max_in_flight")
+        slots = asyncio.Semaphore(cap) if cap else None
+        perf = time.perf_counter
+        intended = self.t0 + float(work.get("phase_s") or 0.0)
+        back_to_back = 0
+        deadline = self.t_e + self.timeout_s
+        while intended < self.t_e and self._issuing:
+            delay = intended - perf()
+            if delay > 0:
+                back_to_back = 0
+                await asyncio.sleep(delay)
+            else:
+                back_to_back += 1
+                if back_to_back >= YIELD_EVERY:
+                    back_to_back = 0
+                    await asyncio.sleep(0)
+            if slots is not None:
+                try:
+                    await asyncio.wait_for(slots.acquire(), max(0.0, deadline - perf()))
+                except TimeoutError:
+                    break
+            now = perf()
+            if intended >= self.t_w:
+                self.started += 1
+                lag = now - intended
+                stats.record_seconds(self.schedule, lag if lag > 0 else 0)
+                if lag > LATE_THRESHOLD_S:
+                    self.late += 1
+            self._spawn(self._request(intended), slots)
+            intended += rng.expovariate(rate) if poisson else 1.0 / rate
+        # Arrivals due inside the window that could not even start before the deadline (the
+        # in-flight cap held them back): they count as timeouts, latency as long as they waited.
+        while intended < self.t_e and self._issuing and self.stop_reason is None:
+            if intended >= self.t_w:
+                self.started += 1
+                self.counts[TIMEOUT] += 1
+                stats.record_seconds(self.latency, max(deadline - intended, 0))
+                self._example(TIMEOUT, f"could not start within {self.timeout_s:g} s (in-flight cap reached)")
+            intended += rng.expovariate(rate) if poisson else 1.0 / rate
+
+    def _spawn(self, coro, slots) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        if slots is None:
+            task.add_done_callback(self._tasks.discard)
+        else:
+            def done(t, slots=slots):
+                self._tasks.discard(t)
+                slots.release()
+            task.add_done_callback(done)
+
+    # ---- housekeeping ------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Loop-lag probe and stop polling, until the level is over."""
+        perf = time.perf_counter
+        polls = 0
+        while not self._finished:
+            before = perf()
+            await asyncio.sleep(LAG_PROBE_INTERVAL_S)
+            now = perf()
+            if self.t_w <= now < self.t_e:
+                stats.record_seconds(self.loop_lag, max(0.0, now - before - LAG_PROBE_INTERVAL_S))
+            polls += 1
+            if polls >= STOP_POLL_EVERY:
+                polls = 0
+                if self.stop_event.is_set() and self.stop_reason is None:
+                    self._stop_early(now)
+
+    def _schedule_ticks(self) -> None:
+        # Timers on the loop's own clock: window start, window end and every second boundary.
+        loop = asyncio.get_running_loop()
+        offset = loop.time() - time.perf_counter()
+        loop.call_at(self.t_w + offset, self._open_window)
+        self._close_handle = loop.call_at(self.t_e + offset, self._on_window_end)
+        self._next_tick = self.t_w + math.floor(time.perf_counter() - self.t_w) + 1
+        self._tick_offset = offset
+        self._tick_handle = loop.call_at(self._next_tick + offset, self._on_tick)
+
+    def _open_window(self) -> None:
+        self.cpu_window_start = (self.cpu_clock(), time.perf_counter())
+
+    def _on_window_end(self) -> None:
+        if self.window_closed_at is None:
+            self._close_window(time.perf_counter())
+
+    def _on_tick(self) -> None:
+        now = time.perf_counter()
+        while now >= self._next_tick - 1e-4:
+            self._report_second(self._next_tick)
+            self._next_tick += 1
+        if not self._finished:
+            loop = asyncio.get_running_loop()
+            self._tick_handle = loop.call_at(self._next_tick + self._tick_offset, self._on_tick)
+
+    def _close_window(self, now: float) -> None:
+        self.window_closed_at = min(now, self.t_e)
+        if self.cpu_window_start is not None:
+            cpu0, wall0 = self.cpu_window_start
+            self.cpu_window = (self.cpu_clock() - cpu0, now - wall0)
+        self._in_flight_at_close = self.in_flight
+
+    def _stop_early(self, now: float) -> None:
+        # The controller knows why (cancel or abort policy) and labels the level itself.
+        self.stop_reason = "stopped"
+        self._issuing = False
+        if self.window_closed_at is None:
+            if now > self.t_w:
+                self._close_window(now)
+                self.t_e = now
+            else:
+                self.window_closed_at = self.t_w
+                self.t_e = self.t_w
+                self._in_flight_at_close = self.in_flight
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _report_second(self, tick: float) -> None:
+        sec = round(tick - self.t_w) - 1
+        bucket = self.seconds.get(sec)
+        if bucket is None:
+            bucket = self.seconds[sec] = Second()
+        bucket.in_flight = self.in_flight
+        if sec < 0:
+            phase = "warmup"
+        elif tick <= self.t_e + 1e-9 or self.window_closed_at is None:
+            phase = "measure"
+        else:
+            phase = "drain"
+        self.out.put(("second", self.proc, {
+            "sec": sec,
+            "phase": phase,
+            "completed": bucket.ok,
+            "errors": bucket.errors,
+            "hist": stats.encode(bucket.hist) if bucket.ok else None,
+            "in_flight": self.in_flight,
+            "window_ok": self.counts[OK],
+            "window_failed": sum(self.counts[c] for c in ERROR_CLASSES),
+        }))
+        if self.samples:
+            batch, self.samples = self.samples, []
+            self.out.put(("samples", self.proc, batch))
+
+    # ---- the level ---------------------------------------------------------------------------
+
+    async def run(self) -> dict:
+        """Apply the load, wait for the window's requests (in-flight rule), return the partial."""
+        work = self.work
+        closed = work["mode"] == "closed"
+        if closed:
+            limit = int(work["concurrency"])
+        else:
+            limit = int(work.get("max_in_flight") or 0)  # 0: no cap on connections
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, headers=self.headers,
+            skip_auto_headers=("User-Agent",), auto_decompress=False, raise_for_status=False,
+        )
+        self._in_flight_at_close = 0
+        watcher = asyncio.ensure_future(self._watch())
+        self._schedule_ticks()
+        try:
+            delay = self.t0 - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if closed:
+                slots = [asyncio.ensure_future(self._counted_slot()) for _ in range(limit)]
+                for task in slots:
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                await self._wait_all(slots)
+            else:
+                schedule = asyncio.ensure_future(self._open_schedule())
+                await self._wait_all([schedule])
+                await self._wait_all(list(self._tasks))
+        finally:
+            now = time.perf_counter()
+            if self.window_closed_at is None:
+                self._close_window(now)
+            self._finished = True
+            self._tick_handle.cancel()
+            self._close_handle.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            # Report the last, partial second so live views see the end of the level.
+            if now > self._next_tick - 1:
+                self._report_second(self._next_tick)
+            await self.session.close()
+        return self._partial()
+
+    async def _counted_slot(self) -> None:
+        # Closed loop: count window starts here so `requests_started` means the same in both modes.
+        request = self._request
+        perf = time.perf_counter
+        while self._issuing:
+            now = perf()
+            if now >= self.t_e:
+                break
+            if now >= self.t_w:
+                self.started += 1
+            await request(None)
+
+    async def _wait_all(self, tasks: list) -> None:
+        # In-flight rule: window requests finish on their own within timeout_s of their start
+        # (the session's timeout); the extra second only guards against a stuck transport.
+        if not tasks:
+            return
+        while True:
+            remaining = self.t_e + self.timeout_s + 1.0 - time.perf_counter()
+            done, pending = await asyncio.wait(tasks, timeout=max(0.05, min(remaining, 0.25)))
+            if not pending:
+                return
+            tasks = list(pending)
+            if remaining <= 0 or self.stop_reason is not None:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                return
+
+    def _partial(self) -> dict:
+        t_end = self.window_closed_at if self.window_closed_at is not None else self.t_e
+        duration = max(0.0, min(t_end, self.t_e) - self.t_w)
+        n_seconds = math.ceil(duration - 1e-9) if duration > 0 else 0
+        seconds = {}
+        for sec in range(n_seconds):
+            bucket = self.seconds.get(sec) or Second()
+            seconds[sec] = {
+                "completed": bucket.ok,
+                "errors": bucket.errors,
+                "hist": stats.encode(bucket.hist) if bucket.ok else None,
+                "in_flight": bucket.in_flight,
+            }
+        cpu_s, wall_s = self.cpu_window if self.cpu_window else (0.0, 0.0)
+        return {
+            "proc": self.proc,
+            "status": self.stop_reason or "completed",
+            "duration_s": duration,
+            "counts": dict(self.counts),
+            "started": self.started,
+            "in_flight_at_end": self._in_flight_at_close,
+            "window_ok": self.window_ok,
+            "window_texts": self.window_texts,
+            "window_tokens": self.window_tokens,
+            "tokens_missing": self.tokens_missing,
+            "tokens_per_text": {"sum": self.tpt_sum, "n": self.tpt_n, "min": self.tpt_min, "max": self.tpt_max},
+            "latency": stats.encode(self.latency),
+            "service": stats.encode(self.service),
+            "schedule": stats.encode(self.schedule) if self.work["mode"] == "open" else None,
+            "late": self.late,
+            "loop_lag": stats.encode(self.loop_lag),
+            "cpu_s": cpu_s,
+            "wall_s": wall_s,
+            "seconds": seconds,
+            "examples": dict(self.examples),
+            "samples": self.samples,
+        }

@@ -1,0 +1,69 @@
+"""Latency statistics: the one place that computes percentiles.
+
+Every latency is recorded in microseconds into an HdrHistogram (lowest 1 µs, highest 3,600 s,
+3 significant digits). Histograms travel between processes and into the result document in the
+`hdrhistogram` package's encoded form (base64 of the compressed V2 format) and merge exactly.
+"""
+from collections.abc import Iterable
+
+from hdrh.histogram import HdrHistogram
+
+LOWEST_US = 1
+HIGHEST_US = 3600 * 1_000_000
+SIGNIFICANT_DIGITS = 3
+
+# Percentile keys of the result document and the percentile each stands for.
+PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p999", 99.9))
+
+
+def new_histogram() -> HdrHistogram:
+    """An empty latency histogram in microseconds."""
+    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+
+def record_seconds(hist: HdrHistogram, seconds: float) -> None:
+    """Record one duration given in seconds (clamped into the histogram's range)."""
+    us = int(seconds * 1_000_000)
+    if us < LOWEST_US:
+        us = LOWEST_US
+    elif us > HIGHEST_US:
+        us = HIGHEST_US
+    hist.record_value(us)
+
+
+def encode(hist: HdrHistogram) -> str:
+    """The histogram as text for JSON (base64 of the compressed V2 format)."""
+    return hist.encode().decode("ascii")
+
+
+def decode(text: str) -> HdrHistogram:
+    """Inverse of `encode`."""
+    return HdrHistogram.decode(text.encode("ascii") if isinstance(text, str) else text)
+
+
+def merge(encoded: Iterable[str | None]) -> HdrHistogram:
+    """One histogram holding every value of the given encoded histograms (exact: counts add)."""
+    total = new_histogram()
+    for text in encoded:
+        if text:
+            total.add(decode(text))
+    return total
+
+
+def summary_ms(hist: HdrHistogram) -> dict:
+    """`mean`, `p50` … `p999`, `max` in milliseconds; all None when nothing was recorded."""
+    keys = ["mean", *(k for k, _ in PERCENTILES), "max"]
+    if hist.get_total_count() == 0:
+        return dict.fromkeys(keys)
+    out = {"mean": round(hist.get_mean_value() / 1000, 3)}
+    for key, pct in PERCENTILES:
+        out[key] = round(hist.get_value_at_percentile(pct) / 1000, 3)
+    out["max"] = round(hist.get_max_value() / 1000, 3)
+    return out
+
+
+def percentile_ms(hist: HdrHistogram, pct: float) -> float | None:
+    """One percentile in milliseconds, or None for an empty histogram."""
+    if hist.get_total_count() == 0:
+        return None
+    return round(hist.get_value_at_percentile(pct) / 1000, 3)
