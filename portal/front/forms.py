@@ -25,8 +25,17 @@ class TeamChoiceMixin:
         first = teams.first()
         if first is not None:
             field.initial = first.pk
+        self._default_team = first
         if teams.count() <= 1:
+            # One team: nothing to choose, so the form works without the field too.
             field.widget = forms.HiddenInput()
+            field.required = False
+
+    def clean_team(self):
+        team = self.cleaned_data.get("team") or getattr(self, "_default_team", None)
+        if team is None:
+            raise forms.ValidationError("You are not an owner or member of any team, so you cannot create this.")
+        return team
 
 
 class TargetForm(TeamChoiceMixin, forms.ModelForm):

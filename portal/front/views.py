@@ -9,6 +9,7 @@ from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
 from portal.front.access import (
@@ -20,14 +21,11 @@ from portal.front.access import (
 from portal.front.forms import PlanForm, RunFilterForm, RunForm, TargetForm
 from portal.front.presets import PLAN_PRESETS, PRESET_LABELS
 from portal.sweeps.models import Plan, Run, Target
+from portal.sweeps.services import request_cancel, request_probe, start_run
 
 log = logging.getLogger(__name__)
 
 RUNS_PER_PAGE = 25
-
-
-def _broker_error_text(exc: Exception) -> str:
-    return f"The task queue could not be reached ({exc.__class__.__name__}: {exc}). Is the broker running?"
 
 
 @login_required
@@ -72,8 +70,9 @@ def target_create(request):
 @login_required
 def target_detail(request, pk):
     target = get_target_for_user(request.user, pk)
-    runs = target.runs.select_related("plan")[:10]
-    return render(request, "sweeps/target_detail.html", {"target": target, "runs": runs})
+    runs = target.runs.select_related("target", "plan")[:10]
+    context = {"target": target, "runs": runs, "probe": probe_state(target)}
+    return render(request, "sweeps/target_detail.html", context)
 
 
 @login_required
@@ -100,9 +99,18 @@ def target_delete(request, pk):
 
 def probe_state(target: Target) -> dict:
     """What the page shows about 'Test connection': pending (waiting for a worker) or the last result."""
-    pending = target.probe_requested_at is not None and not target.last_probe
-    waited = (timezone.now() - target.probe_requested_at).total_seconds() if pending else None
-    return {"pending": pending, "waited_s": waited, "queue": target.queue, "result": target.last_probe}
+    result = target.last_probe or None
+    requested = target.probe_requested_at
+    answered_at = parse_datetime((result or {}).get("at") or "")
+    # A result written before the latest request is the previous test's: the new one is still pending.
+    pending = requested is not None and (result is None or (answered_at is not None and answered_at < requested))
+    return {
+        "pending": pending,
+        "waited_s": (timezone.now() - requested).total_seconds() if pending else None,
+        "queue": target.queue,
+        "result": None if pending else result,
+        "tested_at": answered_at,
+    }
 
 
 @login_required
@@ -114,18 +122,9 @@ def target_probe(request, pk):
         state["html"] = render_to_string("sweeps/_probe_result.html", {"target": target, "probe": state})
         return JsonResponse(state)
     target = get_target_for_user(request.user, pk, write=True)
-    from workers.tasks import probe_target
-
-    target.last_probe = None
-    target.probe_requested_at = timezone.now()
-    target.save(update_fields=["last_probe", "probe_requested_at"])
-    try:
-        probe_target.apply_async(args=[target.pk], queue=target.queue)
-    except Exception as exc:  # a broker that is down raises kombu/redis/socket errors alike
-        log.warning("could not enqueue probe of target %s: %s", target.pk, exc)
-        target.last_probe = {"ok": False, "error": _broker_error_text(exc), "hint": None}
-        target.save(update_fields=["last_probe"])
-    if request.headers.get("Accept", "").startswith("application/json"):
+    request_probe(target)
+    target.refresh_from_db()
+    if "application/json" in request.headers.get("Accept", ""):
         return JsonResponse(probe_state(target))
     return redirect(target)
 
@@ -160,7 +159,7 @@ def plan_create(request):
 @login_required
 def plan_detail(request, pk):
     plan = get_plan_for_user(request.user, pk)
-    runs = plan.runs.select_related("target")[:10]
+    runs = plan.runs.select_related("target", "plan")[:10]
     return render(request, "sweeps/plan_detail.html", {"plan": plan, "runs": runs})
 
 
@@ -195,24 +194,17 @@ def run_create(request):
     initial = {k: request.GET[k] for k in ("target", "plan", "label") if request.GET.get(k)}
     form = RunForm(request.POST or None, initial=initial, user=request.user)
     if request.method == "POST" and form.is_valid():
-        from portal.sweeps.services import start_run
-
         data = form.cleaned_data
-        try:
-            run = start_run(
-                target=data["target"],
-                plan=data["plan"],
-                user=request.user,
-                label=data["label"],
-                notes=data["notes"],
-                server_config=data["server_config"],
-            )
-        except Exception as exc:  # the broker is down: say so instead of a server error
-            log.warning("could not start a run: %s", exc)
-            form.add_error(None, _broker_error_text(exc))
-        else:
-            messages.success(request, "Run queued. This page follows it live.")
-            return redirect(run)
+        run = start_run(
+            target=data["target"],
+            plan=data["plan"],
+            user=request.user,
+            label=data["label"],
+            notes=data["notes"],
+            server_config=data["server_config"],
+        )
+        messages.success(request, "Run queued. This page follows it live.")
+        return redirect(run)
     return render(request, "sweeps/run_form.html", {"form": form})
 
 
@@ -301,13 +293,9 @@ def run_cancel(request, pk):
     if run.is_final:
         messages.info(request, f"This run has already finished ({run.get_status_display().lower()}).")
         return redirect(run)
-    Run.objects.filter(pk=run.pk).update(cancel_requested=True)
-    # Only a still-queued run changes state here; a running one is stopped by its worker within seconds.
-    cancelled_now = Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
-        status=Run.Status.CANCELLED, finished=timezone.now(), status_reason="Cancelled before a worker started it."
-    )
-    if cancelled_now:
+    run = request_cancel(run)
+    if run.status == Run.Status.CANCELLED:
         messages.success(request, "Run cancelled before it started.")
     else:
-        messages.info(request, "Cancelling: the worker stops after the current second and keeps finished levels.")
+        messages.info(request, "Cancelling: the worker stops within a few seconds and keeps the finished levels.")
     return redirect(run)
