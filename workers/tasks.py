@@ -18,6 +18,9 @@ from celery.signals import worker_ready
 from django.db import connections
 from django.utils import timezone
 
+from benchmarks.control import CancelToken
+from benchmarks.errors import SweepError
+from benchmarks.sweep import run_sweep as engine_run_sweep
 from portal.sweeps.models import Level, Run, Target
 from portal.sweeps.services import store_level
 from workers import recovery
@@ -66,15 +69,27 @@ def run_sweep(self, run_id: int) -> str:
     if not claimed:  # cancelled (or taken by another worker) between the read and the update
         return Run.objects.filter(pk=run_id).values_list("status", flat=True).first() or "missing"
     time_limit = (getattr(self.request, "timelimit", None) or (None, None))[1]
-    return execute_sweep(run_id, node=node, soft_time_limit=time_limit)
+    try:
+        return execute_sweep(run_id, node=node, soft_time_limit=time_limit)
+    except Exception as exc:
+        # Last resort (e.g. the engine failed to import): a run must never stay "running" forever.
+        logger.error("run %s: the worker failed\n%s", run_id, traceback.format_exc())
+        Run.objects.filter(pk=run_id, status=Run.Status.RUNNING).update(
+            status=Run.Status.FAILED, status_reason=internal_error_reason(exc, node), finished=timezone.now()
+        )
+        return Run.Status.FAILED
+
+
+def internal_error_reason(exc: BaseException, node: str) -> str:
+    """A short reason for an unexpected exception; the traceback goes to the worker log only."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if len(detail) > REASON_MAX:
+        detail = detail[: REASON_MAX - 1] + "…"
+    return f"Internal error in the worker ({detail}). The worker log on {node} has the details."
 
 
 def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = None) -> str:
     """Run the engine for a run already marked running, record everything, set the final status."""
-    from benchmarks.control import CancelToken
-    from benchmarks.errors import SweepError
-    from benchmarks.sweep import run_sweep as engine_run_sweep
-
     run = Run.objects.select_related("target").get(pk=run_id)
     target_spec = dict(run.target_config)
     # The snapshot never holds the API key; the target's current key is used if the target still exists.
@@ -111,10 +126,7 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
                   "check it, or raise the plan's timeout.")
     except Exception as exc:
         logger.error("run %s: the sweep failed unexpectedly\n%s", run_id, traceback.format_exc())
-        detail = f"{type(exc).__name__}: {exc}"
-        if len(detail) > REASON_MAX:
-            detail = detail[: REASON_MAX - 1] + "…"
-        reason = f"Internal error in the worker ({detail}). The worker log on {node} has the details."
+        reason = internal_error_reason(exc, node)
     finally:
         final_phase = {"phase": "done", "updated_at": timezone.now().isoformat()}
         write_errors = recorder.close(final_progress=final_phase)

@@ -1,0 +1,250 @@
+"""Real processes for the end-to-end tests: a Celery worker, a database, a broker, and a driver.
+
+The worker is another process, so the test cannot use pytest-django's test database. Each stack
+gets its own database (a SQLite file in a temporary var dir, or a uniquely named PostgreSQL
+database) and its own queue name, is migrated by `manage.py migrate`, and is driven through a
+long-lived "driver" subprocess that runs Django against that database and answers JSON commands
+on stdin/stdout (create data, start and cancel runs through portal.sweeps.services, read runs,
+render the run page with Django's test client). The test process itself only runs the simulator.
+
+`python -m tests.e2e_support serve` is the driver's entry point.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+CELERY = str(Path(PYTHON).parent / "celery")
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def base_env(var_dir: Path, *, database_url: str, broker_url: str) -> dict:
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("DATABASE_URL", "CELERY_BROKER_URL", "EMBPERF_VAR_DIR")}
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "EMBPERF_VAR_DIR": str(var_dir),
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": broker_url,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "LOG_LEVEL": "INFO",
+    })
+    return env
+
+
+def migrate(env: dict) -> None:
+    done = subprocess.run([PYTHON, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"migrate failed:\n{done.stdout}\n{done.stderr}")
+
+
+def postgres_available() -> str | None:
+    """None when PostgreSQL answers at 127.0.0.1:5432, else why not."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return None
+    except Exception as exc:
+        return f"PostgreSQL at 127.0.0.1:5432 is not reachable ({exc})"
+
+
+def redis_available() -> str | None:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+        return None
+    except Exception as exc:
+        return f"Redis at 127.0.0.1:6379 is not reachable ({exc})"
+
+
+def create_postgres_database(name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgres://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_postgres_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def drop_redis_queue(queue: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete(queue, f"_kombu.binding.{queue}")
+
+
+class Worker:
+    """`celery -A workers worker` consuming one queue, in its own process group."""
+
+    def __init__(self, env: dict, queue: str, log_path: Path):
+        self.log_path = log_path
+        self.node = f"{unique_name('e2e')}@%h"
+        self._log = open(log_path, "wb")  # closed in stop()
+        self.proc = subprocess.Popen(
+            [CELERY, "-A", "workers", "worker", "-Q", queue, "-c", "2", "-n", self.node, "--without-gossip",
+             "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the Celery worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+        raise RuntimeError(f"the Celery worker was not ready within {timeout} s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+
+
+class Driver:
+    """A Django process on the stack's database that answers one JSON command per line."""
+
+    def __init__(self, env: dict, log_path: Path):
+        self._log = open(log_path, "wb")  # closed in stop()
+        self.log_path = log_path
+        self.proc = subprocess.Popen([PYTHON, "-m", "tests.e2e_support", "serve"], cwd=ROOT, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
+
+    def call(self, command: str, **args) -> dict:
+        self.proc.stdin.write(json.dumps({"command": command, **args}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the driver died:\n{self.log_path.read_text(errors='replace')[-4000:]}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"driver command {command} failed: {answer['error']}")
+        return answer
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+# The driver side (runs in the subprocess, with Django set up on the stack's database).
+
+def _serve() -> None:
+    import traceback
+
+    import django
+
+    django.setup()
+    state: dict = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            answer = COMMANDS[request.pop("command")](state, **request)
+        except Exception:
+            answer = {"error": traceback.format_exc()}
+        sys.stdout.write(json.dumps(answer, default=str) + "\n")
+        sys.stdout.flush()
+
+
+def _setup(state: dict, *, sim_url: str, queue: str) -> dict:
+    from django.contrib.auth.models import User
+
+    from portal.accounts.models import Membership, Team
+    from portal.sweeps.models import Plan, Target
+
+    user = User.objects.create_user("e2e", password=uuid.uuid4().hex)
+    team = Team.objects.create(name="E2E")
+    Membership.objects.create(team=team, user=user, role=Membership.Role.OWNER)
+    target = Target.objects.create(team=team, name="simulator", base_urls=[sim_url], model_name="sim-embed",
+                                   engine="simulator", queue=queue)
+    short = Plan.objects.create(team=team, name="short", levels=[1, 2], warmup_s=0.5, duration_s=1, tokens=64,
+                                dimensions=128, timeout_s=5)
+    long = Plan.objects.create(team=team, name="long", levels=[1, 2], warmup_s=0, duration_s=60, tokens=64,
+                               dimensions=128, timeout_s=5)
+    state["user"] = user
+    return {"target": target.pk, "short": short.pk, "long": long.pk}
+
+
+def _start(state: dict, *, target: int, plan: int, label: str) -> dict:
+    from portal.sweeps.models import Plan, Target
+    from portal.sweeps.services import start_run
+
+    run = start_run(target=Target.objects.get(pk=target), plan=Plan.objects.get(pk=plan), user=state["user"],
+                    label=label)
+    return {"run": run.pk, "status": run.status}
+
+
+def _run(state: dict, *, run: int) -> dict:
+    from portal.sweeps.models import Run
+
+    row = Run.objects.get(pk=run)
+    levels = [
+        {"index": level.index, "concurrency": level.concurrency, "qps": level.qps,
+         "requests_ok": level.requests_ok, "error_rate": level.error_rate, "p99": level.latency_p99_ms,
+         "status": level.data.get("status")}
+        for level in row.levels.order_by("index")
+    ]
+    return {"status": row.status, "reason": row.status_reason, "phase": (row.progress or {}).get("phase"),
+            "recent": len((row.progress or {}).get("recent") or []), "finished": row.finished,
+            "worker_host": row.worker_host, "levels": levels, "summary": row.summary}
+
+
+def _cancel(state: dict, *, run: int) -> dict:
+    from django.utils import timezone
+
+    from portal.sweeps.models import Run
+    from portal.sweeps.services import request_cancel
+
+    row = request_cancel(Run.objects.get(pk=run))
+    return {"at": timezone.now(), "status": row.status}
+
+
+def _page(state: dict, *, run: int) -> dict:
+    from django.test import Client
+    from django.urls import reverse
+
+    client = Client()
+    client.force_login(state["user"])
+    response = client.get(reverse("run-detail", args=[run]))
+    return {"status": response.status_code, "html": response.content.decode()}
+
+
+COMMANDS = {"setup": _setup, "start": _start, "run": _run, "cancel": _cancel, "page": _page}
+
+if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
+    _serve()
