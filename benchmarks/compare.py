@@ -171,12 +171,19 @@ def level_noise(doc: dict, quantile: Callable[[float], float] | None = None) -> 
 
 
 def between_run_noise(values: Sequence[float | None]) -> float | None:
-    """Sample standard deviation of one figure over repeated runs; None with fewer than 3 values."""
+    """Spread of one figure over repeated runs (in run order); None with fewer than 3 values.
+
+    Robust to a genuine step change in the series: the standard deviation is estimated from the
+    median absolute difference between consecutive runs, 1.4826 * median|x[i+1] - x[i]| / sqrt(2),
+    so one regression among many runs widens it by one difference only.
+    """
     xs = [float(v) for v in values if v is not None]
     if len(xs) < 3:
         return None
-    mean = sum(xs) / len(xs)
-    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    steps = sorted(abs(b - a) for a, b in zip(xs, xs[1:], strict=False))
+    mid = len(steps) // 2
+    median = steps[mid] if len(steps) % 2 else (steps[mid - 1] + steps[mid]) / 2
+    return 1.4826 * median / math.sqrt(2)
 
 
 def combine_noise(within: float | None, between: float | None) -> float | None:

@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "portal.sweeps",
     "portal.api",
     "portal.front",
+    "portal.history",
 ]
 
 MIDDLEWARE = [

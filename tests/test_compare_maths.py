@@ -90,7 +90,9 @@ def test_binomial_standard_error_floors_zero_rate():
 
 
 def test_between_run_noise_needs_three_runs():
-    assert between_run_noise([10, 12, 14]) == pytest.approx(2.0)
+    assert between_run_noise([10, 12, 14]) == pytest.approx(1.4826 * 2 / math.sqrt(2))
+    # A step from 10 to 20 among small wiggles: the median step is 0.5, not the jump.
+    assert between_run_noise([10, 10.5, 10, 20, 20.5, 20]) == pytest.approx(1.4826 * 0.5 / math.sqrt(2))
     assert between_run_noise([10, 12, None]) is None
     assert combine_noise(0.5, 2.0) == 2.0
     assert combine_noise(None, None) is None

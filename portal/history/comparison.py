@@ -1,0 +1,339 @@
+"""Compare 2 to 10 runs against a baseline run: per-level figures, differences, noise, config changes.
+
+The maths lives in benchmarks.compare; this module gathers the numbers from the database in a
+fixed number of queries (never reading Level.data) and shapes them for the page, the API, CSV
+and Markdown.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+
+from django.db.models import F, Q, Window
+from django.db.models.functions import RowNumber
+
+from benchmarks.compare import (
+    K_SIGMA,
+    METRICS,
+    between_run_noise,
+    combine_noise,
+    compare_values,
+    run_figures,
+)
+from portal.history.models import LevelStats
+from portal.sweeps.models import Level, Run
+
+MIN_RUNS, MAX_RUNS = 2, 10
+# How many recent runs of the same target and plan feed the between-run noise estimate.
+REPEAT_WINDOW = 20
+
+# Level column holding each compared figure.
+METRIC_COLUMNS = {
+    "qps": "qps",
+    "tokens_per_s": "tokens_per_s",
+    "p50_ms": "latency_p50_ms",
+    "p90_ms": "latency_p90_ms",
+    "p99_ms": "latency_p99_ms",
+    "error_rate": "error_rate",
+}
+HEADLINE_FIELDS = ("id", "run_id", "index", "concurrency", "rate", "client_bound", *METRIC_COLUMNS.values())
+
+
+class ComparisonError(ValueError):
+    """A selection that cannot be compared; the message says why in plain words."""
+
+
+def headline_levels(run_ids) -> list[Level]:
+    """The runs' levels with their headline columns only (the level documents stay in the database)."""
+    return list(Level.objects.filter(run_id__in=run_ids).only(*HEADLINE_FIELDS).order_by("run_id", "index"))
+
+
+def level_value(level: Level, metric: str) -> float | None:
+    return getattr(level, METRIC_COLUMNS[metric])
+
+
+def config_fingerprint(target_config: dict, plan_config: dict, server_config: dict) -> str:
+    """Identical for runs made with the same target, plan and server configuration (repeats)."""
+    return json.dumps([target_config, plan_config, server_config], sort_keys=True, default=str)
+
+
+def repeat_key(run: Run) -> tuple:
+    return (run.target_id, run.plan_id, config_fingerprint(run.target_config, run.plan_config, run.server_config))
+
+
+def repeated_run_noise(runs: list[Run]) -> dict[tuple, dict[float, dict[str, float | None]]]:
+    """{repeat key: {load: {metric: between-run noise}}} from repeats of each compared run: the latest
+    succeeded runs (at most REPEAT_WINDOW per target and plan) made with the same configuration.
+    Fewer than 3 repeats give no estimate."""
+    pairs = {(r.target_id, r.plan_id) for r in runs if r.target_id and r.plan_id}
+    if not pairs:
+        return {}
+    match = Q()
+    for target_id, plan_id in pairs:
+        match |= Q(target_id=target_id, plan_id=plan_id)
+    repeats = list(
+        Run.objects.filter(match, status=Run.Status.SUCCEEDED)
+        .annotate(nth=Window(RowNumber(), partition_by=[F("target_id"), F("plan_id")], order_by=F("created").desc()))
+        .filter(nth__lte=REPEAT_WINDOW)
+        .values_list("id", "target_id", "plan_id", "created", "target_config", "plan_config", "server_config")
+    )
+    wanted = {repeat_key(r) for r in runs}
+    group_of, order = {}, {}
+    for run_id, target_id, plan_id, created, target_config, plan_config, server_config in repeats:
+        key = (target_id, plan_id, config_fingerprint(target_config, plan_config, server_config))
+        if key in wanted:
+            group_of[run_id], order[run_id] = key, created
+    series: dict[tuple, dict[float, dict[str, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    levels = sorted(headline_levels(group_of), key=lambda lv: (order[lv.run_id], lv.index))
+    for lv in levels:
+        for metric in METRICS:
+            series[group_of[lv.run_id]][lv.load][metric].append(level_value(lv, metric))
+    return {
+        group: {load: {m: between_run_noise(values) for m, values in by_metric.items()}
+                for load, by_metric in by_load.items()}
+        for group, by_load in series.items()
+    }
+
+
+def run_title(run: Run) -> str:
+    """'#12 tuned' or '#12 <target name>' — how a run is named in tables and legends."""
+    return f"#{run.pk} {run.label or run.target_config.get('name', '')}".strip()
+
+
+def _fmt_value(metric: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    if metric == "error_rate":
+        return f"{value * 100:.2f} %"
+    if metric == "tokens_per_s":
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+def _fmt_diff(metric: str, diff: float) -> str:
+    if metric == "error_rate":
+        return f"{diff * 100:+.2f} pp"
+    if metric == "tokens_per_s":
+        return f"{diff:+,.0f}"
+    return f"{diff:+,.1f}"
+
+
+def _fmt_pct(delta: dict | None) -> str:
+    if delta is None or delta["pct"] is None:
+        return "–"
+    mark = "*" if delta["significant"] else ""
+    return f"{delta['pct']:+.1f} %{mark}"
+
+
+def _load_text(load: float) -> str:
+    return f"{load:g}"
+
+
+def config_fields(run: Run, gpu_names: list[str]) -> dict[str, str]:
+    """The configuration a run ran with, flattened to labelled strings for the "What changed" panel."""
+    t, p = run.target_config or {}, run.plan_config or {}
+    doc = run.document or {}
+    client, probe = doc.get("client") or {}, doc.get("probe") or {}
+
+    def text(value) -> str:
+        if value is None or value == "" or value == []:
+            return "–"
+        if isinstance(value, list | tuple):
+            return ", ".join(str(v) for v in value)
+        return str(value)
+
+    fields = {
+        "Target": text(t.get("name")),
+        "Engine": text(t.get("engine")),
+        "Engine version": text(t.get("engine_version")),
+        "Model": text(t.get("model")),
+        "Served model": text(probe.get("served_model")),
+        "API flavor": text(t.get("flavor")),
+        "Base URLs": text(t.get("base_urls")),
+        "GPU model": text(sorted(set(gpu_names))),
+        "GPUs": text(t.get("gpus")),
+    }
+    for key, value in sorted((t.get("launch_config") or {}).items()):
+        fields[f"Launch {key}"] = text(value)
+    for key, value in sorted((run.server_config or {}).items()):
+        fields[f"Server {key}"] = text(value)
+    plan_labels = [
+        ("name", "Plan"), ("mode", "Load mode"), ("levels", "Levels"), ("arrival", "Arrival"),
+        ("max_in_flight", "Max in flight"), ("warmup_s", "Warm-up (s)"), ("duration_s", "Duration (s)"),
+        ("tokens", "Tokens per text"), ("batch", "Texts per request"), ("dimensions", "Dimensions"),
+        ("encoding", "Encoding"), ("timeout_s", "Timeout (s)"), ("slo_p99_ms", "SLO p99 (ms)"),
+        ("input", "Input"), ("processes", "Client processes"),
+    ]
+    for key, label in plan_labels:
+        fields[label] = text(p.get(key))
+    fields["Worker host"] = text(run.worker_host or client.get("host"))
+    fields["Client version"] = text(run.client_version or client.get("version"))
+    fields["Python"] = text(client.get("python"))
+    return fields
+
+
+class Comparison:
+    """Runs aligned level by level against a baseline; see to_dict() for the shape."""
+
+    def __init__(self, runs: list[Run], baseline: Run, levels: dict[int, dict[float, Level]],
+                 stats: dict[int, LevelStats], repeats: dict[tuple, dict]):
+        self.runs = runs
+        self.baseline = baseline
+        self.candidates = [r for r in runs if r.pk != baseline.pk]
+        self._levels = levels
+        self._stats = stats
+        self._repeats = repeats
+        self.loads = sorted({load for by_load in levels.values() for load in by_load})
+        modes = {r.level_key for r in runs}
+        self.load_key = modes.pop() if len(modes) == 1 else "load"
+        self.rows = self._build_rows()
+
+    def _noise(self, run: Run, level: Level, metric: str) -> float | None:
+        stats = self._stats.get(level.pk)
+        within = stats.noise.get(metric) if stats else None
+        between = self._repeats.get(repeat_key(run), {}).get(level.load, {}).get(metric)
+        return combine_noise(within, between)
+
+    def _build_rows(self) -> list[dict]:
+        rows = []
+        for load in self.loads:
+            base_level = self._levels[self.baseline.pk].get(load)
+            for metric_key, metric in METRICS.items():
+                cells = []
+                base_value = level_value(base_level, metric_key) if base_level else None
+                base_noise = self._noise(self.baseline, base_level, metric_key) if base_level else None
+                for run in self.runs:
+                    level = self._levels[run.pk].get(load)
+                    value = level_value(level, metric_key) if level else None
+                    noise = self._noise(run, level, metric_key) if level else None
+                    delta = None
+                    if run.pk != self.baseline.pk and value is not None and base_value is not None:
+                        delta = compare_values(metric, base_value, base_noise, value, noise).to_dict()
+                    cells.append({"run": run.pk, "value": value, "noise": noise, "delta": delta,
+                                  "client_bound": bool(level and level.client_bound)})
+                rows.append({"load": load, "metric": metric_key, "cells": cells})
+        return rows
+
+    def figures(self, run: Run) -> dict:
+        """Peak, knee and SLO figures of one run, from its levels."""
+        levels = [{"load": lv.load, "qps": lv.qps, "p99_ms": lv.latency_p99_ms}
+                  for lv in self._levels[run.pk].values()]
+        return run_figures(levels, (run.plan_config or {}).get("slo_p99_ms"))
+
+    def config_diff(self) -> dict:
+        """{"changed": [{"field", "values"}], "same": [{"field", "value"}]}: identical fields folded apart."""
+        per_run = []
+        for run in self.runs:
+            names = [name for lv in self._levels[run.pk].values()
+                     for name in getattr(self._stats.get(lv.pk), "gpu_names", [])]
+            per_run.append(config_fields(run, names))
+        fields = list(dict.fromkeys(f for cfg in per_run for f in cfg))
+        changed, same = [], []
+        for field in fields:
+            values = [cfg.get(field, "–") for cfg in per_run]
+            if len(set(values)) > 1:
+                changed.append({"field": field, "values": values})
+            else:
+                same.append({"field": field, "value": values[0]})
+        return {"changed": changed, "same": same}
+
+    def to_dict(self) -> dict:
+        """JSON-ready comparison: runs, metrics, rows (one per level and metric), config diff."""
+        return {
+            "baseline": self.baseline.pk,
+            "k_sigma": K_SIGMA,
+            "load_key": self.load_key,
+            "loads": self.loads,
+            "runs": [
+                {
+                    "id": r.pk,
+                    "title": run_title(r),
+                    "label": r.label,
+                    "target": r.target_config.get("name", ""),
+                    "plan": r.plan_config.get("name", ""),
+                    "created": r.created.isoformat() if r.created else None,
+                    "status": r.status,
+                    "is_baseline": r.pk == self.baseline.pk,
+                    "figures": self.figures(r),
+                }
+                for r in self.runs
+            ],
+            "metrics": [
+                {"key": m.key, "label": m.label, "unit": m.unit, "higher_is_better": m.higher_is_better}
+                for m in METRICS.values()
+            ],
+            "rows": self.rows,
+            "config_diff": self.config_diff(),
+        }
+
+    def to_csv(self) -> str:
+        """One line per level and metric: each run's value, and each candidate's diff, % and significance."""
+        out = io.StringIO()
+        writer = csv.writer(out)
+        header = [self.load_key, "metric", "unit"]
+        for r in self.runs:
+            header.append(f"run {r.pk} value")
+            if r.pk != self.baseline.pk:
+                header += [f"run {r.pk} diff", f"run {r.pk} pct", f"run {r.pk} significant"]
+        writer.writerow(header)
+        for row in self.rows:
+            metric = METRICS[row["metric"]]
+            line = [_load_text(row["load"]), metric.key, metric.unit if metric.key != "error_rate" else "fraction"]
+            for run, cell in zip(self.runs, row["cells"], strict=True):
+                line.append("" if cell["value"] is None else cell["value"])
+                if run.pk != self.baseline.pk:
+                    d = cell["delta"]
+                    line += ["", "", ""] if d is None else [
+                        d["diff"], "" if d["pct"] is None else round(d["pct"], 3),
+                        "" if d["significant"] is None else str(d["significant"]).lower(),
+                    ]
+            writer.writerow(line)
+        return out.getvalue()
+
+    def to_markdown(self) -> str:
+        """A Markdown table (the form pasted into reports): level, metric, each run, diff and % change.
+
+        A % marked * exceeds the noise (K_SIGMA standard errors).
+        """
+        load_title = {"concurrency": "Concurrency", "rate": "Rate (req/s)"}.get(self.load_key, "Load")
+        header = [load_title, "Metric", f"{run_title(self.baseline)} (baseline)"]
+        align = ["---:", "---", "---:"]
+        for r in self.candidates:
+            header += [run_title(r), "Δ", "Δ %"]
+            align += ["---:", "---:", "---:"]
+        lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+        base_index = self.runs.index(self.baseline)
+        for row in self.rows:
+            metric = METRICS[row["metric"]]
+            label = metric.label + ("" if metric.key == "error_rate" else f" ({metric.unit})")
+            cells = row["cells"]
+            line = [_load_text(row["load"]), label, _fmt_value(metric.key, cells[base_index]["value"])]
+            for run, cell in zip(self.runs, cells, strict=True):
+                if run.pk == self.baseline.pk:
+                    continue
+                d = cell["delta"]
+                line += [_fmt_value(metric.key, cell["value"]),
+                         "–" if d is None else _fmt_diff(metric.key, d["diff"]), _fmt_pct(d)]
+            lines.append("| " + " | ".join(line) + " |")
+        lines += ["", f"\\* beyond the noise ({K_SIGMA:g} standard errors of the difference)."]
+        return "\n".join(lines) + "\n"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def build_comparison(runs: list[Run], baseline: Run) -> Comparison:
+    """Compare `runs` (already permission-checked, in display order) against `baseline`, one of them."""
+    if not MIN_RUNS <= len(runs) <= MAX_RUNS:
+        raise ComparisonError(f"Pick between {MIN_RUNS} and {MAX_RUNS} runs to compare (got {len(runs)}).")
+    if baseline.pk not in {r.pk for r in runs}:
+        raise ComparisonError(f"The baseline run #{baseline.pk} is not one of the compared runs.")
+    levels: dict[int, dict[float, Level]] = {r.pk: {} for r in runs}
+    all_levels = headline_levels([r.pk for r in runs])
+    for lv in all_levels:
+        levels[lv.run_id][lv.load] = lv
+    stats = LevelStats.objects.for_levels(all_levels)
+    return Comparison(runs, baseline, levels, stats, repeated_run_noise(runs))

@@ -1,0 +1,192 @@
+"""Dashboard, compare, history and the baseline switch. Views stay thin: the work is in
+comparison.py, timeline.py and charts.py."""
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.db.models import F
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from portal.front.access import get_plan_for_user, get_run_for_user, get_target_for_user
+from portal.history import charts
+from portal.history.comparison import MAX_RUNS, MIN_RUNS, ComparisonError, build_comparison
+from portal.history.timeline import build_history, dashboard_regressions, history_pairs, last_two_per_pair
+from portal.sweeps.models import Run
+
+# Rows of the history table shown unless ?all=1 (the charts always show every run).
+HISTORY_TABLE_ROWS = 50
+# Columns a list of runs needs; the JSON snapshots and progress stay in the database.
+RUN_LIST_FIELDS = ("id", "label", "status", "created", "target_id", "plan_id", "target__name", "plan__name")
+
+
+def _parse_ids(values: list[str]) -> list[int]:
+    """Run ids from ?runs=1,2,3 (or repeated ?runs=1&runs=2), in order, without duplicates."""
+    ids = []
+    for value in values:
+        for part in value.replace(" ", "").split(","):
+            if not part:
+                continue
+            if not part.isdigit():
+                raise ComparisonError(f"'{part}' is not a run number.")
+            if int(part) not in ids:
+                ids.append(int(part))
+    return ids
+
+
+def _compare_url(ids: list[int], baseline: int | None) -> str:
+    url = reverse("compare") + "?runs=" + ",".join(str(i) for i in ids)
+    return url + (f"&baseline={baseline}" if baseline else "")
+
+
+def _picker_runs(user):
+    return (Run.objects.for_user(user).filter(status=Run.Status.SUCCEEDED)
+            .values(*RUN_LIST_FIELDS)[:100])
+
+
+@login_required
+def compare(request):
+    """Compare 2-10 runs; the selection lives in the URL (?runs=..&baseline=..), so the page is a permalink."""
+    raw = request.GET.getlist("runs")
+    try:
+        ids = _parse_ids(raw)
+    except ComparisonError as exc:
+        messages.error(request, str(exc))
+        ids = []
+    if len(raw) > 1:  # a form submission with one box per run: go to the canonical permalink
+        return redirect(_compare_url(ids, request.GET.get("baseline")))
+    context = {"picker": _picker_runs(request.user), "selected": ids, "min_runs": MIN_RUNS, "max_runs": MAX_RUNS}
+    if not ids:
+        return render(request, "history/compare.html", context)
+    found = {r.pk: r for r in Run.objects.for_user(request.user).filter(pk__in=ids).defer("progress")}
+    if len(found) != len(ids):
+        raise Http404("No such run.")
+    runs = [found[i] for i in ids]
+    baseline_param = request.GET.get("baseline", "")
+    baseline = found.get(int(baseline_param)) if baseline_param.isdigit() else runs[0]
+    if baseline is None:
+        messages.error(request, f"Run #{baseline_param} is not one of the compared runs; "
+                                "the first run is the baseline.")
+        baseline = runs[0]
+    try:
+        comparison = build_comparison(runs, baseline)
+    except ComparisonError as exc:
+        messages.error(request, str(exc))
+        return render(request, "history/compare.html", context)
+    fmt = request.GET.get("format")
+    if fmt == "csv":
+        response = HttpResponse(comparison.to_csv(), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="embperf-compare-{"-".join(map(str, ids))}.csv"'
+        return response
+    if fmt == "md":
+        return HttpResponse(comparison.to_markdown(), content_type="text/markdown; charset=utf-8")
+    data = comparison.to_dict()
+    context.update({
+        "comparison": data,
+        "markdown": comparison.to_markdown(),
+        "charts": charts.comparison_charts(comparison),
+        "permalink": request.build_absolute_uri(_compare_url(ids, baseline.pk)),
+        "baseline_links": [(r["id"], r["title"], _compare_url(ids, r["id"])) for r in data["runs"]],
+        "table": _comparison_table(data),
+    })
+    return render(request, "history/compare.html", context)
+
+
+def _comparison_table(data: dict) -> list[dict]:
+    """Rows grouped by level for the template: [{"load", "rows": [{"metric", "cells"}]}]."""
+    metrics = {m["key"]: m for m in data["metrics"]}
+    groups: list[dict] = []
+    for row in data["rows"]:
+        if not groups or groups[-1]["load"] != row["load"]:
+            groups.append({"load": row["load"], "rows": []})
+        metric = metrics[row["metric"]]
+        cells = []
+        for run, cell in zip(data["runs"], row["cells"], strict=True):
+            value = cell["value"]
+            delta = cell["delta"]
+            if metric["key"] == "error_rate":
+                value = None if value is None else value * 100
+                if delta:
+                    delta = {**delta, "diff": delta["diff"] * 100}
+            cells.append({**cell, "value": value, "delta": delta, "is_baseline": run["is_baseline"]})
+        unit = "%" if metric["key"] == "error_rate" else metric["unit"]
+        groups[-1]["rows"].append({"metric": metric, "unit": unit, "cells": cells})
+    return groups
+
+
+@login_required
+def history(request):
+    """A target's history under one plan (?target=..&plan=..), or the list of target+plan pairs."""
+    runs = Run.objects.for_user(request.user)
+    target_id, plan_id = request.GET.get("target", ""), request.GET.get("plan", "")
+    if not (target_id.isdigit() and plan_id.isdigit()):
+        if target_id or plan_id:
+            messages.error(request, "Pick a target and a plan to see their history.")
+        return render(request, "history/history.html", {"pairs": history_pairs(runs)})
+    target = get_target_for_user(request.user, int(target_id))
+    plan = get_plan_for_user(request.user, int(plan_id))
+    hist = build_history(runs.filter(target=target, plan=plan))
+    newest_first = list(reversed(hist.points))
+    show_all = request.GET.get("all") == "1"
+    return render(request, "history/history.html", {
+        "target": target,
+        "plan": plan,
+        "history": hist,
+        "charts": charts.history_charts(hist),
+        "table": newest_first if show_all else newest_first[:HISTORY_TABLE_ROWS],
+        "hidden_rows": 0 if show_all else max(0, len(newest_first) - HISTORY_TABLE_ROWS),
+        "pairs": history_pairs(runs),
+        "permalink": request.build_absolute_uri(),
+    })
+
+
+@require_POST
+@login_required
+def mark_baseline(request, pk: int):
+    """Make this run the baseline of its target and plan (or, with clear=1, stop it being one)."""
+    run = get_run_for_user(request.user, pk, write=True)
+    with transaction.atomic():
+        if request.POST.get("clear") == "1":
+            Run.objects.filter(pk=run.pk).update(is_baseline=False)
+            messages.success(request, f"Run #{run.pk} is no longer the baseline.")
+        else:
+            Run.objects.filter(team=run.team, target_id=run.target_id, plan_id=run.plan_id,
+                               is_baseline=True).update(is_baseline=False)
+            Run.objects.filter(pk=run.pk).update(is_baseline=True)
+            messages.success(request, f"Run #{run.pk} is now the baseline of {run.target_config.get('name', '')}.")
+    nxt = request.POST.get("next", "")
+    if nxt and url_has_allowed_host_and_scheme(nxt, allowed_hosts={request.get_host()},
+                                               require_https=request.is_secure()):
+        return redirect(nxt)
+    if run.target_id and run.plan_id:
+        return redirect(f"{reverse('history')}?target={run.target_id}&plan={run.plan_id}")
+    return redirect(run.get_absolute_url())
+
+
+@login_required
+def dashboard(request):
+    """Home page: running runs with progress, recent runs, regressions, quick compare links."""
+    runs = Run.objects.for_user(request.user)
+    running = list(runs.active().order_by("created").values(
+        "id", "label", "status", "created", "target__name", "plan__name",
+        level_index=F("progress__level_index"), levels_total=F("progress__levels_total"),
+        run_elapsed_s=F("progress__run_elapsed_s"), run_eta_s=F("progress__run_eta_s"), phase=F("progress__phase"),
+        load=F("progress__load")))
+    for r in running:
+        total = r["levels_total"] or 0
+        done = (r["level_index"] or 0)
+        elapsed, eta = r["run_elapsed_s"] or 0, r["run_eta_s"]
+        if eta is not None and elapsed + eta > 0:
+            r["percent"] = round(100 * elapsed / (elapsed + eta))
+        else:
+            r["percent"] = round(100 * done / total) if total else 0
+    recent = list(runs.exclude(status__in=[Run.Status.QUEUED, Run.Status.RUNNING]).values(
+        *RUN_LIST_FIELDS, peak_qps=F("summary__peak_qps"))[:10])
+    return render(request, "history/dashboard.html", {
+        "running": running,
+        "recent": recent,
+        "regressions": dashboard_regressions(runs)[:20],
+        "quick": last_two_per_pair(runs),
+    })

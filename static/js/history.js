@@ -1,0 +1,291 @@
+/* Charts and sharing for the compare, history and run pages.
+ *
+ * Reads the chart specifications the server put in <script id="history-charts" type="application/json">
+ * (built by portal/history/charts.py) and draws each on the canvas "<id>-canvas":
+ *   {id, title, x: {title, log, ticks: "percentile"|"runs"|null, max}, axes: [{id, title, position, max}],
+ *    datasets: [{label, axis, color, dashed, data: [{x, y}]}], runs: [...], variants: {key: {label, datasets}}}
+ * Also wires the "PNG" buttons, the level selectors, "Copy as Markdown table" and "Copy permalink".
+ * The text last copied is mirrored into a hidden <output id="copied-text"> so it can be checked.
+ * Works without charts.js (own palette), and loads Chart.js itself when the page has not.
+ */
+(function () {
+  "use strict";
+
+  var script = document.currentScript;
+  var FALLBACK = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#db2777", "#65a30d", "#0f766e"];
+  var BAD = "#b91c1c";
+  var charts = {};
+
+  function color(i) {
+    if (i >= 6) return FALLBACK[i % FALLBACK.length];  // charts.js has six; the compare page needs ten
+    return window.EmbperfCharts ? window.EmbperfCharts.color(i) : FALLBACK[i % FALLBACK.length];
+  }
+
+  function fmt(x) {
+    if (window.EmbperfCharts) return window.EmbperfCharts.fmt(x);
+    if (x === null || x === undefined || isNaN(x)) return "–";
+    return Math.abs(x) >= 100 ? x.toFixed(0) : x.toPrecision(3);
+  }
+
+  // PNG downloads get a white background instead of a transparent one.
+  var whiteBackground = {
+    id: "whiteBackground",
+    beforeDraw: function (chart) {
+      var ctx = chart.ctx;
+      ctx.save();
+      ctx.globalCompositeOperation = "destination-over";
+      ctx.fillStyle = "#ffffff";
+      ctx.fillRect(0, 0, chart.width, chart.height);
+      ctx.restore();
+    },
+  };
+
+  function percentileLabel(v) {
+    if (v <= 0) return "0%";
+    if (v >= 6) return "max";
+    var p = 100 - 100 * Math.pow(10, -v);
+    return String(+p.toFixed(Math.max(0, Math.ceil(v) - 2))) + "%";
+  }
+
+  function dataset(ds, spec) {
+    var c = ds.color !== undefined ? color(ds.color) : color(0);
+    var out = {
+      label: ds.label,
+      data: ds.data,
+      yAxisID: ds.axis || "y",
+      borderColor: c,
+      backgroundColor: c,
+      borderWidth: 2,
+      borderDash: ds.dashed ? [6, 4] : [],
+      pointRadius: 3,
+      pointHoverRadius: 6,
+      tension: 0.15,
+      spanGaps: true,
+    };
+    if (spec.runs) {
+      var many = spec.runs.length > 150;
+      out.tension = 0;
+      out.borderWidth = many ? 1.25 : 2;
+      out.pointRadius = function (ctx) {
+        var run = spec.runs[ctx.raw && ctx.raw.x];
+        if (run && run.baseline) return 7;
+        if (run && run.regressions.length) return 4.5;
+        return many ? 1.2 : 3;
+      };
+      out.pointStyle = function (ctx) {
+        var run = spec.runs[ctx.raw && ctx.raw.x];
+        return run && run.baseline ? "rectRot" : "circle";
+      };
+      out.pointBackgroundColor = function (ctx) {
+        var run = spec.runs[ctx.raw && ctx.raw.x];
+        return run && run.regressions.length && !run.baseline ? BAD : c;
+      };
+    } else if (spec.x.ticks === "percentile") {
+      out.pointRadius = 2;
+      out.tension = 0;
+    } else if (spec.id === "run-timeline") {
+      out.pointRadius = 0;
+      out.tension = 0;
+      out.borderWidth = 1.5;
+    }
+    return out;
+  }
+
+  function xValues(spec) {
+    var seen = {};
+    spec.datasets.forEach(function (ds) { ds.data.forEach(function (p) { seen[p.x] = true; }); });
+    return Object.keys(seen).map(Number).sort(function (a, b) { return a - b; });
+  }
+
+  function xScale(spec) {
+    var x = spec.x;
+    var scale = {
+      type: x.log ? "logarithmic" : "linear",
+      title: { display: true, text: x.title },
+      grid: { color: "#f1f3f6" },
+      ticks: { callback: function (v) { return fmt(v); } },
+    };
+    if (x.log) {
+      var values = xValues(spec);
+      scale.afterBuildTicks = function (axis) { axis.ticks = values.map(function (v) { return { value: v }; }); };
+    }
+    if (x.ticks === "percentile") {
+      scale.min = 0;
+      scale.max = x.max || 6;
+      scale.ticks = { stepSize: 1, callback: percentileLabel };
+    } else if (x.ticks === "runs") {
+      var runs = spec.runs;
+      scale.min = 0;
+      scale.max = Math.max(runs.length - 1, 1);
+      scale.ticks = {
+        precision: 0,
+        maxTicksLimit: 8,
+        callback: function (v) { return runs[v] ? runs[v].created.slice(0, 10) : ""; },
+      };
+    }
+    return scale;
+  }
+
+  function tooltip(spec) {
+    var callbacks = {
+      label: function (ctx) { return ctx.dataset.label + ": " + fmt(ctx.parsed.y); },
+    };
+    if (spec.runs) {
+      callbacks.title = function (items) {
+        var run = spec.runs[items[0].parsed.x];
+        return run ? "#" + run.id + (run.label ? " · " + run.label : "") + "  (" + run.created + ")" : "";
+      };
+      callbacks.afterBody = function (items) {
+        var run = spec.runs[items[0].parsed.x];
+        if (!run) return [];
+        var lines = [];
+        if (run.baseline) lines.push("Baseline");
+        if (run.notes) lines.push("Notes: " + run.notes.slice(0, 120));
+        run.regressions.forEach(function (r) { lines.push("Worse: " + r); });
+        return lines;
+      };
+    } else if (spec.x.ticks === "percentile") {
+      callbacks.title = function (items) { return "Percentile " + percentileLabel(items[0].parsed.x); };
+    } else {
+      callbacks.title = function (items) { return spec.x.title + ": " + fmt(items[0].parsed.x); };
+    }
+    return { callbacks: callbacks };
+  }
+
+  function draw(spec) {
+    var canvas = document.getElementById(spec.id + "-canvas");
+    if (!canvas) return;
+    var scales = { x: xScale(spec) };
+    spec.axes.forEach(function (a) {
+      scales[a.id] = {
+        type: "linear",
+        position: a.position,
+        display: "auto",
+        beginAtZero: true,
+        max: a.max === null ? undefined : a.max,
+        title: { display: true, text: a.title },
+        grid: { drawOnChartArea: a.id === "y", color: "#eef0f3" },
+        ticks: { callback: function (v) { return fmt(v); } },
+      };
+    });
+    charts[spec.id] = new window.Chart(canvas, {
+      type: "line",
+      data: { datasets: spec.datasets.map(function (ds) { return dataset(ds, spec); }) },
+      options: {
+        responsive: true,
+        maintainAspectRatio: false,
+        animation: false,
+        parsing: true,
+        interaction: spec.runs || spec.x.ticks === "percentile"
+          ? { mode: "nearest", intersect: false } : { mode: "index", intersect: false },
+        plugins: {
+          legend: {
+            position: "bottom",
+            title: { display: !!spec.legendTitle, text: spec.legendTitle || "" },
+            labels: { boxWidth: 10, usePointStyle: true },
+          },
+          tooltip: tooltip(spec),
+        },
+        scales: scales,
+      },
+      plugins: [whiteBackground],
+    });
+  }
+
+  function downloadPng(id) {
+    var chart = charts[id];
+    if (!chart) return;
+    var link = document.createElement("a");
+    link.href = chart.toBase64Image("image/png", 1);
+    link.download = "embperf-" + id + ".png";
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+  }
+
+  function switchVariant(spec, key) {
+    var chart = charts[spec.id];
+    var variant = spec.variants && spec.variants[key];
+    if (!chart || !variant) return;
+    chart.data.datasets = variant.datasets.map(function (ds) { return dataset(ds, spec); });
+    chart.update("none");
+  }
+
+  function mirror(text) {
+    var out = document.getElementById("copied-text");
+    if (!out) {
+      out = document.createElement("output");
+      out.id = "copied-text";
+      out.hidden = true;
+      document.body.appendChild(out);
+    }
+    out.textContent = text;
+  }
+
+  function copyText(text, button) {
+    mirror(text);
+    var done = function () {
+      var old = button.dataset.label || button.textContent;
+      button.dataset.label = old;
+      button.textContent = "Copied";
+      setTimeout(function () { button.textContent = old; }, 1500);
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(done, function () { fallbackCopy(text); done(); });
+    } else {
+      fallbackCopy(text);
+      done();
+    }
+  }
+
+  function fallbackCopy(text) {
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    try { document.execCommand("copy"); } catch (e) { /* the text stays selectable in #copied-text */ }
+    area.remove();
+  }
+
+  function init() {
+    document.querySelectorAll(".swatch[data-series]").forEach(function (el) {
+      el.style.background = color(Number(el.dataset.series));
+    });
+    var source = document.getElementById("history-charts");
+    var specs = source ? JSON.parse(source.textContent) : [];
+    var byId = {};
+    specs.forEach(function (spec) { byId[spec.id] = spec; draw(spec); });
+    document.querySelectorAll(".chart-png").forEach(function (b) {
+      b.addEventListener("click", function () { downloadPng(b.dataset.chart); });
+    });
+    document.querySelectorAll(".chart-variant").forEach(function (s) {
+      s.addEventListener("change", function () { switchVariant(byId[s.dataset.chart], s.value); });
+    });
+    var md = document.getElementById("copy-markdown");
+    if (md) {
+      md.addEventListener("click", function () {
+        copyText(document.getElementById(md.dataset.source).textContent, md);
+      });
+    }
+    var perm = document.getElementById("copy-permalink");
+    if (perm) perm.addEventListener("click", function () { copyText(perm.dataset.link, perm); });
+    window.EmbperfHistory = { charts: charts };
+  }
+
+  function start() {
+    if (window.Chart) { init(); return; }
+    // The run page may load Chart.js after this partial; if it never does, load it here.
+    var url = script && script.dataset.chartjs;
+    if (!url) return;
+    var tag = document.createElement("script");
+    tag.src = url;
+    tag.onload = init;
+    document.head.appendChild(tag);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
