@@ -12,7 +12,7 @@ from rest_framework import serializers
 
 from portal.accounts.models import Membership, Team
 from portal.api.access import api_teams, plans_for, targets_for
-from portal.front.fields import KeyValueField
+from portal.front.fields import _KEY_RE
 from portal.front.forms import PlanForm, TargetForm
 from portal.sweeps.models import Level, Plan, Run, Target
 
@@ -311,11 +311,13 @@ class RunStartSerializer(StrictMixin, serializers.Serializer):
     )
 
     def validate_server_config(self, value):
-        field = KeyValueField(required=False)
-        try:
-            return field.clean(field.prepare_value(value))
-        except Exception as exc:  # django ValidationError -> DRF
-            raise serializers.ValidationError(getattr(exc, "messages", [str(exc)])) from None
+        # The same key rule as the run form's KeyValueField; values are free text.
+        for key in value:
+            if not _KEY_RE.match(key) or len(key) > 100:
+                raise serializers.ValidationError(
+                    f"“{key}” is not a key; keys use letters, digits and - _ . / : only (up to 100 characters)."
+                )
+        return value
 
     def validate(self, attrs):
         target, plan = attrs["target"], attrs["plan"]

@@ -201,7 +201,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
         responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="Streamed raw samples"),
                    404: ERROR_404},
     )
-    @action(detail=True, methods=["get"], renderer_classes=[CSVRenderer, JSONRenderer])
+    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, CSVRenderer])
     def samples(self, request, pk=None):
         """Every request's timing as CSV, streamed (only when the run's plan kept raw samples)."""
         run = self.get_object()
