@@ -328,3 +328,33 @@ def test_counter_interpolation_at_window_edges():
     assert counter_delta(points, 0.25, 2.75) == 25.0
     assert counter_delta([(0.0, 50.0), (1.0, 5.0), (2.0, 6.0)], 0.0, 2.0) is None  # counter reset
     assert math.isclose(counter_delta([(0.0, 0.0), (2.0, 1.0)], 0.5, 1.5), 0.5)
+
+
+def test_window_closes_at_the_measured_duration(endpoint):
+    """A level that waits for in-flight requests after its window passes duration_s: readings taken
+    during that drain do not count."""
+    world, base = endpoint
+    telemetry = Telemetry(metrics_urls=[f"{base}/dcgm"], scrape_interval_s=0.2)
+    telemetry.start()
+    time.sleep(0.5)
+    telemetry.begin_level(0)
+    time.sleep(1.2)  # the window: low phase
+    world.set_phase("high")  # the drain after it
+    time.sleep(0.8)
+    doc = telemetry.end_level(requests_ok=10, prompt_tokens=1000, duration_s=1.0)
+    telemetry.close()
+    g0 = doc["gpu"]["gpus"][0]
+    assert g0["utilization_max"] in PHASES["low"]["util"]
+    assert all(p["t"] <= 1.0 for p in doc["gpu"]["timeseries"])
+    assert g0["energy_j"] == pytest.approx(PHASES["low"]["power"] * 1.0, rel=0.15)
+
+
+def test_scrapes_stay_out_of_the_log(endpoint, caplog):
+    _world, base = endpoint
+    telemetry = Telemetry(metrics_urls=[f"{base}/vllm"], scrape_interval_s=0.1)
+    with caplog.at_level("INFO"):
+        telemetry.start()
+        time.sleep(0.4)
+        telemetry.close()
+    assert telemetry.latest()["server"]["running"] is not None
+    assert not [r for r in caplog.records if r.name.startswith("httpx")]

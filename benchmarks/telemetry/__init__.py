@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from benchmarks.telemetry.nvml import GpuUnavailable, NvmlReader
-from benchmarks.telemetry.prometheus import ScrapeError, Scraper
+from benchmarks.telemetry.prometheus import SCRAPE_THREAD, ScrapeError, Scraper
 from benchmarks.telemetry.readings import GpuReading, ServerReading
 from benchmarks.telemetry.summary import energy_section, summarise_gpus, summarise_server
 
@@ -128,7 +128,7 @@ class Telemetry:
             timeout_s = min(max(0.9 * self.scrape_interval_s, 0.5), 2.0)
             self._scrapers = [Scraper(url, timeout_s=timeout_s) for url in self.metrics_urls]
             self._scrape_stats = {url: _new_stats() for url in self.metrics_urls}
-            sampler = _Sampler("telemetry-scrape", self.scrape_interval_s, self._scrape_all,
+            sampler = _Sampler(SCRAPE_THREAD, self.scrape_interval_s, self._scrape_all,
                                lambda exc: self._note(f"metrics scrape failed: {exc}"))
             self._samplers.append(sampler)
         for sampler in self._samplers:
@@ -203,16 +203,22 @@ class Telemetry:
             for url in self._scrape_stats:
                 self._scrape_stats[url] = _new_stats()
 
-    def end_level(self, *, requests_ok: int, prompt_tokens: int) -> dict:
-        """The level's telemetry sections (`gpu`, `server`, `energy` when there is data) and its notes."""
-        end = time.monotonic()
+    def end_level(self, *, requests_ok: int, prompt_tokens: int, duration_s: float | None = None) -> dict:
+        """The level's telemetry sections (`gpu`, `server`, `energy` when there is data) and its notes.
+
+        duration_s: the measured window's length. A level may end after its window (requests still in
+        flight are waited for); with duration_s the window closes at begin_level() + duration_s, so the
+        energy and the averages cover exactly the time its requests_ok and prompt_tokens were counted in.
+        """
+        now = time.monotonic()
         with self._lock:
-            start = self._level_start if self._level_start is not None else (self._last_end or end)
+            start = self._level_start if self._level_start is not None else (self._last_end or now)
+            end = now if duration_s is None or duration_s <= 0 else min(now, start + duration_s)
             gpu_readings = list(self._gpu_readings)
             server_readings = list(self._server_readings)
             stats = {url: dict(s) for url, s in self._scrape_stats.items()}
             self._level_start = None
-            self._last_end = end
+            self._last_end = now
         out: dict = {}
         notes: list[str] = []
         for url, s in stats.items():

@@ -8,7 +8,9 @@ One parser understands what embperf cares about in four dialects:
 - TEI (`te_queue_size`, `te_batch_next_size` histogram, `te_request_input_length` histogram).
 Parsing is done by prometheus_client's own text parser, never by hand.
 """
+import logging
 import math
+import threading
 from dataclasses import dataclass, field
 
 import httpx
@@ -153,10 +155,28 @@ def _server_reading(samples: dict, *, source: str, t: float) -> ServerReading | 
     return reading if reading.engines else None
 
 
+SCRAPE_THREAD = "telemetry-scrape"
+
+
+class _QuietScrapes(logging.Filter):
+    """httpx logs every request at INFO; one scrape a second per URL would bury a worker's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName != SCRAPE_THREAD
+
+
+_quiet_scrapes = _QuietScrapes()
+_quiet_lock = threading.Lock()
+
+
 class Scraper:
-    """Fetches one metrics URL with a synchronous httpx client (used from a sampling thread)."""
+    """Fetches one metrics URL with a synchronous httpx client (used from the sampling thread)."""
 
     def __init__(self, url: str, *, timeout_s: float = 0.9, client: httpx.Client | None = None):
+        with _quiet_lock:
+            httpx_logger = logging.getLogger("httpx")
+            if _quiet_scrapes not in httpx_logger.filters:
+                httpx_logger.addFilter(_quiet_scrapes)
         self.url = url
         self._client = client or httpx.Client(timeout=timeout_s, follow_redirects=True)
         self._own_client = client is None

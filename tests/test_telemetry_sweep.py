@@ -1,0 +1,52 @@
+"""Telemetry inside a real sweep: the engine against the simulator, NVML asked for on a host without a
+GPU and the simulator's vLLM-style /metrics scraped. The run succeeds, says once why there are no GPU
+figures, and each level carries the server's queue, running requests and token count."""
+import pynvml
+import pytest
+
+from benchmarks.simulator import running_simulator
+from benchmarks.sweep import run_sweep
+from benchmarks.telemetry import Telemetry
+
+
+def nvml_works() -> bool:
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
+def test_sweep_with_telemetry_sources():
+    # batches of two 32-token texts, 20 ms each: at eight clients, about six wait and two run
+    with running_simulator(batch_ms=20, token_us=0, batch_wait_ms=0, max_batch_tokens=64) as sim:
+        telemetry = Telemetry(gpus=[0], metrics_urls=[f"{sim.url}/metrics"], scrape_interval_s=0.25)
+        doc = run_sweep(
+            {"name": "sim", "flavor": "openai", "base_urls": [sim.base_url], "model": "sim-embed"},
+            {"levels": [1, 8], "warmup_s": 0.5, "duration_s": 2, "tokens": 32, "dimensions": 64, "timeout_s": 5,
+             "abort_error_rate": 1.0, "seed": 1},
+            telemetry=telemetry,
+        )
+    assert doc["run"]["status"] == "succeeded"
+    if nvml_works():
+        assert all("gpu" in level for level in doc["levels"])
+    else:
+        assert [n for n in doc["telemetry_notes"] if n.startswith("GPU telemetry unavailable")] == [
+            "GPU telemetry unavailable: NVML library not found (no NVIDIA driver installed on this host)"
+        ]
+        assert all("gpu" not in level and "energy" not in level for level in doc["levels"])
+    low, high = doc["levels"]
+    for level in (low, high):
+        server = level["server"]
+        assert server["engines"] == ["vllm"]
+        assert server["samples"] >= 4
+        client_tokens = round(level["tokens_per_s"] * level["duration_s"])
+        assert server["client_prompt_tokens"] == client_tokens
+        # the server counted about the tokens the client sent in the window
+        assert server["prompt_tokens_ratio"] == pytest.approx(1.0, abs=0.2)
+        assert all(p["t"] >= 0 for p in server["timeseries"])
+    # one client never queues; eight keep the server's two batch slots full and a queue behind them
+    assert low["server"]["queue_depth"]["max"] == 0 and low["server"]["running"]["max"] <= 1
+    assert high["server"]["running"]["max"] == 2
+    assert high["server"]["queue_depth"]["mean"] > 2
