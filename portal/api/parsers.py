@@ -1,6 +1,7 @@
 """JSON request bodies with a size limit and error messages a person can act on."""
 import codecs
 import json
+import math
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
@@ -11,6 +12,13 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON; send null or a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:30]} is too large")
+    return value
 
 
 def read_limited(stream, max_bytes: int) -> bytes:
@@ -28,7 +36,7 @@ def parse_json_body(body: bytes, encoding: str = "utf-8"):
     except (UnicodeDecodeError, LookupError) as exc:
         raise ParseError({"body": [f"The request body is not valid {encoding} text: {exc}"]}) from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except ValueError as exc:
         raise ParseError({"body": [f"Malformed JSON in the request body: {exc}"]}) from None
 
