@@ -80,6 +80,7 @@ class LevelRunner:
         self.t0 = work["t0"]
         self.t_w = self.t0 + work["warmup_s"]
         self.t_e = self.t_w + work["duration_s"]
+        self.window_seconds = math.ceil(work["duration_s"])
         self.timeout_s = work["timeout_s"]
         self.dims = work["dims"]
         self.keep_samples = bool(work.get("keep_samples"))
@@ -183,8 +184,12 @@ class LevelRunner:
             if self.keep_samples:
                 self.samples.append((round(intended - t_w, 6), round(start - t_w, 6), round(end - t_w, 6),
                                      outcome, status, tokens, n_texts, nbytes))
-        # Per-second series and throughput go by completion time.
-        sec = math.floor(end - t_w)
+        # Per-second series and throughput go by completion time; completions after the window
+        # (the drain) get seconds of their own, so the window's last, partial second stays exact.
+        if end < self.t_e:
+            sec = math.floor(end - t_w)
+        else:
+            sec = self.window_seconds + math.floor(end - self.t_e)
         bucket = self.seconds.get(sec)
         if bucket is None:
             bucket = self.seconds[sec] = Second()

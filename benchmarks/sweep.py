@@ -161,6 +161,8 @@ class Sweep:
         self.chars_per_text = 1
         self.status = "succeeded"
         self.status_reason = ""
+        self.telemetry_notes: list[str] = []
+        self._telemetry_closed = False
 
     # ---- progress --------------------------------------------------------------------------
 
@@ -391,7 +393,6 @@ class Sweep:
         started_at = utc_now()
         self._progress(level_index=0, phase="probe")
         pool = None
-        self.telemetry_notes = []
         try:
             if self.telemetry is not None:
                 self.telemetry.start()
@@ -408,42 +409,59 @@ class Sweep:
                 }
                 pool = LoadPool(config, plan["processes"])
                 pool.start()
-            for index, load in enumerate(plan["levels"]):
-                if self.cancel.cancelled or pool is None:
-                    if self.status == "succeeded":
-                        self.status, self.status_reason = "cancelled", f"cancelled before level {index}"
-                    break
-                level = self._run_level(pool, index, load)
-                if level["status"] == "cancelled" and level["duration_s"] <= 0:
-                    self.status, self.status_reason = "cancelled", f"cancelled during the warm-up of level {index}"
-                    break
-                self.levels.append(level)
-                if self.on_level is not None:
-                    self.on_level(level)
-                if level["status"] == "cancelled":
-                    self.status, self.status_reason = "cancelled", f"cancelled during level {index}"
-                    break
-                if level["status"] == "aborted":
-                    # Higher load would only fail harder: the sweep ends here, its levels stand.
-                    self.status_reason = f"stopped after level {index} (load {load}): {level['abort_reason']}"
-                    break
+            self._run_levels(pool)
+        except SweepError as exc:
+            # The caller still gets what finished: the partial document rides on the exception.
+            self.status, self.status_reason = "failed", str(exc)
+            self._close_telemetry()
+            exc.document = self._document(started_at)
+            raise
         finally:
             if pool is not None:
                 pool.close()
-            notes = []
-            if self.telemetry is not None:
-                notes = list(getattr(self.telemetry, "notes", []) or [])
-                try:
-                    self.telemetry.close()
-                except Exception:  # noqa: BLE001 - closing telemetry must not mask the real outcome
-                    pass
-            self.telemetry_notes = notes
+            self._close_telemetry()
+        return self._document(started_at)
+
+    def _run_levels(self, pool) -> None:
+        plan = self.plan
+        for index, load in enumerate(plan["levels"]):
+            if self.cancel.cancelled or pool is None:
+                if self.status == "succeeded":
+                    self.status, self.status_reason = "cancelled", f"cancelled before level {index}"
+                break
+            level = self._run_level(pool, index, load)
+            if level["status"] == "cancelled" and level["duration_s"] <= 0:
+                self.status, self.status_reason = "cancelled", f"cancelled during the warm-up of level {index}"
+                break
+            self.levels.append(level)
+            if self.on_level is not None:
+                self.on_level(level)
+            if level["status"] == "cancelled":
+                self.status, self.status_reason = "cancelled", f"cancelled during level {index}"
+                break
+            if level["status"] == "aborted":
+                # Higher load would only fail harder: the sweep ends here, its levels stand.
+                self.status_reason = f"stopped after level {index} (load {load}): {level['abort_reason']}"
+                break
+
+    def _close_telemetry(self) -> None:
+        if self.telemetry is None or self._telemetry_closed:
+            return
+        self._telemetry_closed = True
+        self.telemetry_notes = list(getattr(self.telemetry, "notes", []) or [])
+        try:
+            self.telemetry.close()
+        except Exception:  # noqa: BLE001 - closing telemetry must not mask the real outcome
+            pass
+
+    def _document(self, started_at: str) -> dict:
+        plan = self.plan
         run = {
             "id": None, "uuid": str(uuid.uuid4()), "label": "", "notes": "", "server_config": {},
             "status": self.status, "status_reason": self.status_reason,
             "started_at": started_at, "finished_at": utc_now(),
         }
-        run.update(self.run_info)
+        run.update({k: v for k, v in self.run_info.items() if k not in ("status", "status_reason")})
         return {
             "schema": SCHEMA,
             "run": run,

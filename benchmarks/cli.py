@@ -1,0 +1,368 @@
+"""The command line: `python -m benchmarks run ...` and `python -m benchmarks probe ...`.
+
+`run` sweeps the levels with live progress on stderr, prints the result table on stdout and can
+write the full result document (`--json`). Bad arguments print one line and exit with 2; a target
+that does not work prints what went wrong and exits with 1. Ctrl-C stops the sweep and keeps the
+levels that finished (a second Ctrl-C quits at once).
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from benchmarks import __version__
+from benchmarks.control import CancelToken
+from benchmarks.errors import ConfigError, SweepError
+from benchmarks.flavors import FLAVORS
+
+
+class UsageError(Exception):
+    """A bad command-line argument (exit status 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `embperf: error: <what>` and exit status 2."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def _levels(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"levels must be numbers separated by commas, not {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one level")
+    return [int(v) if v == int(v) else v for v in values]
+
+
+def _gpus(text: str) -> list[int]:
+    if text.strip().lower() == "all":
+        return []
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gpus takes indices like 0,1 (or 'all'), not {text!r}") from None
+
+
+def _positive(kind):
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be above 0")
+        return value
+    return convert
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must not be negative")
+    return value
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("target")
+    group.add_argument("--url", action="append", required=True, metavar="URL",
+                       help="base URL, e.g. http://127.0.0.1:30000/v1 for OpenAI-compatible servers; "
+                            "repeat for replicas (used round-robin)")
+    group.add_argument("--model", default="", help="model name as the server knows it")
+    group.add_argument("--flavor", choices=sorted(FLAVORS), default="openai",
+                       help="API flavor: openai (POST {url}/embeddings), tei (POST {url}/embed), "
+                            "ollama (POST {url}/api/embed); default openai")
+    group.add_argument("--api-key", default=os.environ.get("EMBPERF_API_KEY"),
+                       help="Bearer key (default: $EMBPERF_API_KEY)")
+    group.add_argument("--dimensions", type=_positive(int), help="request this many dimensions (matryoshka)")
+    group.add_argument("--encoding", choices=("float", "base64"), default="float",
+                       help="response encoding (base64 for the openai flavor only); default float")
+    group.add_argument("--timeout", type=_positive(float), default=30.0, help="per-request timeout, s (default 30)")
+
+
+def _add_run_parser(sub) -> argparse.ArgumentParser:
+    run = sub.add_parser("run", help="sweep load levels against a target",
+                         description="Sweep load levels against an embedding server and report each level.")
+    _add_target_arguments(run)
+    plan = run.add_argument_group("plan")
+    plan.add_argument("--levels", type=_levels, default=[1],
+                      help="concurrencies (closed loop) or rates in requests/s (open loop), e.g. 1,4,8,16")
+    plan.add_argument("--mode", choices=("closed", "open"), default="closed",
+                      help="closed: fixed requests in flight; open: fixed arrival rate (default closed)")
+    plan.add_argument("--arrival", choices=("constant", "poisson"), default="poisson",
+                      help="open loop arrivals (default poisson)")
+    plan.add_argument("--max-in-flight", type=_positive(int), help="open loop: cap on requests in flight")
+    plan.add_argument("--duration", type=_positive(float), default=120.0, help="measured seconds per level")
+    plan.add_argument("--warmup", type=_non_negative, default=5.0, help="warm-up seconds per level (excluded)")
+    plan.add_argument("--tokens", type=_positive(int), default=512, help="input tokens per text (default 512)")
+    plan.add_argument("--batch", type=_positive(int), default=1, help="texts per request (default 1)")
+    plan.add_argument("--processes", type=_positive(int), default=1, help="load processes (default 1)")
+    plan.add_argument("--slo-p99-ms", type=_positive(float), help="p99 latency objective, ms")
+    plan.add_argument("--abort-error-rate", type=_non_negative, default=0.5,
+                      help="stop a level when the error rate stays above this (0..1, default 0.5) ...")
+    plan.add_argument("--abort-window", type=_positive(float), default=10.0,
+                      help="... for this many seconds (default 10)")
+    inputs = plan.add_mutually_exclusive_group()
+    inputs.add_argument("--repeat-input", action="store_true",
+                        help="send one identical text (a cache study, labelled as such)")
+    inputs.add_argument("--corpus", metavar="FILE", help="texts to send: one per line, or JSONL with 'text'")
+    plan.add_argument("--seed", type=int, help="seed for inputs and arrivals (default: random)")
+    tele = run.add_argument_group("telemetry")
+    tele.add_argument("--gpus", type=_gpus, help="local GPU indices to sample with NVML, e.g. 0,1 (or 'all')")
+    tele.add_argument("--metrics-url", action="append", default=[], metavar="URL",
+                      help="Prometheus /metrics URL to scrape (DCGM exporter, vLLM, SGLang, TEI); repeatable")
+    out = run.add_argument_group("output")
+    out.add_argument("--json", metavar="FILE", help="write the result document (embperf.run/1) here")
+    out.add_argument("--label", default="", help="label stored in the result document")
+    out.add_argument("--quiet", action="store_true", help="no live progress")
+    return run
+
+
+def _add_probe_parser(sub) -> argparse.ArgumentParser:
+    probe = sub.add_parser("probe", help="send one request and report what the target serves",
+                           description="Send one request and report model, vector length, tokens and latency.")
+    _add_target_arguments(probe)
+    probe.add_argument("--json", action="store_true", help="print the probe result as JSON")
+    return probe
+
+
+def build_parser() -> Parser:
+    """The `python -m benchmarks` argument parser (run and probe)."""
+    parser = Parser(prog="python -m benchmarks", description="embperf: benchmark text-embedding servers.")
+    parser.add_argument("--version", action="version", version=f"embperf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,probe,simulate,gpu-agent}", parser_class=Parser)
+    sub.required = True
+    _add_run_parser(sub)
+    _add_probe_parser(sub)
+    sub.add_parser("simulate", help="serve the embedding-server simulator (see: simulate --help)", add_help=False)
+    sub.add_parser("gpu-agent", help="export local GPU metrics for a remote worker (see: gpu-agent --help)",
+                   add_help=False)
+    return parser
+
+
+def target_from_args(args) -> dict:
+    """The engine's target dict from the command line."""
+    target = {"name": "cli", "flavor": args.flavor, "base_urls": list(args.url), "model": args.model,
+              "engine": "other", "engine_version": "", "launch_config": {},
+              "gpus": list(getattr(args, "gpus", None) or []), "metrics_urls": list(getattr(args, "metrics_url", [])),
+              }
+    if args.api_key:
+        target["api_key"] = args.api_key
+    return target
+
+
+def plan_from_args(args) -> dict:
+    """The engine's plan dict from the command line."""
+    from benchmarks.inputs import load_corpus
+
+    corpus = load_corpus(args.corpus) if args.corpus else None
+    return {
+        "name": "cli", "mode": args.mode, "levels": args.levels, "arrival": args.arrival,
+        "max_in_flight": args.max_in_flight, "warmup_s": args.warmup, "duration_s": args.duration,
+        "tokens": args.tokens, "batch": args.batch, "dimensions": args.dimensions, "encoding": args.encoding,
+        "timeout_s": args.timeout, "abort_error_rate": args.abort_error_rate, "abort_window_s": args.abort_window,
+        "slo_p99_ms": args.slo_p99_ms,
+        "input": "corpus" if corpus else ("repeat" if args.repeat_input else "unique"),
+        "corpus": corpus, "processes": args.processes, "keep_samples": False, "seed": args.seed,
+    }
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def results_table(document: dict) -> Table:
+    """The per-level table: load, QPS, average and p99 latency, error rate, tokens/s."""
+    open_loop = document["plan"]["mode"] == "open"
+    table = Table(title=f"embperf: {document['target'].get('model') or document['target']['base_urls'][0]}")
+    table.add_column("rate/s" if open_loop else "concurrency", justify="right")
+    for name in ("QPS", "avg ms", "P99 ms", "error rate", "tokens/s"):
+        table.add_column(name, justify="right")
+    table.add_column("note")
+    for level in document["levels"]:
+        load = level["rate"] if open_loop else level["concurrency"]
+        notes = []
+        if level["status"] != "completed":
+            notes.append(level["status"])
+        if level["client"]["client_bound"]:
+            notes.append("client-bound")
+        if level["tokens_estimated"]:
+            notes.append("tokens estimated")
+        table.add_row(
+            f"{load:g}", _fmt(level["qps"]), _fmt(level["latency_ms"]["mean"]), _fmt(level["latency_ms"]["p99"]),
+            f"{level['error_rate']:.2%}", _fmt(level["tokens_per_s"], 0), ", ".join(notes),
+        )
+    return table
+
+
+def summary_lines(document: dict) -> list[str]:
+    """Plain-words summary of a sweep and everything a reader must know to trust it."""
+    summary = document["summary"]
+    lines = []
+    if summary["peak_qps"] is not None:
+        lines.append(f"peak {summary['peak_qps']:,.1f} req/s at {summary['peak_level']:g}")
+    if summary["knee_level"] is not None:
+        lines.append(f"knee at {summary['knee_level']:g} (after it, throughput grows < 10 % while p99 grows)")
+    if summary["slo_p99_ms"] is not None:
+        best = summary["slo_max_level"]
+        lines.append(f"p99 <= {summary['slo_p99_ms']:g} ms up to level {best:g}" if best is not None
+                     else f"no level met p99 <= {summary['slo_p99_ms']:g} ms")
+    if document["inputs"].get("cache_study"):
+        lines.append("cache study: every request sent the same text (--repeat-input)")
+    for level in document["levels"]:
+        if level["client"]["client_bound"]:
+            lines.append(f"level {level['index']}: client-bound ({level['client']['client_bound_reason']}); "
+                         "use --processes or a faster client host for this load")
+        for cls, message in level["error_examples"].items():
+            lines.append(f"level {level['index']}: {level['errors'][cls]} x {cls}, e.g. {message}")
+    for note in document.get("telemetry_notes") or []:
+        lines.append(note)
+    run = document["run"]
+    if run["status"] != "succeeded" or run["status_reason"]:
+        lines.append(f"run {run['status']}: {run['status_reason']}".rstrip(": "))
+    return lines
+
+
+class LiveView:
+    """Live progress on stderr: one line for the running level (rich), one printed line per level."""
+
+    def __init__(self, console: Console, mode: str, enabled: bool) -> None:
+        self.console = console
+        self.unit = "rate" if mode == "open" else "concurrency"
+        self.live = Live(Text(""), console=console, refresh_per_second=4, transient=True) if enabled else None
+
+    def __enter__(self):
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def progress(self, p: dict) -> None:
+        if self.live is None:
+            return
+        second = p.get("second") or {}
+        text = (f"level {p['level_index'] + 1}/{p['levels_total']}  {self.unit} {p['load']:g}  {p['phase']:<7}"
+                f"  {p['level_elapsed_s']:5.1f}/{p['level_total_s']:g} s"
+                f"  ok {p['completed']:,}  failed {p['failed']:,}")
+        if second:
+            text += (f"  last second: {second['completed']} done, p50 {_fmt(second['p50_ms'])} ms,"
+                     f" p99 {_fmt(second['p99_ms'])} ms, {second['in_flight']} in flight")
+        text += f"  eta {p['run_eta_s']:.0f} s"
+        self.live.update(Text(text))
+
+    def level(self, level: dict) -> None:
+        load = level["rate"] if level["rate"] is not None else level["concurrency"]
+        self.console.print(f"level {level['index'] + 1} ({self.unit} {load:g}): {level['qps']:,.1f} req/s, "
+                           f"p99 {_fmt(level['latency_ms']['p99'])} ms, errors {level['error_rate']:.2%}"
+                           + (f" [{level['status']}]" if level["status"] != "completed" else ""))
+
+
+def _build_telemetry(args):
+    if args.gpus is None and not args.metrics_url:
+        return None
+    from benchmarks.telemetry import build_telemetry
+
+    return build_telemetry(gpus=args.gpus, metrics_urls=args.metrics_url or None)
+
+
+def write_document(path: str, document: dict) -> None:
+    """Write the result document as JSON."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(document, fh, indent=2)
+        fh.write("\n")
+
+
+def command_run(args, out: Console, err: Console) -> int:
+    """`run`: sweep, show progress, print the table; 0 on success, 1 when the sweep failed."""
+    from benchmarks.sweep import normalize_plan, normalize_target, run_sweep
+
+    target = target_from_args(args)
+    plan = plan_from_args(args)
+    normalize_target(target)
+    normalize_plan(plan)
+    telemetry = _build_telemetry(args)
+    token = CancelToken()
+    interrupts = []
+
+    def on_interrupt(signum, frame):
+        interrupts.append(signum)
+        if len(interrupts) > 1:
+            raise KeyboardInterrupt
+        err.print("stopping after the current second; the finished levels are kept (Ctrl-C again to quit)")
+        token.cancel()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    view = LiveView(err, args.mode, enabled=not args.quiet and err.is_terminal)
+    try:
+        with view:
+            document = run_sweep(target, plan, cancel=token, on_progress=view.progress,
+                                 on_level=None if args.quiet else view.level, telemetry=telemetry,
+                                 run_info={"label": args.label})
+    except SweepError as exc:
+        partial = getattr(exc, "document", None)
+        if partial is not None and args.json:
+            write_document(args.json, partial)
+        err.print(f"embperf: {exc}", markup=False, highlight=False)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if document["levels"]:
+        out.print(results_table(document))
+    for line in summary_lines(document):
+        out.print(line, markup=False, highlight=False)
+    if args.json:
+        write_document(args.json, document)
+        out.print(f"result document written to {args.json}", markup=False, highlight=False)
+    return 0 if document["run"]["status"] == "succeeded" else 1
+
+
+def command_probe(args, out: Console, err: Console) -> int:
+    """`probe`: one request; 0 when the target works, 1 when it does not."""
+    from benchmarks.probe import probe
+
+    target = target_from_args(args)
+    result = probe(target, dimensions=args.dimensions, encoding=args.encoding, timeout_s=args.timeout)
+    if args.json:
+        out.print_json(json.dumps(result))
+        return 0 if result["ok"] else 1
+    if result["ok"]:
+        out.print(f"ok: {result['url']} served model {result['served_model'] or '(not reported)'}, "
+                  f"vector length {result['vector_length']}, prompt tokens {result['prompt_tokens']}, "
+                  f"{result['latency_ms']:.1f} ms", markup=False, highlight=False)
+        return 0
+    err.print(f"probe failed: {result['error']}", markup=False, highlight=False)
+    if result.get("hint"):
+        err.print(f"hint: {result['hint']}", markup=False, highlight=False)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m benchmarks run|probe`; returns the exit status."""
+    out = Console(soft_wrap=True)
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "run":
+            return command_run(args, out, err)
+        if args.command == "probe":
+            return command_probe(args, out, err)
+        raise UsageError(f"unknown command {args.command!r}")
+    except (UsageError, ConfigError) as exc:
+        print(f"embperf: error: {exc}", file=sys.stderr)
+        return 2
