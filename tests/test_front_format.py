@@ -7,7 +7,7 @@ from portal.front.templatetags.embperf_format import duration, mib, ms, num, per
 @pytest.mark.parametrize(
     "value, text",
     [(None, "–"), (0, "0"), (1234.5, "1,234"), (56.78, "56.8"), (5.678, "5.68"), (0.01234, "0.0123"),
-     (999.4, "999"), (-12.5, "-12.5"), ("x", "–")],
+     (999.4, "999"), (-12.5, "-12.5"), ("x", "–"), (4.0, "4"), (64, "64")],
 )
 def test_num(value, text):
     assert num(value) == text
@@ -16,5 +16,6 @@ def test_num(value, text):
 def test_ms_percent_duration_mib():
     assert ms(12.345) == "12.3 ms" and ms(None) == "–"
     assert percent(0.0234) == "2.3 %" and percent(0) == "0 %" and percent(0.000001) == "<0.1 %"
-    assert duration(45) == "45 s" and duration(125) == "2 min 05 s" and duration(3780) == "1 h 03 min"
+    assert duration(0.5) == "0.5 s" and duration(45) == "45 s"
+    assert duration(125) == "2 min 05 s" and duration(3780) == "1 h 03 min"
     assert mib(512) == "512 MiB" and mib(20480) == "20.0 GiB" and mib(None) == "–"

@@ -259,6 +259,7 @@ def run_detail(request, pk):
     run = get_run_for_user(request.user, pk)
     context = _results_context(run)
     context["levels_total"] = len(run.plan_config.get("levels") or [])
+    context["elapsed_s"] = (run.finished - run.started).total_seconds() if run.started and run.finished else None
     return render(request, "sweeps/run_detail.html", context)
 
 

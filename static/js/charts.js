@@ -1,7 +1,8 @@
 /* Shared Chart.js helpers for embperf pages (requires Chart.js loaded first as the global `Chart`).
  *
  * EmbperfCharts.line(canvas, {labels, series: [{label, data, axis: "y"|"y2", dashed}], xTitle, yTitle, y2Title})
- *   draws a line chart with one or two y axes and returns the Chart.
+ *   draws a line chart with one or two y axes and returns the Chart. Options: points (false hides the
+ *   dots), animate (false for charts redrawn every second), tension (curve smoothing, default 0.2).
  * EmbperfCharts.update(chart, labels, [data per series])  replaces the data without re-animating.
  * EmbperfCharts.color(i)  the i-th series colour from the stylesheet.
  * EmbperfCharts.fmt(x)  a compact number for axis ticks and tooltips.
@@ -26,7 +27,7 @@
     var a = Math.abs(x);
     if (a >= 1e6) return (x / 1e6).toFixed(a >= 1e7 ? 0 : 1) + "M";
     if (a >= 1e4) return (x / 1e3).toFixed(a >= 1e5 ? 0 : 1) + "k";
-    if (a >= 100) return x.toFixed(0);
+    if (a >= 100 || Number.isInteger(x)) return x.toFixed(0);
     if (a >= 10) return x.toFixed(1);
     if (a >= 1) return x.toFixed(2);
     if (a === 0) return "0";
@@ -59,7 +60,7 @@
         borderDash: s.dashed ? [6, 4] : [],
         pointRadius: opts.points === false ? 0 : 3,
         pointHoverRadius: 5,
-        tension: 0.2,
+        tension: opts.tension === undefined ? 0.2 : opts.tension,
         spanGaps: true,
       };
     });

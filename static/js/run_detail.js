@@ -66,15 +66,16 @@
   function drawLive(recent) {
     var canvas = $("live-chart");
     if (!canvas) return;
+    // One point per measured second: label it with its level's load and its second in that level.
+    var short = loadLabel === "Concurrency" ? "c=" : "rate ";
     var labels = recent.map(function (p) {
-      var t = p.run_t !== undefined && p.run_t !== null ? p.run_t : p.t;
-      return duration(t);
+      return short + C.fmt(p.load) + " · " + Math.round(p.t) + " s";
     });
     var rps = recent.map(function (p) { return p.completed; });
     var p99 = recent.map(function (p) { return p.p99_ms; });
     if (!charts.live) {
       charts.live = C.line(canvas, {
-        labels: labels, yTitle: "requests/s", y2Title: "p99 (ms)", points: false, animate: false,
+        labels: labels, yTitle: "requests/s", y2Title: "p99 (ms)", points: false, animate: false, tension: 0,
         series: [
           { label: "Requests/s (per second)", data: rps },
           { label: "p99 latency (ms)", data: p99, axis: "y2", color: C.color(1) },

@@ -23,7 +23,7 @@ def num(value, digits: int = 3):
     except (TypeError, ValueError):
         return MISSING
     magnitude = abs(value)
-    if magnitude >= 10 ** (int(digits) - 1) or value == 0:
+    if magnitude >= 10 ** (int(digits) - 1) or value.is_integer():
         return _group(value, 0)
     if magnitude >= 1:
         decimals = int(digits) - len(str(int(magnitude)))
@@ -53,9 +53,11 @@ def percent(value, decimals: int = 1):
 
 @register.filter
 def duration(seconds):
-    """Seconds as '45 s', '2 min 05 s' or '1 h 03 min'."""
+    """Seconds as '0.5 s', '45 s', '2 min 05 s' or '1 h 03 min'."""
     if seconds is None or seconds == "":
         return MISSING
+    if float(seconds) < 10 and not float(seconds).is_integer():
+        return f"{float(seconds):.1f} s"
     total = int(round(float(seconds)))
     if total < 60:
         return f"{total} s"
