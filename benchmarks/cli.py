@@ -290,12 +290,11 @@ def write_document(path: str, document: dict) -> None:
 
 def command_run(args, out: Console, err: Console) -> int:
     """`run`: sweep, show progress, print the table; 0 on success, 1 when the sweep failed."""
-    from benchmarks.sweep import normalize_plan, normalize_target, run_sweep
+    from benchmarks.sweep import check_combination, normalize_plan, normalize_target, run_sweep
 
     target = target_from_args(args)
     plan = plan_from_args(args)
-    normalize_target(target)
-    normalize_plan(plan)
+    check_combination(normalize_target(target), normalize_plan(plan))
     telemetry = _build_telemetry(args)
     token = CancelToken()
     interrupts = []
@@ -314,6 +313,8 @@ def command_run(args, out: Console, err: Console) -> int:
             document = run_sweep(target, plan, cancel=token, on_progress=view.progress,
                                  on_level=None if args.quiet else view.level, telemetry=telemetry,
                                  run_info={"label": args.label})
+    except ConfigError:
+        raise
     except SweepError as exc:
         partial = getattr(exc, "document", None)
         if partial is not None and args.json:

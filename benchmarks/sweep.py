@@ -23,7 +23,7 @@ from benchmarks.document import (
     utc_now,
 )
 from benchmarks.errors import ConfigError, SweepError
-from benchmarks.flavors import ENCODINGS, FLAVORS
+from benchmarks.flavors import ENCODINGS, FLAVORS, make_flavor
 from benchmarks.inputs import MODES as INPUT_MODES
 from benchmarks.inputs import InputSource, fit_length
 from benchmarks.probe import probe_texts
@@ -139,12 +139,18 @@ def normalize_target(target: dict) -> dict:
     return out
 
 
+def check_combination(target: dict, plan: dict) -> None:
+    """Raise ConfigError when the plan asks for something the target's flavor cannot do."""
+    make_flavor(target["flavor"], target.get("model", ""), dimensions=plan["dimensions"], encoding=plan["encoding"])
+
+
 class Sweep:
     """One run of a plan against a target (use `run_sweep`)."""
 
     def __init__(self, target, plan, *, cancel, on_progress, on_level, telemetry, samples_sink, run_info):
         self.target = normalize_target(target)
         self.plan = normalize_plan(plan)
+        check_combination(self.target, self.plan)
         self.cancel = cancel or CancelToken()
         self.on_progress = on_progress
         self.on_level = on_level
