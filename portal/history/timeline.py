@@ -104,6 +104,8 @@ def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dic
         point.regressions = []
         if point.id == baseline.id or point.status != Run.Status.SUCCEEDED:
             continue
+        worse: dict[str, list] = defaultdict(list)  # metric -> [(|pct|, pct, load)]
+        compared: dict[str, int] = defaultdict(int)
         for load in sorted(point.levels):
             base = baseline.levels.get(load)
             if base is None:
@@ -112,13 +114,18 @@ def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dic
             for metric in WATCHED:
                 if base[metric] is None or cur[metric] is None:
                     continue
+                compared[metric] += 1
                 spread = between.get(load, {}).get(metric)
                 base_noise = combine_noise(within.get(base["id"], {}).get(metric), spread)
                 noise = combine_noise(within.get(cur["id"], {}).get(metric), spread)
                 delta = compare_values(METRICS[metric], base[metric], base_noise, cur[metric], noise)
-                if delta.verdict == "worse":
-                    pct = f"{delta.pct:+.1f} %" if delta.pct is not None else f"{delta.diff:+.1f}"
-                    point.regressions.append(f"{METRICS[metric].label} {pct} at {load:g}")
+                if delta.verdict == "worse" and delta.pct is not None:
+                    worse[metric].append((abs(delta.pct), delta.pct, load))
+        for metric in WATCHED:
+            if worse[metric]:
+                _, pct, load = max(worse[metric])
+                point.regressions.append(f"{METRICS[metric].label} {pct:+.1f} % at {load:g} "
+                                         f"(worse at {len(worse[metric])} of {compared[metric]} levels)")
 
 
 @dataclass

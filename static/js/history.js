@@ -22,6 +22,8 @@
   }
 
   function fmt(x) {
+    // Whole numbers (levels, counts) print as such: "16", not "16.0".
+    if (typeof x === "number" && Number.isInteger(x) && Math.abs(x) < 1e4) return String(x);
     if (window.EmbperfCharts) return window.EmbperfCharts.fmt(x);
     if (x === null || x === undefined || isNaN(x)) return "–";
     return Math.abs(x) >= 100 ? x.toFixed(0) : x.toPrecision(3);
@@ -115,12 +117,12 @@
       scale.ticks = { stepSize: 1, callback: percentileLabel };
     } else if (x.ticks === "runs") {
       var runs = spec.runs;
-      scale.min = 0;
-      scale.max = Math.max(runs.length - 1, 1);
+      // Half a run of padding on each side keeps edge points and labels clear of the axes.
+      scale.min = -0.5;
+      scale.max = Math.max(runs.length - 0.5, 1);
       scale.ticks = {
-        precision: 0,
         maxTicksLimit: 8,
-        callback: function (v) { return runs[v] ? runs[v].created.slice(0, 10) : ""; },
+        callback: function (v) { return Number.isInteger(v) && runs[v] ? runs[v].created.slice(0, 10) : ""; },
       };
     }
     return scale;
