@@ -2,6 +2,10 @@
 import asyncio
 import base64
 import math
+import re
+import signal
+import subprocess
+import sys
 import time
 
 import aiohttp
@@ -333,3 +337,17 @@ def test_cli_arguments_map_onto_the_config():
     config = config_from_args(build_parser().parse_args(argv))
     assert (config.port, config.batch_ms, config.rate_limit_rate, config.stall_after_s) == (9200, 20.0, 0.1, 3.0)
     assert config.track_texts is False
+
+
+def test_command_line_serves_until_terminated():
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks", "simulate", "--port", "0", "--dimensions", "8"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = process.stdout.readline()
+        port = re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1)
+        body = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": "x"}, timeout=10).json()
+        assert len(body["data"][0]["embedding"]) == 8
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        process.stdout.close()
