@@ -257,3 +257,41 @@ def test_bootstrap_creates_admin_once_and_the_demo_only_on_an_empty_database(db,
     call_command("embperf_bootstrap")
     assert "password" not in capsys.readouterr().out
     assert User.objects.count() == 1 and Team.objects.count() == 1 and Plan.objects.count() == 2
+
+
+def test_soft_time_limit_fails_the_run_with_a_reason(transactional_db, sim_target, short_plan, monkeypatch):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    import workers.tasks
+
+    def too_slow(*args, **kwargs):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(workers.tasks, "engine_run_sweep", too_slow)
+    run = create_run(target=sim_target, plan=short_plan)
+    run_sweep.apply(args=[run.pk])
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert f"{sweep_time_limits(short_plan)[0]} s" in run.status_reason and "timeout" in run.status_reason
+
+
+def test_raw_samples_are_stored_when_the_plan_keeps_them(transactional_db, sim_target, team):
+    from portal.api.samples import sample_count
+
+    plan = Plan.objects.create(team=team, name="samples", levels=[1], warmup_s=0, duration_s=1, tokens=32,
+                               dimensions=64, timeout_s=5, keep_samples=True)
+    run = create_run(target=sim_target, plan=plan)
+    assert run_sweep.apply(args=[run.pk]).get() == Run.Status.SUCCEEDED
+    run.refresh_from_db()
+    assert sample_count(run) >= run.levels.get().requests_ok > 0
+
+
+def test_prometheus_target_gets_server_metrics_per_level(transactional_db, team, simulator, short_plan):
+    target = Target.objects.create(team=team, name="sim+metrics", base_urls=[simulator.base_url],
+                                   model_name="sim-embed", gpu_source=Target.GpuSource.PROMETHEUS,
+                                   metrics_urls=[f"{simulator.url}/metrics"])
+    run = create_run(target=target, plan=short_plan)
+    assert run_sweep.apply(args=[run.pk]).get() == Run.Status.SUCCEEDED
+    level = run.levels.order_by("index").first()
+    assert level.data["server"]["source"] == f"{simulator.url}/metrics", level.data.get("telemetry_notes")
+    assert level.data["server"]["running"]["max"] >= 1

@@ -21,8 +21,8 @@ from django.utils import timezone
 from benchmarks.control import CancelToken
 from benchmarks.errors import SweepError
 from benchmarks.sweep import run_sweep as engine_run_sweep
-from portal.sweeps.models import Level, Run, Target
-from portal.sweeps.services import store_level
+from portal.sweeps.models import Level, Plan, Run, Target
+from portal.sweeps.services import store_level, sweep_time_limits
 from workers import recovery
 from workers.recorder import RunRecorder
 
@@ -68,7 +68,8 @@ def run_sweep(self, run_id: int) -> str:
     )
     if not claimed:  # cancelled (or taken by another worker) between the read and the update
         return Run.objects.filter(pk=run_id).values_list("status", flat=True).first() or "missing"
-    time_limit = (getattr(self.request, "timelimit", None) or (None, None))[1]
+    # The limits travel with the message (start_run); a message sent some other way gets the same sizing.
+    time_limit = (getattr(self.request, "timelimit", None) or (None, None))[1] or planned_soft_limit(run)
     try:
         return execute_sweep(run_id, node=node, soft_time_limit=time_limit)
     except Exception as exc:
@@ -78,6 +79,13 @@ def run_sweep(self, run_id: int) -> str:
             status=Run.Status.FAILED, status_reason=internal_error_reason(exc, node), finished=timezone.now()
         )
         return Run.Status.FAILED
+
+
+def planned_soft_limit(run: Run) -> int:
+    plan = run.plan_config or {}
+    sizing = Plan(levels=list(plan.get("levels") or []), warmup_s=plan.get("warmup_s") or 0,
+                  duration_s=plan.get("duration_s") or 0, timeout_s=plan.get("timeout_s") or 0)
+    return sweep_time_limits(sizing)[0]
 
 
 def internal_error_reason(exc: BaseException, node: str) -> str:
@@ -130,8 +138,8 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
     finally:
         final_phase = {"phase": "done", "updated_at": timezone.now().isoformat()}
         write_errors = recorder.close(final_progress=final_phase)
-        if telemetry is not None and document is None:
-            # The engine closes telemetry itself; this covers a failure before it got that far.
+        if telemetry is not None:
+            # The engine closes telemetry itself (closing twice is safe); this covers a failure before it could.
             try:
                 telemetry.close()
             except Exception:
