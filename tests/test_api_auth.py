@@ -8,7 +8,9 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from portal.api.models import ApiToken, hash_token
-from tests.api_support import token_client
+from tests.api_support import fresh_throttles, token_client  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("fresh_throttles")
 
 
 def test_anonymous_gets_401(db):

@@ -8,8 +8,10 @@ import pytest
 
 from portal.api import samples
 from portal.sweeps.models import Run
-from tests.api_support import token_client
+from tests.api_support import fresh_throttles, token_client  # noqa: F401  (fixture)
 from tests.factories import level_docs, stored_run
+
+pytestmark = pytest.mark.usefixtures("fresh_throttles")
 
 
 @pytest.fixture
