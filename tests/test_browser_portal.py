@@ -210,7 +210,7 @@ def test_portal_in_a_browser(portal, page):
     # The short run: the progress bar moves, the live chart draws, then the results arrive.
     start_run(page, portal, plan="short", label="browser-short")
     widths: list[float] = []
-    live_painted = 0
+    live_painted = levels_painted = 0
     took_live_shot = False
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -219,10 +219,12 @@ def test_portal_in_a_browser(portal, page):
             widths.append(width)
         if width is not None and width > 40 and not took_live_shot:
             try:
+                page.wait_for_timeout(500)
                 live_painted = painted(page, "live-chart")
+                levels_painted = painted(page, "qps-chart")
                 shot(page, "run-live")
                 took_live_shot = True
-            except Exception:
+            except Exception:  # the run finished and the page reloaded meanwhile
                 pass
         try:
             if page.locator("#run-status").inner_text(timeout=1000) in ("Succeeded", "Failed"):
@@ -235,14 +237,17 @@ def test_portal_in_a_browser(portal, page):
     moving = [w for w in widths if w > 0]
     assert len(moving) >= 3 and moving == sorted(moving), f"progress bar widths seen: {widths}"
     assert live_painted > 500, "the live chart did not draw"
+    assert levels_painted > 500, "the throughput chart did not draw while the run went on"
 
     rows = page.locator("#results-table tbody tr")
     assert rows.count() == 3
     first = rows.nth(0).inner_text()
     assert re.search(r"\d+ ms", first), first
     page.wait_for_timeout(800)  # let Chart.js finish its entry animation before reading pixels
-    assert painted(page, "qps-chart") > 2000, "the throughput chart is blank"
-    assert painted(page, "latency-chart") > 2000, "the latency chart is blank"
+    canvases = page.eval_on_selector_all("canvas", "all => all.map(c => c.id)")
+    assert len(canvases) >= 2, canvases
+    for canvas in canvases:
+        assert painted(page, canvas) > 2000, f"the chart {canvas} is blank"
     assert "--max-running-requests 128" in page.content()
     shot(page, "run-detail")
 

@@ -34,7 +34,7 @@
   }
 
   function drawLevels(rows) {
-    if (!rows.length) return;
+    if (!rows.length || !$("qps-chart")) return;
     $("level-charts").hidden = false;
     var labels = rows.map(function (r) { return C.fmt(r.load); });
     var pick = function (key) { return rows.map(function (r) { return r[key]; }); };
@@ -69,7 +69,7 @@
     // One point per measured second: label it with its level's load and its second in that level.
     var short = loadLabel === "Concurrency" ? "c=" : "rate ";
     var labels = recent.map(function (p) {
-      return short + C.fmt(p.load) + " · " + Math.round(p.t) + " s";
+      return short + C.fmt(p.load) + " · " + (p.t < 0 ? "warm-up" : Math.round(p.t) + " s");
     });
     var rps = recent.map(function (p) { return p.completed; });
     var p99 = recent.map(function (p) { return p.p99_ms; });
