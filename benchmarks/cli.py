@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from benchmarks import __version__
+from benchmarks import __version__, push
 from benchmarks.control import CancelToken
 from benchmarks.errors import ConfigError, SweepError
 from benchmarks.flavors import FLAVORS
@@ -126,6 +126,7 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
     out.add_argument("--json", metavar="FILE", help="write the result document (embperf.run/1) here")
     out.add_argument("--label", default="", help="label stored in the result document")
     out.add_argument("--quiet", action="store_true", help="no live progress")
+    push.add_push_arguments(run)
     return run
 
 
@@ -289,11 +290,13 @@ def write_document(path: str, document: dict) -> None:
 
 
 def command_run(args, out: Console, err: Console) -> int:
-    """`run`: sweep, show progress, print the table; 0 on success, 1 when the sweep failed."""
+    """`run`: sweep, show progress, print the table; exit 0 on success, 1 when the sweep failed,
+    130 when it was stopped with Ctrl-C (the finished levels are still printed and written)."""
     from benchmarks.sweep import check_combination, normalize_plan, normalize_target, run_sweep
 
     target = target_from_args(args)
     plan = plan_from_args(args)
+    push.apply_names(args, target, plan)
     check_combination(normalize_target(target), normalize_plan(plan))
     telemetry = _build_telemetry(args)
     token = CancelToken()
@@ -330,7 +333,10 @@ def command_run(args, out: Console, err: Console) -> int:
     if args.json:
         write_document(args.json, document)
         out.print(f"result document written to {args.json}", markup=False, highlight=False)
-    return 0 if document["run"]["status"] == "succeeded" else 1
+    if not push.push_from_cli(args, document, out, err):
+        return 1
+    status = document["run"]["status"]
+    return 0 if status == "succeeded" else (130 if status == "cancelled" else 1)
 
 
 def command_probe(args, out: Console, err: Console) -> int:

@@ -190,7 +190,5 @@ def public_target(target: dict) -> dict:
 
 
 def public_plan(plan: dict) -> dict:
-    """The plan as stored in a document: a corpus is kept as its size, not its texts."""
-    out = {k: v for k, v in plan.items() if k != "corpus"}
-    out["corpus_size"] = len(plan["corpus"]) if plan.get("corpus") else None
-    return out
+    """The plan as stored in a document (as run, defaults filled in)."""
+    return dict(plan)

@@ -1,6 +1,9 @@
 """The sweep against the simulator: the numbers it reports are the numbers the server produced."""
+import json
 import threading
+from pathlib import Path
 
+import jsonschema
 import pytest
 
 from benchmarks import stats
@@ -62,6 +65,16 @@ def test_document_shape_and_run_wide_sections():
         assert sum(s["completed"] for s in level["timeseries"]) == round(level["qps"] * level["duration_s"])
         assert level["schedule"] is None
     assert doc["summary"]["peak_level"] == 2 and doc["summary"]["slo_max_level"] == 2
+    assert_portal_accepts(doc)
+
+
+def assert_portal_accepts(doc):
+    """The portal ingests exactly what the engine writes (its JSON Schema of embperf.run/1)."""
+    schema_file = Path(__file__).resolve().parent.parent / "portal" / "api" / "result-schema.json"
+    schema = json.loads(schema_file.read_text())
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in
+              jsonschema.Draft202012Validator(schema).iter_errors(json.loads(json.dumps(doc)))]
+    assert errors == []
 
 
 def test_unique_inputs_are_unique_across_the_whole_run():
@@ -124,6 +137,7 @@ def test_open_loop_with_cap_counts_from_the_intended_start():
     assert level["latency_ms"]["p50"] > level["service_ms"]["p50"] * 5
     assert level["schedule"]["late_requests"] > 50
     assert level["schedule"]["lag_ms"]["max"] >= 1500
+    assert_portal_accepts(doc)
 
 
 def test_poisson_arrivals_average_the_rate():
@@ -236,3 +250,42 @@ def test_probe_failure_is_a_sweep_error_with_a_hint():
 def test_bad_plans_are_config_errors(change, message):
     with pytest.raises(ConfigError, match=message):
         run_sweep({"flavor": "openai", "base_urls": ["http://127.0.0.1:9/v1"], "model": "m"}, plan(**change))
+
+
+class RecordingTelemetry:
+    """Stands in for benchmarks.telemetry.Telemetry and records how the engine drives it."""
+
+    def __init__(self):
+        self.calls = []
+        self.notes = ["GPU telemetry unavailable: test"]
+
+    def start(self):
+        self.calls.append("start")
+
+    def begin_level(self, index):
+        self.calls.append(f"begin {index}")
+
+    def end_level(self, *, requests_ok, prompt_tokens):
+        self.calls.append(f"end {requests_ok} {prompt_tokens > 0}")
+        return {"energy": {"joules": 1.0, "joules_per_request": 1.0 / requests_ok, "joules_per_1k_tokens": 1.0},
+                "telemetry_notes": ["no server metrics"]}
+
+    def latest(self):
+        return {"gpu": 0}
+
+    def close(self):
+        self.calls.append("close")
+
+
+def test_telemetry_is_driven_around_each_window():
+    telemetry = RecordingTelemetry()
+    progress = []
+    with running_simulator(delay_ms=10, **FIXED) as sim:
+        doc = run_sweep(target(sim), plan(levels=[1, 2], duration_s=1), telemetry=telemetry,
+                        on_progress=progress.append)
+    ok = [lv["requests_ok"] for lv in doc["levels"]]
+    assert telemetry.calls == ["start", "begin 0", f"end {ok[0]} True", "begin 1", f"end {ok[1]} True", "close"]
+    assert doc["levels"][0]["energy"]["joules"] == 1.0
+    assert doc["levels"][1]["telemetry_notes"] == ["no server metrics"]
+    assert doc["telemetry_notes"] == ["GPU telemetry unavailable: test"]
+    assert progress[-1]["telemetry"] == {"gpu": 0}
