@@ -3,7 +3,6 @@ from django.urls import path
 from portal.front import views
 
 urlpatterns = [
-    path("", views.dashboard, name="dashboard"),
     path("targets/", views.target_list, name="target-list"),
     path("targets/new/", views.target_create, name="target-create"),
     path("targets/<int:pk>/", views.target_detail, name="target-detail"),

@@ -28,20 +28,6 @@ log = logging.getLogger(__name__)
 RUNS_PER_PAGE = 25
 
 
-@login_required
-def dashboard(request):
-    """The landing page: active and recent runs of the user's teams."""
-    runs = Run.objects.for_user(request.user).distinct().select_related("target", "plan")
-    context = {
-        "active_runs": runs.active()[:10],
-        "recent_runs": runs.exclude(status__in=[Run.Status.QUEUED, Run.Status.RUNNING])[:10],
-        "target_count": Target.objects.for_user(request.user).distinct().count(),
-        "plan_count": Plan.objects.for_user(request.user).distinct().count(),
-        "run_count": runs.count(),
-    }
-    return render(request, "front/dashboard.html", context)
-
-
 # Targets ----------------------------------------------------------------------------------------
 
 
