@@ -65,8 +65,12 @@ def comparison_charts(comparison: Comparison) -> list[dict]:
     return charts
 
 
-def history_charts(history: History) -> list[dict]:
-    """Key figures over time, one point per run: req/s and p99 per level, peak req/s, knee and SLO."""
+def history_charts(history: History) -> dict:
+    """Key figures over time, one point per run: req/s and p99 per level, peak req/s, knee and SLO.
+
+    Returns {"runs": [...], "charts": [...]}: the per-run tooltip texts once, shared by every chart
+    (each chart's "runs" is "shared"), so a thousand runs are not sent four times.
+    """
     chart_data = history.chart_data()
     runs = [{"id": r["id"], "created": r["created"][:16].replace("T", " "), "label": r["label"], "notes": r["notes"],
              "baseline": r["baseline"], "regressions": r["regressions"]} for r in chart_data["runs"]]
@@ -85,17 +89,17 @@ def history_charts(history: History) -> list[dict]:
                 "data": [{"x": n, "y": r["figures"].get(key)} for n, r in enumerate(chart_data["runs"])
                          if r["figures"].get(key) is not None]}
 
-    return [
-        {"id": "history-qps", "title": "Requests/s at each level", "x": x, "runs": runs,
+    return {"runs": runs, "charts": [
+        {"id": "history-qps", "title": "Requests/s at each level", "x": x, "runs": "shared",
          "axes": [_axis("y", "Requests/s (req/s)")], "datasets": per_level("qps"), "legendTitle": "Level"},
-        {"id": "history-p99", "title": "p99 latency at each level", "x": x, "runs": runs,
+        {"id": "history-p99", "title": "p99 latency at each level", "x": x, "runs": "shared",
          "axes": [_axis("y", "p99 latency (ms)")], "datasets": per_level("p99_ms"), "legendTitle": "Level"},
-        {"id": "history-peak", "title": "Peak requests/s", "x": x, "runs": runs,
+        {"id": "history-peak", "title": "Peak requests/s", "x": x, "runs": "shared",
          "axes": [_axis("y", "Peak requests/s (req/s)")], "datasets": [figure("peak_qps", "Peak req/s", 0)]},
-        {"id": "history-knee", "title": "Knee and highest level within the SLO", "x": x, "runs": runs,
+        {"id": "history-knee", "title": "Knee and highest level within the SLO", "x": x, "runs": "shared",
          "axes": [_axis("y", "Level")],
          "datasets": [figure("knee_level", "Knee", 1), figure("slo_max_level", "Highest level within SLO", 2)]},
-    ]
+    ]}
 
 
 def _percentile_x(p: float) -> float:

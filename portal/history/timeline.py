@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from django.db.models import Count, F, Max, Q, Window
 from django.db.models.functions import RowNumber
 
-from benchmarks.compare import METRICS, between_run_noise, combine_noise, compare_values, run_figures
+from benchmarks.compare import METRICS, between_run_noise, combine_noise, run_figures, significance_threshold
 from portal.history.models import LevelStats
 from portal.sweeps.models import Level, Run
 
@@ -99,33 +99,51 @@ def _between_noise(series: list[RunPoint]) -> dict[float, dict[str, float | None
 def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dict[int, dict],
                      between: dict[float, dict]) -> None:
     """Fill each candidate's `regressions` with the watched figures that are worse than the baseline's
-    beyond the noise, e.g. 'Requests/s -12.3 % at 32'."""
+    beyond the noise, summarised per figure: 'Requests/s -12.3 % at 32 (worse at 4 of 6 levels)'.
+
+    Same test as benchmarks.compare.compare_values (verdict "worse"), unrolled because a history
+    applies it to thousands of (run, level, figure) cells.
+    """
+    # Per load and figure: the baseline's value and noise, and the between-run spread.
+    reference: dict[tuple, tuple] = {}
+    for load, base in baseline.levels.items():
+        for metric in WATCHED:
+            if base[metric] is not None:
+                spread = between.get(load, {}).get(metric)
+                reference[(load, metric)] = (base[metric], combine_noise(within.get(base["id"], {}).get(metric),
+                                                                         spread), spread)
+    higher_better = {m: METRICS[m].higher_is_better for m in WATCHED}
     for point in candidates:
         point.regressions = []
         if point.id == baseline.id or point.status != Run.Status.SUCCEEDED:
             continue
-        worse: dict[str, list] = defaultdict(list)  # metric -> [(|pct|, pct, load)]
-        compared: dict[str, int] = defaultdict(int)
-        for load in sorted(point.levels):
-            base = baseline.levels.get(load)
-            if base is None:
-                continue
-            cur = point.levels[load]
+        worst: dict[str, tuple] = {}
+        count: dict[str, int] = dict.fromkeys(WATCHED, 0)
+        compared: dict[str, int] = dict.fromkeys(WATCHED, 0)
+        for load, cur in point.levels.items():
+            noise_of = within.get(cur["id"], {})
             for metric in WATCHED:
-                if base[metric] is None or cur[metric] is None:
+                ref = reference.get((load, metric))
+                value = cur[metric]
+                if ref is None or value is None:
                     continue
+                base_value, base_noise, spread = ref
                 compared[metric] += 1
-                spread = between.get(load, {}).get(metric)
-                base_noise = combine_noise(within.get(base["id"], {}).get(metric), spread)
-                noise = combine_noise(within.get(cur["id"], {}).get(metric), spread)
-                delta = compare_values(METRICS[metric], base[metric], base_noise, cur[metric], noise)
-                if delta.verdict == "worse" and delta.pct is not None:
-                    worse[metric].append((abs(delta.pct), delta.pct, load))
+                noise = combine_noise(noise_of.get(metric), spread)
+                threshold = significance_threshold(base_noise, noise)
+                diff = value - base_value
+                if threshold is None or abs(diff) <= threshold or not base_value:
+                    continue
+                if (diff < 0) if higher_better[metric] else (diff > 0):
+                    count[metric] += 1
+                    pct = diff / base_value * 100
+                    if metric not in worst or abs(pct) > abs(worst[metric][0]):
+                        worst[metric] = (pct, load)
         for metric in WATCHED:
-            if worse[metric]:
-                _, pct, load = max(worse[metric])
+            if metric in worst:
+                pct, load = worst[metric]
                 point.regressions.append(f"{METRICS[metric].label} {pct:+.1f} % at {load:g} "
-                                         f"(worse at {len(worse[metric])} of {compared[metric]} levels)")
+                                         f"(worse at {count[metric]} of {compared[metric]} levels)")
 
 
 @dataclass

@@ -134,12 +134,17 @@ def history(request):
         "target": target,
         "plan": plan,
         "history": hist,
-        "charts": charts.history_charts(hist),
+        **_history_chart_context(hist),
         "table": newest_first if show_all else newest_first[:HISTORY_TABLE_ROWS],
         "hidden_rows": 0 if show_all else max(0, len(newest_first) - HISTORY_TABLE_ROWS),
         "pairs": history_pairs(runs),
         "permalink": request.build_absolute_uri(),
     })
+
+
+def _history_chart_context(hist) -> dict:
+    payload = charts.history_charts(hist)
+    return {"charts": payload["charts"], "chart_payload": payload}
 
 
 @require_POST

@@ -257,7 +257,10 @@
       el.style.background = color(Number(el.dataset.series));
     });
     var source = document.getElementById("history-charts");
-    var specs = source ? JSON.parse(source.textContent) : [];
+    var payload = source ? JSON.parse(source.textContent) : [];
+    // Either a list of specs, or {runs, charts} where charts share one list of runs.
+    var specs = Array.isArray(payload) ? payload : payload.charts;
+    specs.forEach(function (spec) { if (spec.runs === "shared") spec.runs = payload.runs; });
     var byId = {};
     specs.forEach(function (spec) { byId[spec.id] = spec; draw(spec); });
     document.querySelectorAll(".chart-png").forEach(function (b) {
