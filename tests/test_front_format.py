@@ -1,7 +1,7 @@
 """Number formatting filters used on result pages."""
 import pytest
 
-from portal.front.templatetags.embperf_format import duration, mib, ms, num, percent
+from portal.front.templatetags.embperf_format import duration, mib, ms, num, percent, seconds_until
 
 
 @pytest.mark.parametrize(
@@ -19,3 +19,11 @@ def test_ms_percent_duration_mib():
     assert duration(0.5) == "0.5 s" and duration(45) == "45 s"
     assert duration(125) == "2 min 05 s" and duration(3780) == "1 h 03 min"
     assert mib(512) == "512 MiB" and mib(20480) == "20.0 GiB" and mib(None) == "–"
+
+
+def test_seconds_until():
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    assert duration(seconds_until(start, start + timedelta(seconds=75))) == "1 min 15 s"
+    assert seconds_until(start, None) is None and duration(None) == "–"

@@ -88,6 +88,10 @@ def test_progress_json(client, owner, target, plan):
     assert state["levels_total"] == 2 and len(state["levels"]) == 1
     assert state["levels"][0]["load"] == 1 and state["levels"][0]["qps"] > 0
     assert 'id="results-table"' in state["results_html"]
+    # A page that already shows this many levels gets only the live part.
+    same = client.get(reverse("run-progress", args=[run.pk]) + "?levels=1").json()
+    assert same["levels"] is None and same["results_html"] is None and same["levels_done"] == 1
+    assert same["progress"]["phase"] == "measure"
 
 
 def test_cancel_queued_run_ends_it(client, owner, target, plan):

@@ -251,25 +251,32 @@ def run_detail(request, pk):
 
 @login_required
 def run_progress(request, pk):
-    """The live state of a run as JSON, polled by the run page."""
+    """The live state of a run as JSON, polled by the run page.
+
+    `?levels=N` says how many finished levels the page already shows; the levels and the results
+    table are sent only when that number changed, so a poll stays small while a level runs.
+    """
     run = get_run_for_user(request.user, pk)
-    context = _results_context(run)
-    return JsonResponse(
-        {
-            "id": run.pk,
-            "status": run.status,
-            "status_display": run.get_status_display(),
-            "status_reason": run.status_reason,
-            "is_final": run.is_final,
-            "cancel_requested": run.cancel_requested,
-            "started": run.started.isoformat() if run.started else None,
-            "finished": run.finished.isoformat() if run.finished else None,
-            "levels_total": len(run.plan_config.get("levels") or []),
-            "progress": run.progress or {},
-            "levels": context["rows"],
-            "results_html": render_to_string("sweeps/_run_results.html", context, request=request),
-        }
-    )
+    state = {
+        "id": run.pk,
+        "status": run.status,
+        "status_display": run.get_status_display(),
+        "status_reason": run.status_reason,
+        "is_final": run.is_final,
+        "cancel_requested": run.cancel_requested,
+        "started": run.started.isoformat() if run.started else None,
+        "finished": run.finished.isoformat() if run.finished else None,
+        "levels_total": len(run.plan_config.get("levels") or []),
+        "levels_done": run.levels.count(),
+        "progress": run.progress or {},
+        "levels": None,
+        "results_html": None,
+    }
+    if request.GET.get("levels") != str(state["levels_done"]):
+        context = _results_context(run)
+        state["levels"] = context["rows"]
+        state["results_html"] = render_to_string("sweeps/_run_results.html", context, request=request)
+    return JsonResponse(state)
 
 
 @login_required

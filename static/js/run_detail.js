@@ -60,7 +60,6 @@
       C.update(charts.latency, labels,
         [pick("latency_p50_ms"), pick("latency_p90_ms"), pick("latency_p99_ms"), pick("latency_mean_ms")]);
     }
-    shownLevels = rows.length;
   }
 
   function drawLive(recent) {
@@ -128,8 +127,9 @@
       $("cancel-button").disabled = true;
       $("cancel-button").textContent = "Cancelling…";
     }
-    if (state.levels.length !== shownLevels) {
+    if (state.levels !== null) {
       $("results").innerHTML = state.results_html;
+      shownLevels = state.levels.length;
       drawLevels(state.levels);
     }
     showProgress(state);
@@ -137,7 +137,8 @@
   }
 
   function poll() {
-    fetch(progressUrl, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+    var url = progressUrl + (shownLevels >= 0 ? "?levels=" + shownLevels : "");
+    fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
       .then(function (response) {
         if (!response.ok) throw new Error("HTTP " + response.status);
         return response.json();
@@ -147,6 +148,7 @@
   }
 
   var initial = JSON.parse($("levels-data").textContent);
+  shownLevels = initial.length;
   drawLevels(initial);
   if (!isFinal) poll();
 })();

@@ -1,4 +1,4 @@
-"""Template filters for the figures on result pages: `num`, `ms`, `percent`, `duration`, `mib`.
+"""Template filters for the figures on result pages: `num`, `ms`, `percent`, `duration`, `mib`, `seconds_until`.
 
 Missing values (None) render as an en dash, so an empty cell is never mistaken for zero.
 """
@@ -66,6 +66,14 @@ def duration(seconds):
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+@register.filter
+def seconds_until(start, end):
+    """Seconds from one datetime to another (None when either is missing), for `duration`."""
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds()
 
 
 @register.filter
