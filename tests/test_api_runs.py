@@ -34,6 +34,9 @@ def test_list_runs_with_filters_and_pagination(api, target, plan, finished):
     assert ids(api.get(f"/api/v1/runs/?target={target.pk}&plan={plan.pk}")) == [finished.pk, other.pk]
     assert ids(api.get("/api/v1/runs/?created_before=2025-01-01")) == [other.pk]
     assert ids(api.get("/api/v1/runs/?created_after=2025-01-01T00:00:00Z")) == [finished.pk]
+    Run.objects.filter(pk=other.pk).update(is_baseline=True)
+    assert ids(api.get(f"/api/v1/runs/?target={target.pk}&plan={plan.pk}&is_baseline=true")) == [other.pk]
+    assert ids(api.get("/api/v1/runs/?is_baseline=false")) == [finished.pk]
     page = api.get("/api/v1/runs/?page_size=1").json()
     assert page["count"] == 2 and len(page["results"]) == 1 and page["next"]
 

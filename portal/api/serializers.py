@@ -346,6 +346,9 @@ class RunFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Run.Status.choices, required=False)
     source = serializers.ChoiceField(choices=Run.Source.choices, required=False)
     label = serializers.CharField(required=False, max_length=100, help_text="Label contains (case-insensitive).")
+    # A choice, not a BooleanField: DRF reads a missing boolean in query parameters as false.
+    is_baseline = serializers.ChoiceField(choices=["true", "false"], required=False,
+                                          help_text="true: only baseline runs (one per target and plan).")
     created_after = DateOrDateTimeField(required=False, help_text="ISO 8601 date or date-time (inclusive).")
     created_before = DateOrDateTimeField(required=False, help_text="ISO 8601 date or date-time (exclusive).")
 

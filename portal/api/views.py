@@ -142,6 +142,8 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
             runs = runs.filter(status=f["status"])
         if "source" in f:
             runs = runs.filter(source=f["source"])
+        if "is_baseline" in f:
+            runs = runs.filter(is_baseline=f["is_baseline"] == "true")
         if f.get("label"):
             runs = runs.filter(label__icontains=f["label"].strip())
         if "created_after" in f:
