@@ -17,15 +17,12 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from benchmarks.document import summarize
+
 # Three standard errors: with ~6 levels x 6 metrics compared at once, k=2 would flag about one
 # change in every comparison of identical set-ups by chance alone (5 % per figure); k=3 keeps
 # that near 0.3 % per figure and leaves margin for the error of the noise estimate itself.
 K_SIGMA = 3.0
-
-# Elasticity of throughput with respect to load below which a step no longer pays: doubling
-# the load buys less than 2**0.5 (41 %) more requests/s. Scale-free, so uneven level spacing
-# (1, 4, 8, 16, ...) does not move the knee.
-KNEE_ELASTICITY = 0.5
 
 # Lag-1 autocorrelation is clamped: per-second figures of a busy server are positively
 # correlated, and an estimate near 1 from a short window would blow the error up to infinity.
@@ -247,52 +244,18 @@ def compare_values(metric: Metric, base: float, base_noise: float | None, value:
 # Figures of a whole run
 
 
-def knee_level(points: Sequence[tuple[float, float]], elasticity: float = KNEE_ELASTICITY) -> float | None:
-    """The load after which more load stops paying: the first level whose step to the next one has a
-    throughput elasticity d ln(qps) / d ln(load) below `elasticity`.
-
-    `points` are (load, qps) pairs in any order. None when throughput still scales at the last
-    level (the knee lies beyond the plan) or there are fewer than two usable levels.
-    """
-    pts = sorted((float(load), float(q)) for load, q in points if load and load > 0 and q is not None)
-    for (l0, q0), (l1, q1) in zip(pts, pts[1:], strict=False):
-        if l1 <= l0:
-            continue
-        if q0 <= 0:
-            continue
-        if q1 <= 0 or math.log(q1 / q0) / math.log(l1 / l0) < elasticity:
-            return l0
-    return None
-
-
-def slo_max_level(points: Sequence[tuple[float, float | None]], slo_p99_ms: float | None) -> float | None:
-    """The highest load whose p99 met the SLO (p99 <= slo), or None (no SLO, or no level met it)."""
-    if slo_p99_ms is None:
-        return None
-    ok = [float(load) for load, p99 in points if p99 is not None and p99 <= slo_p99_ms]
-    return max(ok) if ok else None
-
-
-def peak(points: Sequence[tuple[float, float]]) -> tuple[float | None, float | None]:
-    """(peak qps, load at which it was reached); the lower load wins a tie."""
-    best: tuple[float | None, float | None] = (None, None)
-    for load, q in sorted(points):
-        if q is not None and (best[0] is None or q > best[0]):
-            best = (float(q), float(load))
-    return best
-
-
 def run_figures(levels: Sequence[dict], slo_p99_ms: float | None = None) -> dict:
-    """Key figures of a run from its levels' (load, qps, p99_ms) dicts.
+    """Key figures of a run from its levels' {"load", "qps", "p99_ms"} dicts (e.g. headline columns).
 
-    Returns {"peak_qps", "peak_level", "knee_level", "slo_max_level"} (the summary's shape).
+    Returns {"peak_qps", "peak_level", "knee_level", "slo_max_level"} computed by the engine's own
+    summary (benchmarks.document.summarize), so the history, the comparison and the run's stored
+    summary always agree on what the knee and the SLO level are.
     """
-    qps_points = [(lv["load"], lv["qps"]) for lv in levels if lv.get("load") is not None and lv.get("qps") is not None]
-    peak_qps, peak_level = peak(qps_points)
-    return {
-        "peak_qps": peak_qps,
-        "peak_level": peak_level,
-        "knee_level": knee_level(qps_points),
-        "slo_max_level": slo_max_level([(lv["load"], lv.get("p99_ms")) for lv in levels
-                                         if lv.get("load") is not None], slo_p99_ms),
-    }
+    docs = [
+        {"concurrency": lv["load"], "rate": None, "qps": lv["qps"], "latency_ms": {"p99": lv.get("p99_ms")},
+         "status": "completed", "requests_ok": 1 if lv["qps"] else 0}
+        for lv in sorted(levels, key=lambda lv: lv["load"])
+        if lv.get("load") is not None and lv.get("qps") is not None
+    ]
+    summary = summarize(docs, slo_p99_ms)
+    return {key: summary[key] for key in ("peak_qps", "peak_level", "knee_level", "slo_max_level")}

@@ -10,13 +10,10 @@ from benchmarks.compare import (
     binomial_standard_error,
     combine_noise,
     compare_values,
-    knee_level,
     level_noise,
-    peak,
     quantile_standard_error,
     run_figures,
     significance_threshold,
-    slo_max_level,
     standard_error_of_mean,
 )
 
@@ -123,32 +120,25 @@ def test_level_noise_from_timeseries_and_histogram():
     assert bare["p90_ms"] is None and bare["p99_ms"] == 0.0
 
 
-def test_knee_is_first_step_below_elasticity():
-    # Elasticities: 1->4 0.96, 4->8 0.92, 8->16 ln(400/360)/ln 2 = 0.15: knee at 8.
-    assert knee_level([(1, 50), (4, 190), (8, 360), (16, 400), (32, 410)]) == 8
-    assert knee_level([(32, 410), (8, 360), (1, 50), (16, 400), (4, 190)]) == 8  # order does not matter
+def _levels(rows):
+    return [{"load": load, "qps": qps, "p99_ms": p99} for load, qps, p99 in rows]
 
 
-def test_knee_absent_while_throughput_scales_and_on_collapse():
-    assert knee_level([(1, 10), (2, 20), (4, 40)]) is None
-    assert knee_level([(1, 100), (2, 90)]) == 1
-    assert knee_level([(4, 100)]) is None
+def test_knee_is_last_level_before_throughput_stops_growing_while_p99_grows():
+    # 8 -> 16: +5.6 % requests/s (< 10 %) while p99 grows: the knee is 8.
+    rows = [(1, 50, 40), (4, 190, 60), (8, 360, 90), (16, 380, 200), (32, 385, 400)]
+    assert run_figures(_levels(rows))["knee_level"] == 8
+    assert run_figures(_levels(list(reversed(rows))))["knee_level"] == 8  # order does not matter
 
 
-def test_slo_max_level():
-    points = [(1, 50.0), (4, 80.0), (8, 120.0), (16, 300.0)]
-    assert slo_max_level(points, 150) == 8
-    assert slo_max_level(points, 120) == 8  # met means p99 <= SLO
-    assert slo_max_level(points, 10) is None
-    assert slo_max_level(points, None) is None
+def test_no_knee_while_throughput_scales():
+    assert run_figures(_levels([(1, 10, 20), (2, 20, 21), (4, 40, 22)]))["knee_level"] is None
 
 
-def test_peak_and_run_figures():
-    assert peak([(8, 300), (4, 300), (16, 250)]) == (300.0, 4.0)
-    figures = run_figures([
-        {"load": 1, "qps": 50, "p99_ms": 40},
-        {"load": 4, "qps": 190, "p99_ms": 60},
-        {"load": 8, "qps": 360, "p99_ms": 90},
-        {"load": 16, "qps": 400, "p99_ms": 200},
-    ], slo_p99_ms=100)
-    assert figures == {"peak_qps": 400.0, "peak_level": 16.0, "knee_level": 8.0, "slo_max_level": 8.0}
+def test_slo_level_and_peak():
+    rows = [(1, 50, 40.0), (4, 190, 60.0), (8, 360, 120.0), (16, 400, 300.0)]
+    figures = run_figures(_levels(rows), slo_p99_ms=150)
+    assert figures == {"peak_qps": 400, "peak_level": 16, "knee_level": None, "slo_max_level": 8}
+    assert run_figures(_levels(rows), slo_p99_ms=120)["slo_max_level"] == 8  # met means p99 <= SLO
+    assert run_figures(_levels(rows), slo_p99_ms=10)["slo_max_level"] is None
+    assert run_figures(_levels(rows))["slo_max_level"] is None
