@@ -199,6 +199,11 @@ def test_portal_in_a_browser(portal, page):
     for name, levels, duration in (("short", "1, 2, 4", "3"), ("long", "1, 2", "60")):
         page.goto(base + "/plans/new/?preset=smoke")
         page.fill("#id_name", name)
+        if name == "short":  # a bad level list is refused next to the field
+            page.fill("#id_levels", "1, 4, abc")
+            page.click("button:has-text('Create plan')")
+            assert "“abc” is not a number" in page.locator("#levels-errors").inner_text()
+            shot(page, "plan-form-error")
         page.fill("#id_levels", levels)
         page.fill("#id_warmup_s", "0.5")
         page.fill("#id_duration_s", duration)

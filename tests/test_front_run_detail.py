@@ -1,4 +1,6 @@
 """The run page: results table, labels on untrusted figures, progress JSON, cancel, team scoping."""
+from datetime import UTC, datetime
+
 import pytest
 from django.urls import reverse
 
@@ -77,6 +79,8 @@ def test_progress_json(client, owner, target, plan):
     recent = [{"t": t, "completed": 100 + t, "errors": 0, "p50_ms": 5, "p99_ms": 9, "in_flight": 4,
                "level_index": 1, "load": 4, "run_t": 10 + t} for t in range(3)]
     run.status = Run.Status.RUNNING
+    run.worker_host = "gpu-01"
+    run.started = datetime(2025, 3, 1, 12, 0, 5, tzinfo=UTC)
     run.progress = {"level_index": 1, "levels_total": 2, "load": 4, "phase": "measure", "level_elapsed_s": 3,
                     "level_total_s": 6, "run_elapsed_s": 13, "run_eta_s": 4, "recent": recent}
     run.save()
@@ -84,6 +88,7 @@ def test_progress_json(client, owner, target, plan):
     client.force_login(owner)
     state = client.get(reverse("run-progress", args=[run.pk])).json()
     assert state["status"] == "running" and state["is_final"] is False
+    assert state["started_display"] == "2025-03-01 12:00:05" and state["worker_host"] == "gpu-01"
     assert state["progress"]["level_index"] == 1 and len(state["progress"]["recent"]) == 3
     assert state["levels_total"] == 2 and len(state["levels"]) == 1
     assert state["levels"][0]["load"] == 1 and state["levels"][0]["qps"] > 0

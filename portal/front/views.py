@@ -9,6 +9,7 @@ from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.dateformat import format as date_format
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
@@ -266,6 +267,8 @@ def run_progress(request, pk):
         "cancel_requested": run.cancel_requested,
         "started": run.started.isoformat() if run.started else None,
         "finished": run.finished.isoformat() if run.finished else None,
+        "started_display": date_format(timezone.localtime(run.started), "Y-m-d H:i:s") if run.started else None,
+        "worker_host": run.worker_host,
         "levels_total": len(run.plan_config.get("levels") or []),
         "levels_done": run.levels.count(),
         "progress": run.progress or {},

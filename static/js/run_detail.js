@@ -127,6 +127,8 @@
       $("cancel-button").disabled = true;
       $("cancel-button").textContent = "Cancelling…";
     }
+    if (state.started_display) $("run-started").textContent = state.started_display;
+    if (state.worker_host) $("run-worker").textContent = state.worker_host;
     if (state.levels !== null) {
       $("results").innerHTML = state.results_html;
       shownLevels = state.levels.length;
