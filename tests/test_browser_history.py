@@ -153,4 +153,10 @@ def test_run_compare_and_history_pages(page, live_server, runs):
     assert page.locator("#regressions li").count() >= 1
     _shot(page, "history_history.png")
 
+    # The dashboard lists the regression and links the last two runs for comparison.
+    page.goto(f"{live_server.url}/")
+    assert f"#{made[8].pk}" in page.locator("#regressions").inner_text()
+    assert page.locator("#quick-compare a").count() >= 1
+    _shot(page, "history_dashboard.png")
+
     assert page.errors == [], page.errors
