@@ -151,8 +151,13 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
             "abort_error_rate": "0 to 1; 0.5 stops a level when half the requests fail.",
             "corpus_text": "One text per line; used when Inputs is Corpus.",
             "slo_p99_ms": "Optional; the summary reports the highest level that met it.",
+            "tokens": "",
+            "batch": "",
         }
-        widgets = {"description": forms.Textarea(attrs={"rows": 2}), "corpus_text": forms.Textarea(attrs={"rows": 4})}
+        widgets = {
+            "description": forms.Textarea(attrs={"rows": 2, "class": "prose"}),
+            "corpus_text": forms.Textarea(attrs={"rows": 4}),
+        }
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -258,7 +263,7 @@ class RunForm(forms.Form):
     label = forms.CharField(
         max_length=100, required=False, help_text="A short name to find this run again, e.g. “mrr-128”."
     )
-    notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3, "class": "prose"}))
     server_config = KeyValueField(
         label="Server config",
         required=False,
