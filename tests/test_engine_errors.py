@@ -58,7 +58,7 @@ def test_partial_faults_give_the_matching_error_rate():
     with running_simulator(seed=7, **FIXED) as sim:
         level = sweep_with_fault(sim, {"error_rate": 0.2, "wrong_dimensions_rate": 0.0}, duration_s=2)
     total = level["requests_ok"] + level["requests_failed"]
-    assert level["error_rate"] == pytest.approx(level["errors"]["http_5xx"] / total)
+    assert level["error_rate"] == pytest.approx(level["errors"]["http_5xx"] / total, abs=1e-6)
     assert level["error_rate"] == pytest.approx(0.2, abs=0.08)
     assert level["latency_ms"]["p50"] is not None
 

@@ -118,9 +118,10 @@ def test_open_loop_stall_shows_in_corrected_latency():
 
 
 def test_open_loop_with_cap_counts_from_the_intended_start():
-    # Only 2 requests may be in flight: during the stall arrivals queue in the client. Service
-    # time (from the actual start) stays short for most; latency from the intended start does not.
-    with running_simulator(delay_ms=20, **FIXED) as sim:
+    # Only 2 requests may be in flight, and 2 slots of 40 ms serve exactly the 50 arrivals/s: the
+    # backlog built during the stall never drains. Service time (from the actual start) stays
+    # short; latency from the intended start shows every request waiting behind the stall.
+    with running_simulator(delay_ms=40, **FIXED) as sim:
         stalled = threading.Event()
 
         def stall(progress):
