@@ -49,6 +49,9 @@ DEFAULT_MODEL = "sim-embed"
 _TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 _CHARS_PER_TOKEN = 4
 
+_STALL_POLL_S = 0.05
+_SHUTDOWN_TIMEOUT_S = 1.0  # on stop, requests still held (e.g. in a stall) are cut after this long
+
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -244,7 +247,8 @@ class Simulator:
         self._arrived = asyncio.Event()
         self._started = time.monotonic()
         self._scheduler = asyncio.get_running_loop().create_task(self._schedule())
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host or self.config.host,
                            self.config.port if port is None else port, reuse_address=True)
@@ -264,8 +268,11 @@ class Simulator:
                 pass
 
     def stall_now(self, seconds: float) -> None:
-        """Hold every response for ``seconds`` from now (call from the simulator's loop or any thread)."""
-        self._stall_until = max(self._stall_until, time.monotonic() + seconds)
+        """Hold every response for ``seconds`` from now; ``stall_now(0)`` ends such a stall at once.
+
+        Safe to call from any thread (one float assignment); held responses notice within 50 ms.
+        """
+        self._stall_until = time.monotonic() + seconds
 
     # ----- the batching scheduler ----------------------------------------------------------------
     async def _schedule(self) -> None:
@@ -324,7 +331,8 @@ class Simulator:
             end = self._stall_end(now)
             if end <= now:
                 return
-            await asyncio.sleep(end - now)
+            # Short naps, so that a stall ended early (stall_now(0)) releases the held responses.
+            await asyncio.sleep(min(end - now, _STALL_POLL_S))
 
     def _draw_fault(self) -> str | None:
         config = self.config
@@ -639,6 +647,7 @@ class SimulatorHandle:
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         self._loop = loop
         try:
             self._simulator = Simulator(self.config)
@@ -653,6 +662,12 @@ class SimulatorHandle:
             loop.run_forever()
         finally:
             loop.run_until_complete(self._simulator.close())
+            # Handlers still held (a stall at stop) are cancelled here rather than left pending.
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
             loop.close()
 
     def stop(self) -> None:

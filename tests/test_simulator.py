@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import aiohttp
@@ -351,3 +352,25 @@ def test_command_line_serves_until_terminated():
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
         process.stdout.close()
+
+
+def test_stall_now_zero_releases_held_responses():
+    with running_simulator(batch_ms=0, token_us=0) as sim:
+        sim.stall_now(30)
+        with httpx.Client(timeout=10) as client:
+            started = time.monotonic()
+            timer = threading.Timer(0.3, sim.stall_now, args=(0,))
+            timer.start()
+            response = client.post(f"{sim.base_url}/embeddings", json={"input": "x"})
+            timer.join()
+    assert response.status_code == 200
+    assert 0.25 <= time.monotonic() - started < 5
+
+
+def test_stop_does_not_wait_for_a_long_stall():
+    started = time.monotonic()
+    with running_simulator(batch_ms=0, token_us=0) as sim:
+        sim.stall_now(60)
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{sim.base_url}/embeddings", json={"input": "x"}, timeout=0.3)
+    assert time.monotonic() - started < 10
