@@ -306,7 +306,7 @@ def command_run(args, out: Console, err: Console) -> int:
         interrupts.append(signum)
         if len(interrupts) > 1:
             raise KeyboardInterrupt
-        err.print("stopping after the current second; the finished levels are kept (Ctrl-C again to quit)")
+        err.print("stopping; the finished levels are kept (Ctrl-C again to quit at once)")
         token.cancel()
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
