@@ -363,8 +363,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  could not measure: {exc}", flush=True)
             failures.append(name)
     print(f"machine: {load_note()} at end; {time.monotonic() - started:.0f} s", flush=True)
-    if os.getloadavg()[0] > (os.cpu_count() or 1) * 0.5:
-        print("note: the machine was busy with other work; figures are lower and noisier than on an idle one")
+    # The load at start is other programs' (the end includes this section's own processes).
+    if report["started_load"] > (os.cpu_count() or 1) * 0.5:
+        print("note: the machine was busy with other work at start; figures are lower and noisier than on an "
+              "idle one (CPU per request is the figure to trust)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 1 if failures else 0
