@@ -12,9 +12,11 @@ from benchmarks.errors import ERROR_CLASSES, OK
 SCHEMA = "embperf.run/1"
 
 # A level is labelled client-bound when the busiest load process used this much of one core, or
-# its event loop fell this far behind: then the client, not the server, may limit the figures.
+# its event loop fell behind by more than both CLIENT_LAG_BOUND_MS and CLIENT_LAG_BOUND_SHARE of the
+# level's median latency: then the client, not the server, limits or colours the figures.
 CLIENT_CPU_BOUND_PERCENT = 90.0
 CLIENT_LAG_BOUND_MS = 5.0
+CLIENT_LAG_BOUND_SHARE = 0.10
 
 # The knee: the first level after which requests/s grows by less than this while p99 grows.
 KNEE_GROWTH = 0.10
@@ -37,7 +39,7 @@ def client_info(processes: int) -> dict:
     }
 
 
-def _client_health(partials: list[dict]) -> dict:
+def _client_health(partials: list[dict], latency_p50_ms: float | None) -> dict:
     lag_p99 = 0.0
     cpu = 0.0
     cpu_total = 0.0
@@ -50,8 +52,9 @@ def _client_health(partials: list[dict]) -> dict:
     reasons = []
     if cpu >= CLIENT_CPU_BOUND_PERCENT:
         reasons.append(f"a load process used {cpu:.0f} % of a CPU core (limit {CLIENT_CPU_BOUND_PERCENT:.0f} %)")
-    if lag_p99 > CLIENT_LAG_BOUND_MS:
-        reasons.append(f"event-loop lag p99 {lag_p99:.1f} ms (limit {CLIENT_LAG_BOUND_MS:.0f} ms)")
+    lag_limit = max(CLIENT_LAG_BOUND_MS, CLIENT_LAG_BOUND_SHARE * (latency_p50_ms or 0.0))
+    if lag_p99 > lag_limit:
+        reasons.append(f"event-loop lag p99 {lag_p99:.1f} ms (limit {lag_limit:.1f} ms)")
     return {
         "loop_lag_p99_ms": round(lag_p99, 3),
         "cpu_percent": round(cpu, 1),
@@ -98,6 +101,7 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
     tpt_maxs = [p["tokens_per_text"]["max"] for p in partials if p["tokens_per_text"]["max"] is not None]
     latency = stats.merge(p["latency"] for p in partials)
     service = stats.merge(p["service"] for p in partials)
+    latency_summary = stats.summary_ms(latency)
     examples = {}
     for p in partials:
         for key, message in p["examples"].items():
@@ -137,14 +141,14 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
             "min": round(min(tpt_mins), 2) if tpt_mins else None,
             "max": round(max(tpt_maxs), 2) if tpt_maxs else None,
         },
-        "latency_ms": stats.summary_ms(latency),
+        "latency_ms": latency_summary,
         "service_ms": stats.summary_ms(service),
         "schedule": schedule,
         "errors": {c: counts[c] for c in ERROR_CLASSES},
         "error_rate": round(failed / (ok + failed), 6) if ok + failed else 0.0,
         "error_examples": examples,
         "timeseries": _timeseries(partials),
-        "client": _client_health(partials),
+        "client": _client_health(partials, latency_summary["p50"]),
         "histogram": stats.encode(latency),
         "service_histogram": stats.encode(service),
     }
