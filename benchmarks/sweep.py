@@ -5,6 +5,7 @@ thread is the controller: it merges the per-second reports of the load processes
 progress callback, applies the abort policy, watches the cancel token, drives telemetry and
 assembles each level. A finished level is handed to `on_level` before anything else can go wrong.
 """
+import logging
 import math
 import secrets
 import time
@@ -27,6 +28,8 @@ from benchmarks.flavors import ENCODINGS, FLAVORS, make_flavor
 from benchmarks.inputs import MODES as INPUT_MODES
 from benchmarks.inputs import InputSource, fit_length
 from benchmarks.probe import probe_texts
+
+logger = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often the controller looks at cancel, telemetry and the runners' messages
 CHARS_PER_TOKEN_GUESS = 4.0  # starting point of calibration, and the estimate when no usage comes back
@@ -194,7 +197,10 @@ class Sweep:
             "failed": fields.get("failed", 0),
             "telemetry": self._latest_telemetry(),
         }
-        self.on_progress(progress)
+        try:
+            self.on_progress(progress)
+        except Exception:  # noqa: BLE001 - live progress is a view; it must never cost the measurement
+            logger.exception("the progress callback failed; the sweep goes on")
 
     def _latest_telemetry(self):
         if self.telemetry is None:
