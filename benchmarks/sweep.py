@@ -366,8 +366,10 @@ class Sweep:
             if not began_telemetry:
                 self.telemetry.begin_level(index)
             try:
+                # The window, not the drain after it: energy and averages cover the time the tokens were counted in.
                 extra = self.telemetry.end_level(requests_ok=level["requests_ok"],
-                                                 prompt_tokens=round(level["tokens_per_s"] * level["duration_s"]))
+                                                 prompt_tokens=round(level["tokens_per_s"] * level["duration_s"]),
+                                                 duration_s=level["duration_s"])
             except Exception as exc:  # noqa: BLE001 - telemetry never costs a level its figures
                 extra = {"telemetry_notes": [f"telemetry failed: {type(exc).__name__}: {exc}"]}
             level.update(extra or {})
