@@ -250,7 +250,8 @@ def test_compare_json_csv_and_markdown(api, target, plan, finished):
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("", "runs"), ("runs=1", "runs"), ("runs=a,b", "runs"), ("runs=1,2&baseline=x", "baseline")],
+    [("", "runs"), ("runs=1", "runs"), ("runs=a,b", "runs"), ("runs=1,%C2%B2", "runs"),
+     ("runs=1,2&baseline=x", "baseline")],
 )
 def test_compare_bad_queries_are_400(api, finished, query, field):
     response = api.get(f"/api/v1/compare/?{query}")

@@ -83,6 +83,11 @@ def test_compare_needs_two_runs_and_numbers(client, owner, three):
     assert "Pick between 2 and 10 runs" in body
     body = client.get(reverse("compare") + "?runs=1,x").content.decode()
     assert "&#x27;x&#x27; is not a run number" in body
+    # '²' is a digit to str.isdigit() but no number to int().
+    response = client.get(reverse("compare") + "?runs=1,%C2%B2")
+    assert response.status_code == 200 and "is not a run number" in response.content.decode()
+    response = client.get(reverse("history") + "?target=%C2%B2&plan=1")
+    assert response.status_code in (200, 404)
 
 
 def test_compare_csv_download(client, owner, three):

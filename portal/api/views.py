@@ -223,15 +223,12 @@ class CompareQuerySerializer(serializers.Serializer):
                                         help_text="Run id to compare against; defaults to the first of `runs`.")
 
     def validate_runs(self, value):
-        ids = []
-        for part in value.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if not part.isdigit() or len(part) > 18:
-                raise serializers.ValidationError(f"“{part}” is not a run id; give ids like 12,15,16.")
-            if int(part) not in ids:
-                ids.append(int(part))
+        from portal.history.comparison import ComparisonError, parse_run_ids
+
+        try:
+            ids = parse_run_ids([value])
+        except ComparisonError as exc:
+            raise serializers.ValidationError(str(exc)) from None
         if len(ids) < 2:
             raise serializers.ValidationError("Give at least two run ids, e.g. runs=12,15.")
         return ids

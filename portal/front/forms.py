@@ -88,7 +88,7 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
         if not raw:
             return ""
         parts = raw.split(",")
-        if not all(p.isdigit() for p in parts):
+        if not all(p.isascii() and p.isdigit() for p in parts):
             raise forms.ValidationError("Write GPU indices as whole numbers separated by commas, e.g. 0,1.")
         if len(set(parts)) != len(parts):
             raise forms.ValidationError("A GPU index is listed twice.")

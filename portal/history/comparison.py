@@ -45,6 +45,25 @@ class ComparisonError(ValueError):
     """A selection that cannot be compared; the message says why in plain words."""
 
 
+def is_id(text: str) -> bool:
+    """True for a plain ASCII whole number that fits a database id ('²' and '٣' are digits, not ids)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
+def parse_run_ids(values: list[str]) -> list[int]:
+    """Run ids from ?runs=1,2,3 (or repeated ?runs=1&runs=2), in order, without duplicates."""
+    ids: list[int] = []
+    for value in values:
+        for part in value.replace(" ", "").split(","):
+            if not part:
+                continue
+            if not is_id(part):
+                raise ComparisonError(f"'{part}' is not a run number; give ids like 12,15,16.")
+            if int(part) not in ids:
+                ids.append(int(part))
+    return ids
+
+
 def headline_levels(run_ids) -> list[Level]:
     """The runs' levels with their headline columns only (the level documents stay in the database)."""
     return list(Level.objects.filter(run_id__in=run_ids).only(*HEADLINE_FIELDS).order_by("run_id", "index"))

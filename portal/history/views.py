@@ -12,7 +12,14 @@ from django.views.decorators.http import require_POST
 
 from portal.front.access import get_plan_for_user, get_run_for_user, get_target_for_user
 from portal.history import charts
-from portal.history.comparison import MAX_RUNS, MIN_RUNS, ComparisonError, build_comparison
+from portal.history.comparison import (
+    MAX_RUNS,
+    MIN_RUNS,
+    ComparisonError,
+    build_comparison,
+    is_id,
+    parse_run_ids,
+)
 from portal.history.timeline import build_history, dashboard_regressions, history_pairs, last_two_per_pair
 from portal.sweeps.models import Run
 
@@ -22,18 +29,6 @@ HISTORY_TABLE_ROWS = 50
 RUN_LIST_FIELDS = ("id", "label", "status", "created", "target_id", "plan_id", "target__name", "plan__name")
 
 
-def _parse_ids(values: list[str]) -> list[int]:
-    """Run ids from ?runs=1,2,3 (or repeated ?runs=1&runs=2), in order, without duplicates."""
-    ids = []
-    for value in values:
-        for part in value.replace(" ", "").split(","):
-            if not part:
-                continue
-            if not part.isdigit():
-                raise ComparisonError(f"'{part}' is not a run number.")
-            if int(part) not in ids:
-                ids.append(int(part))
-    return ids
 
 
 def _compare_url(ids: list[int], baseline: int | None) -> str:
@@ -51,7 +46,7 @@ def compare(request):
     """Compare 2-10 runs; the selection lives in the URL (?runs=..&baseline=..), so the page is a permalink."""
     raw = request.GET.getlist("runs")
     try:
-        ids = _parse_ids(raw)
+        ids = parse_run_ids(raw)
     except ComparisonError as exc:
         messages.error(request, str(exc))
         ids = []
@@ -65,7 +60,7 @@ def compare(request):
         raise Http404("No such run.")
     runs = [found[i] for i in ids]
     baseline_param = request.GET.get("baseline", "")
-    baseline = found.get(int(baseline_param)) if baseline_param.isdigit() else runs[0]
+    baseline = found.get(int(baseline_param)) if is_id(baseline_param) else runs[0]
     if baseline is None:
         messages.error(request, f"Run #{baseline_param} is not one of the compared runs; "
                                 "the first run is the baseline.")
@@ -121,7 +116,7 @@ def history(request):
     """A target's history under one plan (?target=..&plan=..), or the list of target+plan pairs."""
     runs = Run.objects.for_user(request.user)
     target_id, plan_id = request.GET.get("target", ""), request.GET.get("plan", "")
-    if not (target_id.isdigit() and plan_id.isdigit()):
+    if not (is_id(target_id) and is_id(plan_id)):
         if target_id or plan_id:
             messages.error(request, "Pick a target and a plan to see their history.")
         return render(request, "history/history.html", {"pairs": history_pairs(runs)})
