@@ -295,3 +295,42 @@ def test_prometheus_target_gets_server_metrics_per_level(transactional_db, team,
     level = run.levels.order_by("index").first()
     assert level.data["server"]["source"] == f"{simulator.url}/metrics", level.data.get("telemetry_notes")
     assert level.data["server"]["timeseries"], "scraped during the measured window"
+
+
+def test_second_sweep_of_a_busy_target_waits_instead_of_running_beside_it(transactional_db, sim_target, short_plan,
+                                                                          monkeypatch):
+    live = create_run(target=sim_target, plan=short_plan)
+    Run.objects.filter(pk=live.pk).update(status=Run.Status.RUNNING, started=timezone.now(), worker_host="w@a",
+                                          progress={"updated_at": timezone.now().isoformat()})
+    waiting = create_run(target=sim_target, plan=short_plan)
+    retries = []
+
+    def fake_retry(**kwargs):
+        retries.append(kwargs)
+        return RuntimeError("retry later")
+
+    monkeypatch.setattr(run_sweep, "retry", fake_retry)
+    result = run_sweep.apply(args=[waiting.pk])
+    assert result.failed() and retries and retries[0]["countdown"] > 0
+    waiting.refresh_from_db()
+    assert waiting.status == Run.Status.QUEUED
+    assert f"Waiting for run #{live.pk}" in waiting.status_reason
+    assert not waiting.levels.exists()
+
+    # Once the other run is over, the waiting one runs.
+    Run.objects.filter(pk=live.pk).update(status=Run.Status.SUCCEEDED)
+    assert run_sweep.apply(args=[waiting.pk]).get() == Run.Status.SUCCEEDED
+
+
+def test_server_metrics_are_scraped_whatever_the_gpu_source(monkeypatch):
+    from benchmarks import telemetry
+    from workers.tasks import build_telemetry_for
+
+    calls = []
+    monkeypatch.setattr(telemetry, "build_telemetry", lambda **kwargs: calls.append(kwargs) or kwargs)
+    url = "http://127.0.0.1:1/metrics"
+    assert build_telemetry_for({"gpu_source": "none", "metrics_urls": []}) is None
+    assert build_telemetry_for({"gpu_source": "none", "metrics_urls": [url]}) == {"gpus": None, "metrics_urls": [url]}
+    assert build_telemetry_for({"gpu_source": "nvml", "gpus": [1], "metrics_urls": [url]}) == {
+        "gpus": [1], "metrics_urls": [url]}
+    assert build_telemetry_for({"gpu_source": "nvml", "gpus": []}) == {"gpus": [], "metrics_urls": []}

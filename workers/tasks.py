@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
-from django.db import connections
+from django.db import connections, transaction
 from django.utils import timezone
 
 from benchmarks.control import CancelToken
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 # Longest status_reason kept for an unexpected error; the traceback goes to the worker log only.
 REASON_MAX = 300
+# A run whose target another run is measuring waits this long before it looks again.
+TARGET_BUSY_RETRY_S = 5
 
 
 def client_version() -> str:
@@ -61,11 +63,25 @@ def run_sweep(self, run_id: int) -> str:
             f"The worker {run.worker_host or '(unknown)'} stopped while this run was in progress and the "
             "broker delivered it again. Levels finished before that are kept; start the run again."))
         return Run.Status.INTERRUPTED
-    now = timezone.now()
-    claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(
-        status=Run.Status.RUNNING, started=now, worker_host=node, client_version=client_version(),
-        status_reason="", progress={"phase": "starting", "updated_at": now.isoformat(), "recent": []},
-    )
+    with transaction.atomic():
+        # Locks the target row (PostgreSQL; SQLite serialises write transactions) so two workers
+        # cannot both find the target free and start measuring it at the same time.
+        if run.target_id is not None:
+            list(Target.objects.select_for_update().filter(pk=run.target_id).values_list("pk", flat=True))
+        busy = target_busy_with(run)
+        if busy is None:
+            now = timezone.now()
+            claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(
+                status=Run.Status.RUNNING, started=now, worker_host=node, client_version=client_version(),
+                status_reason="", progress={"phase": "starting", "updated_at": now.isoformat(), "recent": []},
+            )
+        else:
+            Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(
+                status_reason=f"Waiting for run #{busy} to finish: it is measuring the same target, and two "
+                              "sweeps at once would distort each other's figures.")
+    if busy is not None:
+        logger.info("run %s: target busy with run %s; retrying in %s s", run_id, busy, TARGET_BUSY_RETRY_S)
+        raise self.retry(countdown=TARGET_BUSY_RETRY_S, max_retries=None)
     if not claimed:  # cancelled (or taken by another worker) between the read and the update
         return Run.objects.filter(pk=run_id).values_list("status", flat=True).first() or "missing"
     # The limits travel with the message (start_run); a message sent some other way gets the same sizing.
@@ -79,6 +95,17 @@ def run_sweep(self, run_id: int) -> str:
             status=Run.Status.FAILED, status_reason=internal_error_reason(exc, node), finished=timezone.now()
         )
         return Run.Status.FAILED
+
+
+def target_busy_with(run: Run) -> int | None:
+    """The id of another run measuring this run's target right now (stale runs do not count), or None."""
+    if run.target_id is None:
+        return None
+    others = Run.objects.filter(target_id=run.target_id, status=Run.Status.RUNNING).exclude(pk=run.pk)
+    for other in others.only("pk", "progress", "started"):
+        if not recovery.is_stale(other):
+            return other.pk
+    return None
 
 
 def planned_soft_limit(run: Run) -> int:
@@ -200,20 +227,20 @@ def stopped_levels_reason(document: dict | None) -> str:
 def build_telemetry_for(target_spec: dict):
     """The engine's Telemetry for the target's GPU source, or None when it has none (or telemetry is missing)."""
     source = target_spec.get("gpu_source") or "none"
-    if source == "none":
+    # No indices given means every GPU of the worker's host ([] to build_telemetry); None means no NVML.
+    gpus = list(target_spec.get("gpus") or []) if source == "nvml" else None
+    # Metrics URLs are scraped whatever the GPU source: they may be the server's own /metrics.
+    metrics_urls = list(target_spec.get("metrics_urls") or [])
+    if source not in ("none", "nvml", "prometheus"):
+        logger.warning("unknown gpu_source %r; the run samples no GPU", source)
+    if gpus is None and not metrics_urls:
         return None
     try:
         from benchmarks.telemetry import build_telemetry
     except ImportError:
-        logger.warning("benchmarks.telemetry is not available; the run has no GPU telemetry")
+        logger.warning("benchmarks.telemetry is not available; the run has no telemetry")
         return None
-    if source == "nvml":
-        # No indices given means every GPU of the worker's host ([] to build_telemetry).
-        return build_telemetry(gpus=list(target_spec.get("gpus") or []))
-    if source == "prometheus":
-        return build_telemetry(metrics_urls=list(target_spec.get("metrics_urls") or []))
-    logger.warning("unknown gpu_source %r; the run has no GPU telemetry", source)
-    return None
+    return build_telemetry(gpus=gpus, metrics_urls=metrics_urls)
 
 
 def samples_writer_for(run: Run):
