@@ -27,12 +27,14 @@ def test_results_table(client, owner, finished):
     html = response.content.decode()
     assert response.status_code == 200
     for heading in ("Concurrency", "QPS", "Tokens/s", "Avg latency", "p50", "p90", "P99", "Error rate",
-                    "Errors by class", "VRAM peak"):
+                    "Errors by class", "VRAM peak", "GPU util", "Power", "J / 1k tok"):
         assert f">{heading}</th>" in html, heading
     level = finished.levels.get(index=0)
     assert f"<strong>{ms(level.latency_p99_ms)}</strong>" in html and num(level.qps) in html
     assert "<code>http_5xx</code>" in html and "<code>timeout</code> 3" in html
     assert "20.0 GiB" in html
+    assert f"{num(level.gpu_util_mean)} %" in html and f"{num(level.power_mean_w)} W" in html
+    assert num(level.joules_per_1k_tokens) in html
     assert "--max-running-requests 128" in html
     # A finished run's charts come from the history app's partial; the live ones are gone.
     assert 'id="run-history-charts"' in html and 'id="qps-chart"' not in html

@@ -225,6 +225,8 @@ def level_rows(run: Run) -> list[dict]:
                 "client_bound_reason": client.get("client_bound_reason") or "",
                 "vram_peak_mib": level.vram_peak_mib,
                 "gpu_util_mean": level.gpu_util_mean,
+                "power_mean_w": level.power_mean_w,
+                "joules_per_1k_tokens": level.joules_per_1k_tokens,
             }
         )
     return rows
@@ -236,7 +238,8 @@ def _results_context(run: Run) -> dict:
         "run": run,
         "rows": rows,
         "load_label": "Rate (req/s)" if run.level_key == "rate" else "Concurrency",
-        "show_vram": any(r["vram_peak_mib"] is not None for r in rows),
+        "show_gpu": any(r[key] is not None for r in rows
+                        for key in ("vram_peak_mib", "gpu_util_mean", "power_mean_w", "joules_per_1k_tokens")),
         "any_client_bound": any(r["client_bound"] for r in rows),
     }
 
