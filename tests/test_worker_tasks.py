@@ -116,7 +116,10 @@ def test_cancel_stops_a_running_sweep(transactional_db, sim_target, team):
     run.refresh_from_db()
     assert outcome["status"] == Run.Status.CANCELLED
     assert run.status == Run.Status.CANCELLED
-    assert run.status_reason.startswith("Cancelled on request")
+    assert run.status_reason.startswith("Cancelled on request; 0 levels had finished")
+    # The level cut short is stored, marked cancelled, and the reason says so.
+    assert [level.data["status"] for level in run.levels.all()] == ["cancelled"]
+    assert "the level in progress is kept too, marked cancelled" in run.status_reason
 
 
 def test_cancel_of_queued_run_is_immediate_and_the_message_is_skipped(transactional_db, sim_target, short_plan):

@@ -209,9 +209,12 @@ def cancel_reason(run_id: int, document: dict | None) -> str:
     if levels is None:  # no document (the engine raised): count what the recorder stored
         levels = [level.data for level in Level.objects.filter(run_id=run_id).only("data")]
     done = sum(1 for level in levels if level.get("status", "completed") == "completed")
-    if done == 1:
-        return "Cancelled on request; 1 level had finished and is kept."
-    return f"Cancelled on request; {done} levels had finished and are kept."
+    partial = len(levels) - done
+    reason = ("Cancelled on request; 1 level had finished and is kept" if done == 1
+              else f"Cancelled on request; {done} levels had finished and are kept")
+    if partial:
+        reason += "; the level in progress is kept too, marked cancelled (its figures cover a shorter window)"
+    return reason + "."
 
 
 def stopped_levels_reason(document: dict | None) -> str:
