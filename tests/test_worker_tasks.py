@@ -234,6 +234,12 @@ def test_recorder_keeps_one_point_per_second_and_at_most_300():
     assert snapshot["recent"][-1]["t"] == RECENT_POINTS + 19
     assert snapshot["recent"][0]["t"] == 20
     assert snapshot["phase"] == "measure"
+    # A second after the window closed (drain) holds only stragglers and is not charted.
+    recorder.on_progress({"level_index": 0, "load": 4, "run_elapsed_s": 999, "phase": "drain",
+                          "second": {"t": 999, "completed": 0, "errors": 0, "p50_ms": None, "p99_ms": None,
+                                     "in_flight": 1}})
+    snapshot = recorder.progress_snapshot()
+    assert snapshot["recent"][-1]["t"] == RECENT_POINTS + 19 and snapshot["phase"] == "drain"
 
 
 def test_bootstrap_creates_admin_once_and_the_demo_only_on_an_empty_database(db, capsys):

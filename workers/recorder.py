@@ -56,7 +56,8 @@ class RunRecorder:
     def on_progress(self, progress: dict) -> None:
         second = progress.get("second")
         with self._lock:
-            if second:
+            # Seconds after the window closed (the drain) hold only stragglers: charting them shows a false dip.
+            if second and progress.get("phase") != "drain":
                 key = (progress.get("level_index"), second.get("t"))
                 # The engine may report the same second twice (e.g. on a phase change): keep one point.
                 if key != self._last_second:
