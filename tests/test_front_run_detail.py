@@ -36,6 +36,8 @@ def test_results_table(client, owner, finished):
     assert f"{num(level.gpu_util_mean)} %" in html and f"{num(level.power_mean_w)} W" in html
     assert num(level.joules_per_1k_tokens) in html
     assert "--max-running-requests 128" in html
+    assert f'href="/api/v1/runs/{finished.pk}/export/?format=csv"' in html
+    assert client.get(f"/api/v1/runs/{finished.pk}/export/?format=csv").status_code == 200
     # A finished run's charts come from the history app's partial; the live ones are gone.
     assert 'id="run-history-charts"' in html and 'id="qps-chart"' not in html
     assert 'id="progress-card"' not in html and 'id="cancel-button"' not in html
