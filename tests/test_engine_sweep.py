@@ -258,6 +258,7 @@ class RecordingTelemetry:
 
     def __init__(self):
         self.calls = []
+        self.durations = []
         self.notes = ["GPU telemetry unavailable: test"]
 
     def start(self):
@@ -266,8 +267,9 @@ class RecordingTelemetry:
     def begin_level(self, index):
         self.calls.append(f"begin {index}")
 
-    def end_level(self, *, requests_ok, prompt_tokens):
+    def end_level(self, *, requests_ok, prompt_tokens, duration_s):
         self.calls.append(f"end {requests_ok} {prompt_tokens > 0}")
+        self.durations.append(duration_s)
         return {"energy": {"joules": 1.0, "joules_per_request": 1.0 / requests_ok, "joules_per_1k_tokens": 1.0},
                 "telemetry_notes": ["no server metrics"]}
 
@@ -286,6 +288,8 @@ def test_telemetry_is_driven_around_each_window():
                         on_progress=progress.append)
     ok = [lv["requests_ok"] for lv in doc["levels"]]
     assert telemetry.calls == ["start", "begin 0", f"end {ok[0]} True", "begin 1", f"end {ok[1]} True", "close"]
+    # Telemetry is closed at the measured window, not after the drain.
+    assert telemetry.durations == [lv["duration_s"] for lv in doc["levels"]]
     assert doc["levels"][0]["energy"]["joules"] == 1.0
     assert doc["levels"][1]["telemetry_notes"] == ["no server metrics"]
     assert doc["telemetry_notes"] == ["GPU telemetry unavailable: test"]
