@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from benchmarks import __version__, push
+from benchmarks.argtypes import fraction, non_negative, positive_float, positive_int
 from benchmarks.control import CancelToken
 from benchmarks.errors import ConfigError, SweepError
 from benchmarks.flavors import FLAVORS
@@ -52,26 +53,8 @@ def _gpus(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--gpus takes indices like 0,1 (or 'all'), not {text!r}") from None
 
 
-def _positive(kind):
-    def convert(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text} must be above 0")
-        return value
-    return convert
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must not be negative")
-    return value
 
 
 def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,10 +68,10 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
                             "ollama (POST {url}/api/embed); default openai")
     group.add_argument("--api-key", default=os.environ.get("EMBPERF_API_KEY"),
                        help="Bearer key (default: $EMBPERF_API_KEY)")
-    group.add_argument("--dimensions", type=_positive(int), help="request this many dimensions (matryoshka)")
+    group.add_argument("--dimensions", type=positive_int, help="request this many dimensions (matryoshka)")
     group.add_argument("--encoding", choices=("float", "base64"), default="float",
                        help="response encoding (base64 for the openai flavor only); default float")
-    group.add_argument("--timeout", type=_positive(float), default=30.0, help="per-request timeout, s (default 30)")
+    group.add_argument("--timeout", type=positive_float, default=30.0, help="per-request timeout, s (default 30)")
 
 
 def _add_run_parser(sub) -> argparse.ArgumentParser:
@@ -102,16 +85,16 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
                       help="closed: fixed requests in flight; open: fixed arrival rate (default closed)")
     plan.add_argument("--arrival", choices=("constant", "poisson"), default="poisson",
                       help="open loop arrivals (default poisson)")
-    plan.add_argument("--max-in-flight", type=_positive(int), help="open loop: cap on requests in flight")
-    plan.add_argument("--duration", type=_positive(float), default=120.0, help="measured seconds per level")
-    plan.add_argument("--warmup", type=_non_negative, default=5.0, help="warm-up seconds per level (excluded)")
-    plan.add_argument("--tokens", type=_positive(int), default=512, help="input tokens per text (default 512)")
-    plan.add_argument("--batch", type=_positive(int), default=1, help="texts per request (default 1)")
-    plan.add_argument("--processes", type=_positive(int), default=1, help="load processes (default 1)")
-    plan.add_argument("--slo-p99-ms", type=_positive(float), help="p99 latency objective, ms")
-    plan.add_argument("--abort-error-rate", type=_non_negative, default=0.5,
+    plan.add_argument("--max-in-flight", type=positive_int, help="open loop: cap on requests in flight")
+    plan.add_argument("--duration", type=positive_float, default=120.0, help="measured seconds per level")
+    plan.add_argument("--warmup", type=non_negative, default=5.0, help="warm-up seconds per level (excluded)")
+    plan.add_argument("--tokens", type=positive_int, default=512, help="input tokens per text (default 512)")
+    plan.add_argument("--batch", type=positive_int, default=1, help="texts per request (default 1)")
+    plan.add_argument("--processes", type=positive_int, default=1, help="load processes (default 1)")
+    plan.add_argument("--slo-p99-ms", type=positive_float, help="p99 latency objective, ms")
+    plan.add_argument("--abort-error-rate", type=fraction, default=0.5,
                       help="stop a level when the error rate stays above this (0..1, default 0.5) ...")
-    plan.add_argument("--abort-window", type=_positive(float), default=10.0,
+    plan.add_argument("--abort-window", type=positive_float, default=10.0,
                       help="... for this many seconds (default 10)")
     inputs = plan.add_mutually_exclusive_group()
     inputs.add_argument("--repeat-input", action="store_true",

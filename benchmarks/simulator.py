@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import base64
 import hashlib
-import math
 import random
 import re
 import signal
@@ -41,6 +40,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import orjson
 from aiohttp import web
+
+from benchmarks.argtypes import fraction, non_negative, positive_int
 
 DEFAULT_MODEL = "sim-embed"
 
@@ -79,37 +80,10 @@ def text_vector(text: str, dimensions: int, native_dimensions: int) -> np.ndarra
     return vector / norm if norm > 0 else vector
 
 
-def _rate(value: str) -> float:
-    """argparse type for a probability in [0, 1]."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not a rate between 0 and 1")
-    return number
 
 
-def _non_negative(value: str) -> float:
-    """argparse type for a number >= 0."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if number < 0 or not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
-    return number
 
 
-def _positive_int(value: str) -> int:
-    """argparse type for an integer >= 1."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return number
 
 
 @dataclass
@@ -708,29 +682,29 @@ def build_parser() -> argparse.ArgumentParser:
     add("--port", type=int, default=defaults.port, help="port to bind (default %(default)s)")
     add("--model", default=defaults.model, help="model name served (default %(default)s)")
     add("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
-    add("--dimensions", type=_positive_int, default=defaults.native_dimensions,
+    add("--dimensions", type=positive_int, default=defaults.native_dimensions,
         help="vector length without a 'dimensions' field, and the maximum (default %(default)s)")
-    add("--max-input-tokens", type=_positive_int, default=defaults.max_input_tokens,
+    add("--max-input-tokens", type=positive_int, default=defaults.max_input_tokens,
         help="longest accepted text in tokens (default %(default)s)")
-    add("--max-batch-tokens", type=_positive_int, default=defaults.max_batch_tokens,
+    add("--max-batch-tokens", type=positive_int, default=defaults.max_batch_tokens,
         help="most tokens in one batch (default %(default)s)")
-    add("--batch-ms", type=_non_negative, default=defaults.batch_ms,
+    add("--batch-ms", type=non_negative, default=defaults.batch_ms,
         help="fixed time per batch in ms (default %(default)s)")
-    add("--token-us", type=_non_negative, default=defaults.token_us,
+    add("--token-us", type=non_negative, default=defaults.token_us,
         help="time per token in a batch, in microseconds (default %(default)s)")
-    add("--batch-wait-ms", type=_non_negative, default=defaults.batch_wait_ms,
+    add("--batch-wait-ms", type=non_negative, default=defaults.batch_wait_ms,
         help="time the scheduler waits for more requests before a batch (default %(default)s)")
-    add("--delay-ms", type=_non_negative, default=0.0, help="extra delay per request, in parallel")
-    add("--error-rate", type=_rate, default=0.0, help="share of requests answered with HTTP 500")
-    add("--rate-limit-rate", "--429-rate", dest="rate_limit_rate", type=_rate, default=0.0,
+    add("--delay-ms", type=non_negative, default=0.0, help="extra delay per request, in parallel")
+    add("--error-rate", type=fraction, default=0.0, help="share of requests answered with HTTP 500")
+    add("--rate-limit-rate", "--429-rate", dest="rate_limit_rate", type=fraction, default=0.0,
         help="share of requests answered with HTTP 429")
-    add("--reset-rate", type=_rate, default=0.0, help="share of requests whose connection is reset")
-    add("--wrong-dimensions-rate", type=_rate, default=0.0,
+    add("--reset-rate", type=fraction, default=0.0, help="share of requests whose connection is reset")
+    add("--wrong-dimensions-rate", type=fraction, default=0.0,
         help="share of successes whose vectors are one component short")
-    add("--nan-rate", type=_rate, default=0.0, help="share of successes with a NaN component")
-    add("--stall-s", type=_non_negative, default=0.0, help="length of a stall in seconds")
-    add("--stall-every-s", type=_non_negative, default=0.0, help="start a stall every this many seconds")
-    add("--stall-after-s", type=_non_negative, default=None, help="one stall, this many seconds after start")
+    add("--nan-rate", type=fraction, default=0.0, help="share of successes with a NaN component")
+    add("--stall-s", type=non_negative, default=0.0, help="length of a stall in seconds")
+    add("--stall-every-s", type=non_negative, default=0.0, help="start a stall every this many seconds")
+    add("--stall-after-s", type=non_negative, default=None, help="one stall, this many seconds after start")
     add("--seed", type=int, default=0, help="seed of the fault draws (default %(default)s)")
     return parser
 

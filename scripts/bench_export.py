@@ -22,24 +22,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchdb import setup_django  # noqa: E402
+
 GOAL_PEAK_MB = 200.0
 LEVELS = [1, 8, 32, 64]
 BATCH = 10_000
 
 
-def setup_django(tmp: Path, migrate: bool) -> None:
-    os.environ["EMBPERF_VAR_DIR"] = str(tmp / "var")
-    os.environ["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
-    os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    if migrate:
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0, interactive=False)
 
 
 def rss_mb() -> float:

@@ -25,23 +25,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchdb import setup_django  # noqa: E402
+
 GOAL_MS = 300.0
 LEVELS = [1, 4, 8, 16, 32, 64]
 TEMPLATES = 12  # distinct simulated runs whose level documents are reused across the 1,000
 
 
-def setup_django(tmp: Path) -> None:
-    os.environ["EMBPERF_VAR_DIR"] = str(tmp / "var")
-    os.environ["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
-    os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
 
 
 def fill(n_runs: int, seconds: int):
