@@ -10,7 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from portal.envconf import env_bool, env_int, env_list, env_str
+from portal.envconf import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("EMBPERF_VAR_DIR", str(BASE_DIR / "var")))
@@ -163,6 +163,8 @@ CELERY_TIMEZONE = TIME_ZONE
 EMBPERF_MAX_LEVELS = env_int("EMBPERF_MAX_LEVELS", 32)
 EMBPERF_MAX_CONCURRENCY = env_int("EMBPERF_MAX_CONCURRENCY", 4096)
 EMBPERF_MAX_LEVEL_SECONDS = env_int("EMBPERF_MAX_LEVEL_SECONDS", 3600)
+# A sweep whose target another run is measuring waits, looking again this often (seconds).
+EMBPERF_TARGET_WAIT_S = env_float("EMBPERF_TARGET_WAIT_S", 5.0)
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -40,6 +40,8 @@ def base_env(var_dir: Path, *, database_url: str, broker_url: str) -> dict:
         "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",
         "LOG_LEVEL": "INFO",
+        # A run waiting for its target looks again often, so a test sees many looks in a few seconds.
+        "EMBPERF_TARGET_WAIT_S": "0.3",
     })
     return env
 
@@ -220,7 +222,7 @@ def _run(state: dict, *, run: int) -> dict:
         for level in row.levels.order_by("index")
     ]
     return {"status": row.status, "reason": row.status_reason, "phase": (row.progress or {}).get("phase"),
-            "recent": len((row.progress or {}).get("recent") or []), "finished": row.finished,
+            "recent": len((row.progress or {}).get("recent") or []), "finished": row.finished, "started": row.started,
             "worker_host": row.worker_host, "levels": levels, "summary": row.summary}
 
 

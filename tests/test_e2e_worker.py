@@ -112,6 +112,20 @@ def test_worker_runs_a_sweep_and_the_levels_show_on_the_run_page(stack):
         assert ms(level["p99"]) in match.group(0)
 
 
+def test_two_runs_of_one_target_take_turns(stack):
+    driver, worker, ids = stack["driver"], stack["worker"], stack["ids"]
+    first = driver.call("start", target=ids["target"], plan=ids["short"], label="e2e turn 1")["run"]
+    second = driver.call("start", target=ids["target"], plan=ids["short"], label="e2e turn 2")["run"]
+    done = lambda s: s["status"] not in ("queued", "running")  # noqa: E731
+    a = wait_for(driver, first, done, timeout=90, worker=worker)
+    b = wait_for(driver, second, done, timeout=90, worker=worker)
+    # The second waited (looking again many times: more than Celery's default of 3 retries) and then ran.
+    assert a["status"] == b["status"] == "succeeded", (a["reason"], b["reason"], worker.log()[-3000:])
+    assert worker.log().count("target busy with run") > 3
+    one, two = sorted([a, b], key=lambda s: s["started"])
+    assert datetime.fromisoformat(two["started"]) >= datetime.fromisoformat(one["finished"])
+
+
 def test_cancel_takes_effect_within_two_seconds(stack):
     driver, worker, ids = stack["driver"], stack["worker"], stack["ids"]
     run_id = driver.call("start", target=ids["target"], plan=ids["long"], label="e2e cancel")["run"]

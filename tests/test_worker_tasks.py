@@ -326,6 +326,10 @@ def test_second_sweep_of_a_busy_target_waits_instead_of_running_beside_it(transa
     assert f"Waiting for run #{live.pk}" in waiting.status_reason
     assert not waiting.levels.exists()
 
+    # However long the other run takes, the task keeps looking (Celery's default gives up after 3 retries;
+    # tests/test_e2e_worker.py runs two sweeps of one target through a real worker).
+    assert run_sweep.max_retries is None
+
     # Once the other run is over, the waiting one runs.
     Run.objects.filter(pk=live.pk).update(status=Run.Status.SUCCEEDED)
     assert run_sweep.apply(args=[waiting.pk]).get() == Run.Status.SUCCEEDED

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
+from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
@@ -30,8 +31,6 @@ logger = logging.getLogger(__name__)
 
 # Longest status_reason kept for an unexpected error; the traceback goes to the worker log only.
 REASON_MAX = 300
-# A run whose target another run is measuring waits this long before it looks again.
-TARGET_BUSY_RETRY_S = 5
 
 
 def client_version() -> str:
@@ -44,7 +43,8 @@ def _node(task) -> str:
     return getattr(task.request, "hostname", None) or socket.gethostname()
 
 
-@shared_task(bind=True, name="workers.tasks.run_sweep", acks_late=True, ignore_result=True)
+# max_retries=None: a run waiting for its target (another run measuring it) waits as long as that takes.
+@shared_task(bind=True, name="workers.tasks.run_sweep", acks_late=True, ignore_result=True, max_retries=None)
 def run_sweep(self, run_id: int) -> str:
     """Execute one queued run; returns the status it ended with (or why it was skipped)."""
     run = Run.objects.filter(pk=run_id).first()
@@ -80,8 +80,9 @@ def run_sweep(self, run_id: int) -> str:
                 status_reason=f"Waiting for run #{busy} to finish: it is measuring the same target, and two "
                               "sweeps at once would distort each other's figures.")
     if busy is not None:
-        logger.info("run %s: target busy with run %s; retrying in %s s", run_id, busy, TARGET_BUSY_RETRY_S)
-        raise self.retry(countdown=TARGET_BUSY_RETRY_S, max_retries=None)
+        wait_s = settings.EMBPERF_TARGET_WAIT_S
+        logger.info("run %s: target busy with run %s; looking again in %s s", run_id, busy, wait_s)
+        raise self.retry(countdown=wait_s)
     if not claimed:  # cancelled (or taken by another worker) between the read and the update
         return Run.objects.filter(pk=run_id).values_list("status", flat=True).first() or "missing"
     # The limits travel with the message (start_run); a message sent some other way gets the same sizing.
