@@ -9,7 +9,7 @@ standard error from the variation inside the level (per-second throughput, per-s
 percentiles, the order-statistic error of a percentile from the latency histogram, the binomial
 error of the error rate); when three or more runs of the same target and plan exist, the spread
 of the figure across them is used instead whenever it is larger. A difference is significant
-when it exceeds K times the combined noise of the two values.
+when it exceeds K times the combined noise of the two values, and at least 2 % of the baseline.
 """
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ from benchmarks.document import summarize
 # change in every comparison of identical set-ups by chance alone (5 % per figure); k=3 keeps
 # that near 0.3 % per figure and leaves margin for the error of the noise estimate itself.
 K_SIGMA = 3.0
+
+# A floor under the threshold, as a share of the baseline value. Noise measured inside one level
+# misses what varies from run to run (server warm state, clocks, co-tenants, the client host), and
+# two sweeps of an unchanged set-up routinely differ by a percent or so in p50. Below 2 % a change
+# is never marked, however small the in-level noise, so identical set-ups do not raise alarms.
+MIN_RELATIVE_CHANGE = 0.02
 
 # Lag-1 autocorrelation is clamped: per-second figures of a busy server are positively
 # correlated, and an estimate near 1 from a short window would blow the error up to infinity.
@@ -232,10 +238,14 @@ def significance_threshold(noise_a: float | None, noise_b: float | None, k: floa
 
 def compare_values(metric: Metric, base: float, base_noise: float | None, value: float,
                    noise: float | None, k: float = K_SIGMA) -> Delta:
-    """Difference, % change, direction and significance of `value` against `base`."""
+    """Difference, % change, direction and significance of `value` against `base`.
+
+    Significant means beyond k combined standard errors and beyond MIN_RELATIVE_CHANGE of the baseline."""
     diff = value - base
     pct = diff / base * 100.0 if base else None
     threshold = significance_threshold(base_noise, noise, k)
+    if threshold is not None:
+        threshold = max(threshold, MIN_RELATIVE_CHANGE * abs(base))
     significant = None if threshold is None else abs(diff) > threshold
     return Delta(diff=diff, pct=pct, better=metric.better(diff), significant=significant, threshold=threshold)
 

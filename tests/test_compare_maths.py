@@ -49,6 +49,16 @@ def test_change_within_noise_is_not_significant():
     assert compare_values(METRICS["qps"], 100.0, 1.0, 104.25, 1.0).verdict == "better"
 
 
+def test_changes_below_two_percent_are_never_significant():
+    # In-level noise of 0.1 ms on a 50 ms p50 would flag +0.6 ms; the 2 % floor (1 ms) does not.
+    d = compare_values(METRICS["p50_ms"], 50.0, 0.1, 50.6, 0.1)
+    assert d.threshold == pytest.approx(1.0)
+    assert d.verdict == "same"
+    assert compare_values(METRICS["p50_ms"], 50.0, 0.1, 51.2, 0.1).verdict == "worse"
+    # A zero baseline (no errors) has no floor: any error rate beyond its noise is a change.
+    assert compare_values(METRICS["error_rate"], 0.0, 0.0001, 0.01, 0.001).verdict == "worse"
+
+
 def test_unknown_noise_gives_unknown_verdict_and_zero_base_no_percent():
     d = compare_values(METRICS["error_rate"], 0.0, None, 0.02, 0.001)
     assert d.significant is None and d.verdict == "unknown"
