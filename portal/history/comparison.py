@@ -336,7 +336,7 @@ class Comparison:
                 line += [_fmt_value(metric.key, cell["value"]),
                          "–" if d is None else _fmt_diff(metric.key, d["diff"]), _fmt_pct(d)]
             lines.append("| " + " | ".join(line) + " |")
-        lines += ["", f"\\* beyond the noise ({K_SIGMA:g} standard errors of the difference)."]
+        lines += ["", f"\\* beyond the noise ({K_SIGMA:g} standard errors of the difference, and 2 % of the baseline)."]
         return "\n".join(lines) + "\n"
 
 
