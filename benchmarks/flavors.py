@@ -5,8 +5,8 @@ validates every answer: one vector per input text, each of the expected length, 
 A wrong answer raises `InvalidResponse` with a message that says what was wrong.
 """
 import binascii
-import json
 import math
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,19 +17,30 @@ from benchmarks.errors import ConfigError, InvalidResponse
 ENCODINGS = ("float", "base64")
 
 
+_NON_FINITE_LITERAL = re.compile(r"-?(NaN|Infinity)")
+
+
 def _loads(raw: bytes):
-    """Parse JSON with orjson; on failure explain why (non-standard NaN/Infinity literals included)."""
+    """Parse JSON with orjson (which bounds nesting at 1,024 levels); on failure say why in plain words."""
     try:
         return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        # Python's parser accepts NaN/Infinity; it only runs on the failure path, to name the problem.
-        json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        snippet = raw[:80].decode("utf-8", "replace")
-        raise InvalidResponse(f"response is not JSON: {snippet!r}") from None
-    raise InvalidResponse("response holds non-finite numbers (NaN or Infinity literals)")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidResponse(_json_problem(raw, exc)) from None
+
+
+def _json_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    reason, pos = exc.msg, exc.pos
+    if "depth limit" in reason:
+        return "response is nested more than 1,024 levels deep (not an embedding answer)"
+    if "infinity when parsed" in reason:
+        return f"response holds a number too large for a 64-bit float (such as 1e400) at position {pos}"
+    if "UTF-8" in reason:
+        return "response is not valid UTF-8 text"
+    around = exc.doc[max(0, pos - 1): pos + 9] if isinstance(exc.doc, str) else ""
+    if _NON_FINITE_LITERAL.search(around):
+        return "response holds non-finite numbers (NaN or Infinity literals)"
+    snippet = raw[:80].decode("utf-8", "replace")
+    return f"response is not JSON ({reason}, at position {pos}): {snippet!r}"
 
 
 def _check_float_vector(vec, dims: int, i: int) -> None:
@@ -44,9 +55,21 @@ def _check_float_vector(vec, dims: int, i: int) -> None:
         if any(x is None for x in vec):
             # Standard JSON has no NaN; servers that produce one often write null instead.
             raise InvalidResponse(f"embedding {i} holds null (a NaN or infinity written as null)") from None
-        raise InvalidResponse(f"embedding {i} holds a value that is not a number") from None
-    if not math.isfinite(total) and not all(math.isfinite(x) for x in vec):
+        bad = next((x for x in vec if type(x) not in (float, int, bool)), None)
+        raise InvalidResponse(f"embedding {i} holds a value that is not a number: {type(bad).__name__} "
+                              f"{_short(bad)}") from None
+    if type(total) is not float:
+        # No float at all: integers, or JSON true/false (which Python sums as 1 and 0). Checking every
+        # value for bool would cost as much as parsing; a vector without a single float is rare enough.
+        if any(type(x) is bool for x in vec):
+            raise InvalidResponse(f"embedding {i} holds true/false where numbers should be")
+    elif not math.isfinite(total) and not all(math.isfinite(x) for x in vec):
         raise InvalidResponse(f"embedding {i} holds a non-finite value")
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _check_base64_vector(text, dims: int, i: int) -> None:
@@ -130,6 +153,8 @@ class Flavor:
         if not vecs:
             raise InvalidResponse("the answer holds no embeddings")
         length = _vector_length(vecs[0], self.encoding)
+        if length == 0:
+            raise InvalidResponse("embedding 0 is empty")
         dims = self.dimensions or length
         self.validate(raw, n_texts, dims, headers)
         return {
@@ -168,7 +193,7 @@ class OpenAIFlavor(Flavor):
         usage = doc.get("usage")
         if isinstance(usage, dict):
             n = usage.get("prompt_tokens")
-            if isinstance(n, int) and not isinstance(n, bool):
+            if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
                 return n
         return None
 
@@ -194,9 +219,10 @@ class TEIFlavor(Flavor):
         # TEI reports usage only in a response header.
         value = headers.get("x-compute-tokens") if headers is not None else None
         try:
-            return int(value) if value is not None else None
-        except ValueError:
+            n = int(value) if value is not None else None
+        except ValueError:  # also a number of more than 4,300 digits
             return None
+        return n if n is None or n >= 0 else None
 
     def served_model(self, doc) -> str | None:
         return None
@@ -222,7 +248,7 @@ class OllamaFlavor(Flavor):
 
     def tokens(self, doc, headers) -> int | None:
         n = doc.get("prompt_eval_count")
-        return n if isinstance(n, int) and not isinstance(n, bool) else None
+        return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
 
 
 FLAVORS = {cls.name: cls for cls in (OpenAIFlavor, TEIFlavor, OllamaFlavor)}
@@ -239,7 +265,8 @@ def make_flavor(name: str, model: str, *, dimensions: int | None = None, encodin
 
 def request_headers(api_key: str | None) -> dict:
     """Headers sent with every request: JSON body, optional Bearer key."""
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    # Uncompressed answers only: the size cap then holds for what is parsed (benchmarks/answers.py).
+    headers = {"Content-Type": "application/json", "Accept": "application/json", "Accept-Encoding": "identity"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     return headers
@@ -258,9 +285,12 @@ def error_text(raw: bytes, limit: int = 300) -> str:
             if isinstance(value, dict):
                 value = value.get("message") or value.get("msg") or value
             if value:
-                text = value if isinstance(value, str) else orjson.dumps(value).decode()
+                try:
+                    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+                except orjson.JSONEncodeError:  # nested past what orjson writes back (255 levels)
+                    text = "(an error object nested too deeply to show)"
                 break
     if text is None:
-        text = raw.decode("utf-8", "replace").strip()
+        text = raw[: 16 * limit].decode("utf-8", "replace").strip()
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"

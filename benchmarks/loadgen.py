@@ -25,8 +25,19 @@ import time
 import aiohttp
 
 from benchmarks import stats
+from benchmarks.answers import (
+    ANSWER_SLACK,
+    BYTES_PER_VALUE,
+    BYTES_PER_VECTOR,
+    MAX_ANSWER_BYTES,
+    AnswerTooLarge,
+    check_encoding,
+    failure,
+    mib,
+    read_body,
+    redirect_text,
+)
 from benchmarks.errors import (
-    CONNECT_ERROR,
     ERROR_CLASSES,
     INVALID_RESPONSE,
     OK,
@@ -85,6 +96,13 @@ class LevelRunner:
         self.dims = work["dims"]
         self.keep_samples = bool(work.get("keep_samples"))
         self.est_tokens = float(work.get("tokens_per_text_estimate") or 0)
+        # Memory cap per answer: answers.answer_limit, inlined as one multiply-add per request.
+        if self.dims:
+            self.bytes_per_text = self.dims * BYTES_PER_VALUE + BYTES_PER_VECTOR
+            self.answer_slack = ANSWER_SLACK
+        else:
+            self.bytes_per_text = 0
+            self.answer_slack = MAX_ANSWER_BYTES
 
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.latency = stats.new_histogram()
@@ -130,21 +148,31 @@ class LevelRunner:
         tokens = None
         raw = b""
         outcome = None
+        limit = n_texts * self.bytes_per_text + self.answer_slack
         try:
-            async with self.session.post(url, data=body) as resp:
+            async with self.session.post(url, data=body, allow_redirects=False) as resp:
                 status = resp.status
-                raw = await resp.read()
+                length = resp.content_length
+                if length is not None and length <= limit:
+                    raw = await resp.read()  # the common case: announced and within the cap
+                else:
+                    raw = await read_body(resp, limit)
                 end = time.perf_counter()
                 headers = resp.headers
-        except TimeoutError:
+        except AnswerTooLarge as exc:
             end = time.perf_counter()
-            outcome = TIMEOUT
-            self._example(outcome, f"no complete answer within {self.timeout_s:g} s")
-        except (aiohttp.ClientError, OSError) as exc:
+            if 200 <= status < 300:
+                outcome = INVALID_RESPONSE
+                self._example(outcome, f"{exc} ({n_texts} vectors of {self.dims} values)")
+            else:
+                # An error status stays in its class; only its oversized text is dropped.
+                outcome = classify_status(status)
+                self._example(outcome, f"HTTP {status}, with an error text larger than {mib(exc.limit)}")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             end = time.perf_counter()
-            outcome = CONNECT_ERROR
+            outcome, message = failure(exc, self.timeout_s)
             if outcome not in self.examples:
-                self._example(outcome, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                self._example(outcome, message)
         finally:
             self.in_flight -= 1
         if outcome is None:
@@ -153,15 +181,23 @@ class LevelRunner:
             await asyncio.sleep(0)
             if 200 <= status < 300:
                 try:
+                    if "Content-Encoding" in headers:
+                        check_encoding(headers)
                     tokens = self.flavor.validate(raw, n_texts, self.dims, headers)
                     outcome = OK
                 except InvalidResponse as exc:
                     outcome = INVALID_RESPONSE
                     self._example(outcome, str(exc))
+                except Exception as exc:  # noqa: BLE001 - a hostile answer must never end the load slot
+                    outcome = INVALID_RESPONSE
+                    self._example(outcome, f"the answer could not be checked ({type(exc).__name__}: {exc})")
             else:
                 outcome = classify_status(status)
                 if outcome not in self.examples:
-                    self._example(outcome, f"HTTP {status}: {error_text(raw)}")
+                    if 300 <= status < 400:
+                        self._example(outcome, redirect_text(status, headers, url))
+                    else:
+                        self._example(outcome, f"HTTP {status}: {error_text(raw)}")
         nbytes = len(raw)
         self._record(intended, start, end, outcome, status, tokens, n_texts, nbytes)
 

@@ -2,13 +2,24 @@
 
 It reports the model name as served, the vector length, the prompt tokens the server counted and
 the latency; a failure comes back as a plain-words message plus a hint a person can act on.
-The probe uses httpx (a single request costs nothing that matters); the load uses aiohttp.
+The probe sends its request the way the load does (aiohttp, benchmarks/answers.py): within one total
+timeout, with the answer capped at 64 MiB, uncompressed, and without following redirects.
 """
 import time
 
-import httpx
+import aiohttp
+from yarl import URL
 
-from benchmarks.errors import ConfigError, InvalidResponse
+from benchmarks.answers import (
+    MAX_ANSWER_BYTES,
+    AnswerTooLarge,
+    answer_limit,
+    check_encoding,
+    failure,
+    read_body,
+    run_blocking,
+)
+from benchmarks.errors import TIMEOUT, ConfigError, InvalidResponse
 from benchmarks.flavors import error_text, make_flavor, request_headers
 
 PROBE_TEXT = "embperf probe: the quick brown fox jumps over the lazy dog."
@@ -50,53 +61,89 @@ def _explain(flavor_name: str, base_url: str, url: str, status: int, raw: bytes)
     return f"unexpected answer (HTTP {status}): {text}", "check the URL and flavor"
 
 
+def _redirect(flavor, url: str, status: int, location: str | None) -> dict:
+    if not location:
+        return _result(url=url, status=status, error=f"{url} answers with a redirect (HTTP {status}) to nowhere",
+                       hint="check the URL and flavor")
+    target = str(URL(url).join(URL(location)))
+    hint = "point the target at that URL (embperf does not follow redirects: a redirected POST may become a GET)"
+    if target.rstrip("/").endswith(flavor.path):
+        hint += f"; its base URL would be {target.rstrip('/')[: -len(flavor.path)]}"
+    return _result(url=url, status=status, error=f"the server redirects {url} to {target[:300]} (HTTP {status})",
+                   hint=hint)
+
+
+def _failed(url: str, exc: BaseException, timeout_s: float) -> dict:
+    outcome, message = failure(exc, timeout_s)
+    if outcome == TIMEOUT:
+        return _result(url=url, error=f"no complete answer from {url} within {timeout_s:g} s",
+                       hint="the server may still be loading the model; try again, or raise the timeout")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return _result(url=url, error=f"connection refused at {url}",
+                           hint="is the server running, and listening on that host and port?")
+        return _result(url=url, error=f"{message} for {url}",
+                       hint="is the server running, and listening on that host and port?")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return _result(url=url, error=f"{url}: {message}",
+                       hint="check the URL's scheme and port: is an embedding server listening there?")
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return _result(url=url, error=f"request to {url} failed: {message}",
+                       hint="look at the server's log (did it crash, or cut the answer off?)")
+    return _result(url=url, error=f"request to {url} failed: {message}", hint="check the URL (scheme, host, port)")
+
+
+async def _probe_urls(flavor, base_urls: list[str], texts: list[str], dims: int | None, timeout_s: float,
+                      headers: dict) -> dict:
+    body = flavor.body(texts)
+    limit = answer_limit(len(texts), dims) if dims else MAX_ANSWER_BYTES
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s), headers=headers,
+                                    auto_decompress=False, raise_for_status=False)
+    first = None
+    async with session:
+        for base_url in base_urls:
+            url = flavor.url(base_url)
+            start = time.perf_counter()
+            try:
+                async with session.post(url, data=body, allow_redirects=False) as resp:
+                    status, resp_headers = resp.status, resp.headers
+                    raw = await read_body(resp, limit)
+            except AnswerTooLarge as exc:
+                return _result(url=url, status=status, error=f"wrong answer from {url}: {exc}",
+                               hint=f"is this a {flavor.name}-flavor embedding endpoint? check the flavor and URL")
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                return _failed(url, exc, timeout_s)
+            latency_ms = round((time.perf_counter() - start) * 1000, 3)
+            if 300 <= status < 400:
+                return _redirect(flavor, url, status, resp_headers.get("Location"))
+            if not 200 <= status < 300:
+                error, hint = _explain(flavor.name, base_url, url, status, raw)
+                return _result(url=url, status=status, latency_ms=latency_ms, error=error, hint=hint)
+            try:
+                check_encoding(resp_headers)
+                found = flavor.inspect(raw, len(texts), resp_headers)
+            except InvalidResponse as exc:
+                return _result(url=url, status=status, latency_ms=latency_ms,
+                               error=f"wrong answer from {url}: {exc}",
+                               hint=f"is this a {flavor.name}-flavor embedding endpoint? check the flavor and URL")
+            if first is None:
+                first = _result(ok=True, url=url, status=status, latency_ms=latency_ms, **found)
+    return first
+
+
 def probe_texts(target: dict, texts: list[str], *, dimensions: int | None = None, encoding: str = "float",
-                timeout_s: float = 10, client: httpx.Client | None = None) -> dict:
+                timeout_s: float = 10) -> dict:
     """Send one request with `texts` to every base URL of the target; the first failure, or the
-    first URL's findings. Raises ConfigError for a target the engine cannot use at all."""
+    first URL's findings. Each request ends within `timeout_s` (headers and body together), its
+    answer is capped (benchmarks/answers.py), and a redirect is reported, not followed.
+    Raises ConfigError for a target the engine cannot use at all."""
     flavor = make_flavor(target.get("flavor", "openai"), target.get("model", ""), dimensions=dimensions,
                          encoding=encoding)
     base_urls = list(target.get("base_urls") or [])
     if not base_urls:
         raise ConfigError("the target has no base URL")
-    body = flavor.body(texts)
     headers = request_headers(target.get("api_key"))
-    own = client is None
-    client = client or httpx.Client(timeout=timeout_s)
-    first = None
-    try:
-        for base_url in base_urls:
-            url = flavor.url(base_url)
-            start = time.perf_counter()
-            try:
-                resp = client.post(url, content=body, headers=headers, timeout=timeout_s)
-            except httpx.ConnectError as exc:
-                reason = "connection refused" if "refused" in str(exc).lower() else f"cannot connect ({exc})"
-                return _result(url=url, error=f"{reason} at {url}",
-                               hint="is the server running, and listening on that host and port?")
-            except httpx.TimeoutException:
-                return _result(url=url, error=f"no answer from {url} within {timeout_s:g} s",
-                               hint="the server may still be loading the model; try again, or raise the timeout")
-            except httpx.HTTPError as exc:
-                return _result(url=url, error=f"request to {url} failed: {type(exc).__name__}: {exc}",
-                               hint="check the URL (scheme, host, port)")
-            latency_ms = round((time.perf_counter() - start) * 1000, 3)
-            raw = resp.content
-            if not 200 <= resp.status_code < 300:
-                error, hint = _explain(flavor.name, base_url, url, resp.status_code, raw)
-                return _result(url=url, status=resp.status_code, latency_ms=latency_ms, error=error, hint=hint)
-            try:
-                found = flavor.inspect(raw, len(texts), resp.headers)
-            except InvalidResponse as exc:
-                return _result(url=url, status=resp.status_code, latency_ms=latency_ms,
-                               error=f"wrong answer from {url}: {exc}",
-                               hint=f"is this a {flavor.name}-flavor embedding endpoint? check the flavor and URL")
-            if first is None:
-                first = _result(ok=True, url=url, status=resp.status_code, latency_ms=latency_ms, **found)
-    finally:
-        if own:
-            client.close()
-    return first
+    return run_blocking(lambda: _probe_urls(flavor, base_urls, texts, dimensions, timeout_s, headers))
 
 
 def probe(target: dict, *, dimensions: int | None = None, encoding: str = "float", timeout_s: float = 10) -> dict:

@@ -8,14 +8,13 @@ One parser understands what embperf cares about in four dialects:
 - TEI (`te_queue_size`, `te_batch_next_size` histogram, `te_request_input_length` histogram).
 Parsing is done by prometheus_client's own text parser, never by hand.
 """
-import logging
 import math
-import threading
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.answers import IDENTITY, MAX_METRICS_BYTES, AnswerTooLarge, failure, mib, read_body, run_blocking
 from benchmarks.telemetry.readings import GpuReading, ServerReading
 
 # DCGM reports "no value" as a sentinel near the top of the field's range: 0x7ffffff0 (int32),
@@ -158,49 +157,49 @@ def _server_reading(samples: dict, *, source: str, t: float) -> ServerReading | 
 SCRAPE_THREAD = "telemetry-scrape"
 
 
-class _QuietScrapes(logging.Filter):
-    """httpx logs every request at INFO; one scrape a second per URL would bury a worker's log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.threadName != SCRAPE_THREAD
-
-
-_quiet_scrapes = _QuietScrapes()
-_quiet_lock = threading.Lock()
-
-
 class Scraper:
-    """Fetches one metrics URL with a synchronous httpx client (used from the sampling thread)."""
+    """Fetches one metrics URL from the sampling thread, within a total timeout and a 16 MiB cap.
 
-    def __init__(self, url: str, *, timeout_s: float = 0.9, client: httpx.Client | None = None):
-        with _quiet_lock:
-            httpx_logger = logging.getLogger("httpx")
-            if _quiet_scrapes not in httpx_logger.filters:
-                httpx_logger.addFilter(_quiet_scrapes)
+    Each scrape runs a short aiohttp exchange on its own event loop (benchmarks/answers.py): the
+    timeout covers the headers and the whole body, so a server that trickles or streams without
+    end costs one failed scrape (a telemetry note), never a stuck thread or unbounded memory."""
+
+    def __init__(self, url: str, *, timeout_s: float = 0.9, limit: int = MAX_METRICS_BYTES):
         self.url = url
-        self._client = client or httpx.Client(timeout=timeout_s, follow_redirects=True)
-        self._own_client = client is None
+        self.timeout_s = timeout_s
+        self.limit = limit
+
+    async def _fetch(self) -> tuple[int, bytes, str | None]:
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False, raise_for_status=False) as session:
+            headers = {"Accept": "text/plain", **IDENTITY}
+            async with session.get(self.url, headers=headers, max_redirects=3) as response:
+                body = await read_body(response, self.limit)
+                return response.status, body, response.headers.get("Content-Encoding")
 
     def scrape(self, t: float) -> ParsedMetrics:
         """Fetch and parse once; raises ScrapeError with a plain-words reason."""
         try:
-            response = self._client.get(self.url, headers={"Accept": "text/plain"})
-        except httpx.ConnectError as exc:
-            raise ScrapeError(f"cannot connect ({_reason(exc)})") from exc
-        except httpx.TimeoutException as exc:
-            raise ScrapeError("timed out") from exc
-        except httpx.HTTPError as exc:
-            raise ScrapeError(_reason(exc)) from exc
-        if response.status_code != 200:
-            raise ScrapeError(f"HTTP {response.status_code}")
+            status, body, encoding = run_blocking(self._fetch)
+        except AnswerTooLarge as exc:
+            raise ScrapeError(f"the metrics page is larger than {mib(exc.limit)}") from exc
+        except aiohttp.TooManyRedirects as exc:
+            raise ScrapeError("too many redirects") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise ScrapeError(f"cannot connect ({_reason(exc.os_error or exc)})") from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise ScrapeError(failure(exc, self.timeout_s)[1]) from exc
+        if status != 200:
+            raise ScrapeError(f"HTTP {status}")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            raise ScrapeError(f"the page is compressed (Content-Encoding: {encoding[:40]}) although asked for none")
         try:
-            return parse_metrics(response.text, source=self.url, t=t)
-        except ValueError as exc:
-            raise ScrapeError(f"not Prometheus text ({exc})") from exc
+            return parse_metrics(body.decode("utf-8", "replace"), source=self.url, t=t)
+        except Exception as exc:  # noqa: BLE001 - the parser's errors on garbage are not all ValueError
+            raise ScrapeError(f"not Prometheus text ({_reason(exc)[:200]})") from exc
 
     def close(self) -> None:
-        if self._own_client:
-            self._client.close()
+        """Nothing is held between scrapes (each one opens and closes its own session)."""
 
 
 class ScrapeError(Exception):
