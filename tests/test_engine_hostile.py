@@ -179,26 +179,25 @@ def test_an_announced_10_gb_answer_is_refused_unread():
         await asyncio.sleep(5)  # then nothing: the client must not wait for the rest
 
     with hostile(huge) as server:
-        partial, took = run_level(server.url)
+        partial, _ = run_level(server.url)
         result, _ = probe_url(server.url)
+    # Refused on the header: had the client waited for the body, these would be timeouts.
     assert "answer larger than 1 MiB" in only(partial, "invalid_response")
     assert "1 vectors of 8 values" in partial["examples"]["invalid_response"]
-    assert took < 1.0  # refused on the header, long before the 1 s timeout
     assert result["ok"] is False and "answer larger than 64 MiB" in result["error"]
 
 
 def test_an_endless_chunked_answer_stops_at_the_cap():
     with hostile(endless_chunks) as server:
-        partial, took = run_level(server.url, concurrency=1)
+        partial, _ = run_level(server.url, concurrency=1)
         result, _ = probe_url(server.url, timeout_s=5)
         load_sent = max(server.sent[:-1])
     assert "answer larger than 1 MiB" in only(partial, "invalid_response")
-    assert took < 1.0
-    # The client stopped reading at the cap: the server could push little more than that into the
-    # socket buffers before the connection was dropped.
-    assert load_sent < answer_limit(1, DIMS) + 8 * MIB
+    # The client stopped reading at the cap: the server could push no more than that plus what the
+    # kernel's socket buffers hold (here at most 4 MiB sending, 32 MiB receiving) before the drop.
+    assert load_sent < answer_limit(1, DIMS) + 40 * MIB
     assert result["ok"] is False and "answer larger than 64 MiB" in result["error"]
-    assert server.sent[-1] < 64 * MIB + 8 * MIB
+    assert server.sent[-1] < 64 * MIB + 40 * MIB
 
 
 def test_an_oversized_error_body_keeps_its_status_class():
@@ -254,10 +253,10 @@ def test_a_trickle_ends_as_timeout_at_the_plan_timeout(what):
     assert only(partial, "timeout") == "no complete answer within 1 s"
     # Every request waited its whole timeout (total, not per read: a byte arrived every 0.1 s) ...
     assert partial["counts"]["timeout"] >= 2
-    # ... and no longer: the window, then the timeout of the last request, and some slack.
-    assert took < 0.2 + 1.0 + 1.0
+    # ... and no longer: the whole answer would take 12 s to trickle in.
+    assert took < 5
     assert result["ok"] is False and "no complete answer" in result["error"] and "within 1 s" in result["error"]
-    assert probe_took < 2.0
+    assert probe_took < 5
 
 
 # ---- malformed HTTP --------------------------------------------------------------------------------
@@ -365,8 +364,10 @@ def test_hostile_token_counts_are_ignored_not_trusted():
     body = orjson.dumps({"data": [{"embedding": [0.1] * DIMS}], "usage": {"prompt_tokens": -5}})
     with hostile(answer_with(body)) as server:
         partial, _ = run_level(server.url, duration_s=0.2)
-    assert partial["counts"]["ok"] == sum(partial["counts"].values())
-    assert partial["tokens_missing"] == partial["counts"]["ok"] > 0  # fell back to the estimate
+    assert partial["counts"]["ok"] == sum(partial["counts"].values()) > 0, partial["counts"]
+    # A negative count is no count: every request fell back to the estimate (5 tokens per text).
+    assert partial["tokens_missing"] >= partial["counts"]["ok"]
+    assert partial["window_tokens"] == 5 * partial["window_texts"] > 0
 
 
 # ---- the run goes on, or fails with the message --------------------------------------------------------
@@ -452,7 +453,7 @@ def test_a_hostile_metrics_url_is_one_failed_scrape(answer, message):
         took = time.perf_counter() - began
         scraper.close()
     assert str(info.value).startswith(message)
-    assert took < 1.5
+    assert took < 4  # the trickle would take 7 s, a stream or a 20 GB page far longer
 
 
 def test_a_hostile_metrics_url_gives_a_note_not_a_failed_run():
