@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from django.db.models import Count, F, Max, Q, Window
 from django.db.models.functions import RowNumber
 
-from benchmarks.compare import METRICS, between_run_noise, combine_noise, run_figures, significance_threshold
+from benchmarks.compare import METRICS, between_run_noise, combine_noise, compare_values, run_figures
 from portal.history.models import LevelStats
 from portal.sweeps.models import Level, Run
 
@@ -101,8 +101,7 @@ def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dic
     """Fill each candidate's `regressions` with the watched figures that are worse than the baseline's
     beyond the noise, summarised per figure: 'Requests/s -12.3 % at 32 (worse at 4 of 6 levels)'.
 
-    Same test as benchmarks.compare.compare_values (verdict "worse"), unrolled because a history
-    applies it to thousands of (run, level, figure) cells.
+    The test is benchmarks.compare.compare_values's verdict "worse", the one the compare page uses.
     """
     # Per load and figure: the baseline's value and noise, and the between-run spread.
     reference: dict[tuple, tuple] = {}
@@ -112,7 +111,6 @@ def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dic
                 spread = between.get(load, {}).get(metric)
                 reference[(load, metric)] = (base[metric], combine_noise(within.get(base["id"], {}).get(metric),
                                                                          spread), spread)
-    higher_better = {m: METRICS[m].higher_is_better for m in WATCHED}
     for point in candidates:
         point.regressions = []
         if point.id == baseline.id or point.status != Run.Status.SUCCEEDED:
@@ -129,16 +127,12 @@ def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dic
                     continue
                 base_value, base_noise, spread = ref
                 compared[metric] += 1
-                noise = combine_noise(noise_of.get(metric), spread)
-                threshold = significance_threshold(base_noise, noise)
-                diff = value - base_value
-                if threshold is None or abs(diff) <= threshold or not base_value:
-                    continue
-                if (diff < 0) if higher_better[metric] else (diff > 0):
+                delta = compare_values(METRICS[metric], base_value, base_noise, value,
+                                       combine_noise(noise_of.get(metric), spread))
+                if delta.verdict == "worse" and delta.pct is not None:
                     count[metric] += 1
-                    pct = diff / base_value * 100
-                    if metric not in worst or abs(pct) > abs(worst[metric][0]):
-                        worst[metric] = (pct, load)
+                    if metric not in worst or abs(delta.pct) > abs(worst[metric][0]):
+                        worst[metric] = (delta.pct, load)
         for metric in WATCHED:
             if metric in worst:
                 pct, load = worst[metric]
