@@ -75,8 +75,9 @@ def test_timeouts_are_timeouts_and_keep_their_latency():
         sim.stall_now(0)
     assert level["errors"]["timeout"] == level["requests_failed"] > 0
     assert level["requests_ok"] == 0
-    # A timed-out request waited at least the timeout: that wait stays visible in the latency.
-    assert level["latency_ms"]["p50"] >= 400
+    # A timed-out request waited the timeout: that wait stays visible in the latency. (The event loop's
+    # timers tick in milliseconds, so a timeout may fire up to 1 ms before 400 ms by the precise clock.)
+    assert level["latency_ms"]["p50"] >= 399
     assert "0.4 s" in level["error_examples"]["timeout"]
 
 
