@@ -4,6 +4,7 @@ Each flavor sends only the fields its servers accept (strict servers reject unkn
 validates every answer: one vector per input text, each of the expected length, all finite.
 A wrong answer raises `InvalidResponse` with a message that says what was wrong.
 """
+import abc
 import binascii
 import math
 import re
@@ -96,7 +97,7 @@ def _vector_length(vec, encoding: str) -> int:
     return len(vec)
 
 
-class Flavor:
+class Flavor(abc.ABC):
     """Base of the three flavors; subclasses fill in the wire format."""
 
     name = ""
@@ -117,17 +118,17 @@ class Flavor:
         """The full request URL for one base URL (a replica)."""
         return base_url.rstrip("/") + self.path
 
+    @abc.abstractmethod
     def body(self, texts: list[str]) -> bytes:
         """The encoded JSON request body for these texts."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def vectors(self, doc) -> list:
         """The list of vectors in a parsed answer (raises InvalidResponse when the shape is wrong)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def tokens(self, doc, headers: Mapping | None) -> int | None:
         """Prompt tokens the server reports for this request, or None when it reports none."""
-        raise NotImplementedError
 
     def served_model(self, doc) -> str | None:
         """The model name the server says it used, when it says."""
