@@ -65,21 +65,25 @@ def _client_health(partials: list[dict], latency_p50_ms: float | None) -> dict:
     }
 
 
+def merge_second(sec: int, rows: list[dict]) -> dict:
+    """One `timeseries` entry: the load processes' reports of second `sec`, merged exactly."""
+    hist = stats.merge(r["hist"] for r in rows)
+    return {
+        "t": sec,
+        "completed": sum(r["completed"] for r in rows),
+        "errors": sum(r["errors"] for r in rows),
+        "p50_ms": stats.percentile_ms(hist, 50),
+        "p99_ms": stats.percentile_ms(hist, 99),
+        "in_flight": sum(r["in_flight"] for r in rows),
+    }
+
+
 def _timeseries(partials: list[dict]) -> list[dict]:
     n = max((len(p["seconds"]) for p in partials), default=0)
     series = []
     for sec in range(n):
         rows = [p["seconds"].get(sec) for p in partials]
-        rows = [r for r in rows if r]
-        hist = stats.merge(r["hist"] for r in rows)
-        series.append({
-            "t": sec,
-            "completed": sum(r["completed"] for r in rows),
-            "errors": sum(r["errors"] for r in rows),
-            "p50_ms": stats.percentile_ms(hist, 50),
-            "p99_ms": stats.percentile_ms(hist, 99),
-            "in_flight": sum(r["in_flight"] for r in rows),
-        })
+        series.append(merge_second(sec, [r for r in rows if r]))
     return series
 
 

@@ -12,12 +12,12 @@ import time
 import uuid
 from collections.abc import Callable
 
-from benchmarks import stats
 from benchmarks.control import CancelToken
 from benchmarks.document import (
     SCHEMA,
     build_level,
     client_info,
+    merge_second,
     public_plan,
     public_target,
     summarize,
@@ -378,18 +378,9 @@ class Sweep:
         return level
 
     def _merge_second(self, sec: int, rows: dict[int, dict]) -> dict:
-        hist = stats.merge(r["hist"] for r in rows.values())
         phases = {r["phase"] for r in rows.values()}
         phase = "measure" if "measure" in phases else ("warmup" if "warmup" in phases else "drain")
-        return {
-            "t": sec,
-            "phase": phase,
-            "completed": sum(r["completed"] for r in rows.values()),
-            "errors": sum(r["errors"] for r in rows.values()),
-            "p50_ms": stats.percentile_ms(hist, 50),
-            "p99_ms": stats.percentile_ms(hist, 99),
-            "in_flight": sum(r["in_flight"] for r in rows.values()),
-        }
+        return {**merge_second(sec, list(rows.values())), "phase": phase}
 
     def _abort_check(self, second: dict, sec: int) -> bool:
         """True when this measured second's error rate is above the abort threshold."""
