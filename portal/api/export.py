@@ -7,6 +7,7 @@ import csv
 import io
 
 from portal.sweeps.models import Run
+from portal.sweeps.services import gpu_totals
 
 SCHEMA = "embperf.run/1"
 
@@ -62,22 +63,8 @@ def _error(key):
     return lambda run, lv: (lv.get("errors") or {}).get(key, 0)
 
 
-def _gpu_sum(key):
-    def value(run, lv):
-        gpus = (lv.get("gpu") or {}).get("gpus") or []
-        values = [g[key] for g in gpus if g.get(key) is not None]
-        return sum(values) if values else None
-
-    return value
-
-
-def _gpu_mean(key):
-    def value(run, lv):
-        gpus = (lv.get("gpu") or {}).get("gpus") or []
-        values = [g[key] for g in gpus if g.get(key) is not None]
-        return sum(values) / len(values) if values else None
-
-    return value
+def _gpu(key):
+    return lambda run, lv: gpu_totals(lv)[key]
 
 
 LEVEL_COLUMNS = (
@@ -121,9 +108,9 @@ LEVEL_COLUMNS = (
     ("errors_connect_error", _error("connect_error")),
     ("errors_invalid_response", _error("invalid_response")),
     ("client_bound", lambda run, lv: bool((lv.get("client") or {}).get("client_bound"))),
-    ("gpu_util_mean", _gpu_mean("utilization_mean")),
-    ("gpu_memory_used_peak_mib", _gpu_sum("memory_used_peak_mib")),
-    ("gpu_power_mean_w", _gpu_sum("power_mean_w")),
+    ("gpu_util_mean", _gpu("gpu_util_mean")),
+    ("gpu_memory_used_peak_mib", _gpu("vram_peak_mib")),
+    ("gpu_power_mean_w", _gpu("power_mean_w")),
     ("joules_per_1k_tokens", lambda run, lv: (lv.get("energy") or {}).get("joules_per_1k_tokens")),
 )
 LEVEL_COLUMN_NAMES = tuple(name for name, _ in LEVEL_COLUMNS)
@@ -180,6 +167,7 @@ def levels_markdown(run: Run) -> str:
     for level in run.levels.order_by("index"):
         lv = level.data
         latency = lv.get("latency_ms") or {}
+        gpu = gpu_totals(lv)
         load = lv.get("rate") if run.level_key == "rate" else lv.get("concurrency")
         load_text = _fmt(load)
         if (lv.get("client") or {}).get("client_bound"):
@@ -195,8 +183,8 @@ def levels_markdown(run: Run) -> str:
             _fmt(latency.get("p99")),
             _fmt(latency.get("max")),
             _fmt((lv.get("error_rate") or 0) * 100, " %"),
-            _fmt(_gpu_mean("utilization_mean")(run, lv), " %"),
-            _fmt(_gpu_sum("power_mean_w")(run, lv)),
+            _fmt(gpu["gpu_util_mean"], " %"),
+            _fmt(gpu["power_mean_w"]),
         ]
         lines.append("| " + " | ".join(row) + " |")
     if notes:

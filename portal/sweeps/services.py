@@ -36,15 +36,25 @@ def create_run(*, target: Target, plan: Plan, user=None, label: str = "", notes:
     )
 
 
+def gpu_totals(doc: dict) -> dict:
+    """One level's GPUs taken together: mean utilization, summed peak memory and summed mean power
+    (None where no GPU reported the figure)."""
+    gpus = (doc.get("gpu") or {}).get("gpus") or []
+    util = [g["utilization_mean"] for g in gpus if g.get("utilization_mean") is not None]
+    vram = [g["memory_used_peak_mib"] for g in gpus if g.get("memory_used_peak_mib") is not None]
+    power = [g["power_mean_w"] for g in gpus if g.get("power_mean_w") is not None]
+    return {
+        "gpu_util_mean": sum(util) / len(util) if util else None,
+        "vram_peak_mib": sum(vram) if vram else None,
+        "power_mean_w": sum(power) if power else None,
+    }
+
+
 def level_columns(doc: dict) -> dict:
     """Map one level of a result document (embperf.run/1) onto Level's columns."""
     latency = doc.get("latency_ms") or {}
     client = doc.get("client") or {}
     energy = doc.get("energy") or {}
-    gpus = (doc.get("gpu") or {}).get("gpus") or []
-    util = [g["utilization_mean"] for g in gpus if g.get("utilization_mean") is not None]
-    vram = [g["memory_used_peak_mib"] for g in gpus if g.get("memory_used_peak_mib") is not None]
-    power = [g["power_mean_w"] for g in gpus if g.get("power_mean_w") is not None]
     return {
         "concurrency": doc.get("concurrency"),
         "rate": doc.get("rate"),
@@ -64,9 +74,7 @@ def level_columns(doc: dict) -> dict:
         "error_rate": doc.get("error_rate") or 0,
         "errors": doc.get("errors") or {},
         "client_bound": bool(client.get("client_bound")),
-        "gpu_util_mean": sum(util) / len(util) if util else None,
-        "vram_peak_mib": sum(vram) if vram else None,
-        "power_mean_w": sum(power) if power else None,
+        **gpu_totals(doc),
         "joules_per_1k_tokens": energy.get("joules_per_1k_tokens"),
     }
 
