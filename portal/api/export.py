@@ -6,10 +6,9 @@ never rename or drop one.
 import csv
 import io
 
+from benchmarks.document import SCHEMA, public_target
 from portal.sweeps.models import Run
 from portal.sweeps.services import gpu_totals
-
-SCHEMA = "embperf.run/1"
 
 
 def _iso(value) -> str | None:
@@ -42,8 +41,7 @@ def result_document(run: Run) -> dict:
     doc.update(stored)
     doc["schema"] = SCHEMA
     doc["run"] = run_section
-    doc["target"] = dict(run.target_config or stored.get("target") or {})
-    doc["target"].pop("api_key", None)
+    doc["target"] = public_target(run.target_config or stored.get("target") or {})
     doc["plan"] = dict(run.plan_config or stored.get("plan") or {})
     doc["levels"] = [level.data for level in run.levels.order_by("index")]
     doc["summary"] = dict(run.summary or stored.get("summary") or {})

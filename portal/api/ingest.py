@@ -16,6 +16,7 @@ import jsonschema
 from django.db import transaction
 from django.utils import timezone
 
+from benchmarks.document import public_target
 from portal.sweeps.models import Plan, Run, Target
 from portal.sweeps.services import store_level
 
@@ -215,7 +216,7 @@ def ingest_document(doc, *, team, user=None) -> Run:
     with transaction.atomic():
         target = _match_target(team, doc["target"])
         plan = _match_plan(team, doc["plan"])
-        target_config = {k: v for k, v in doc["target"].items() if k != "api_key"}
+        target_config = public_target(doc["target"])
         plan_config = dict(doc["plan"])
         plan_config.setdefault("name", plan.name)
         document = {k: v for k, v in doc.items() if k != "levels"}
