@@ -6,20 +6,14 @@ and a token never sees more than its user.
 from django.http import Http404
 from rest_framework.exceptions import PermissionDenied
 
-from portal.accounts.models import Membership, Team
 from portal.api.models import ApiToken
+from portal.front.access import teams_for_user
 from portal.sweeps.models import Plan, Run, Target
 
 
 def api_teams(request, *, write: bool = False):
     """Teams visible to this request (only those it may change things in when `write`)."""
-    user = request.user
-    if not user.is_authenticated:
-        return Team.objects.none()
-    memberships = {"memberships__user": user}
-    if write:
-        memberships["memberships__role__in"] = [Membership.Role.OWNER, Membership.Role.MEMBER]
-    teams = Team.objects.filter(**memberships).distinct()
+    teams = teams_for_user(request.user, write=write)
     if isinstance(request.auth, ApiToken):
         chosen = list(request.auth.teams.values_list("pk", flat=True))
         if chosen:
