@@ -158,7 +158,8 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
     }
 
 
-def _level_load(level: dict):
+def level_load(level: dict):
+    """A level's load: its concurrency (closed loop) or its rate (open loop)."""
     return level["concurrency"] if level.get("concurrency") is not None else level.get("rate")
 
 
@@ -174,21 +175,21 @@ def summarize(levels: list[dict], slo_p99_ms: float | None) -> dict:
         p99_after = after["latency_ms"]["p99"]
         if (after["qps"] < before["qps"] * (1 + KNEE_GROWTH) and p99_before is not None
                 and p99_after is not None and p99_after > p99_before):
-            knee = _level_load(before)
+            knee = level_load(before)
             break
     slo_level = None
     if slo_p99_ms is not None:
         meeting = [lv for lv in usable if lv["status"] == "completed"
                    and lv["latency_ms"]["p99"] is not None and lv["latency_ms"]["p99"] <= slo_p99_ms]
         if meeting:
-            slo_level = max(_level_load(lv) for lv in meeting)
+            slo_level = max(level_load(lv) for lv in meeting)
     return {
         "peak_qps": peak["qps"] if peak else None,
-        "peak_level": _level_load(peak) if peak else None,
+        "peak_level": level_load(peak) if peak else None,
         "knee_level": knee,
         "slo_p99_ms": slo_p99_ms,
         "slo_max_level": slo_level,
-        "client_bound_levels": [_level_load(lv) for lv in levels if lv.get("client", {}).get("client_bound")],
+        "client_bound_levels": [level_load(lv) for lv in levels if lv.get("client", {}).get("client_bound")],
     }
 
 

@@ -20,6 +20,7 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from benchmarks.control import CancelToken
+from benchmarks.document import level_load
 from benchmarks.errors import SweepError
 from benchmarks.sweep import run_sweep as engine_run_sweep
 from portal.sweeps.models import Level, Plan, Run, Target
@@ -223,8 +224,8 @@ def stopped_levels_reason(document: dict | None) -> str:
     notes = []
     for level in (document or {}).get("levels") or []:
         if level.get("status") == "aborted":
-            load = level.get("concurrency") if level.get("concurrency") is not None else level.get("rate")
-            notes.append(f"level {load} stopped early: {level.get('abort_reason') or 'error-abort policy'}")
+            why = level.get("abort_reason") or "error-abort policy"
+            notes.append(f"level {level_load(level)} stopped early: {why}")
     return "; ".join(notes)
 
 

@@ -12,6 +12,7 @@ import math
 from django.db.models import F
 
 from benchmarks.compare import METRICS
+from benchmarks.document import level_load
 from portal.history.comparison import Comparison
 from portal.history.models import LevelStats
 from portal.history.timeline import History
@@ -118,7 +119,7 @@ def run_charts(run: Run) -> list[dict]:
     stats = LevelStats.objects.for_levels([Level(pk=lv["id"]) for lv in levels])
     x_title = LOAD_TITLES[run.level_key]
     for lv in levels:
-        lv["load"] = lv["concurrency"] if lv["concurrency"] is not None else lv["rate"]
+        lv["load"] = level_load(lv)
     loads = [lv["load"] for lv in levels]
     x = {"title": x_title, "log": _log_x(loads), "ticks": None}
 
