@@ -23,6 +23,7 @@ from benchmarks.control import CancelToken
 from benchmarks.document import level_load
 from benchmarks.errors import SweepError
 from benchmarks.sweep import run_sweep as engine_run_sweep
+from portal.api.samples import writer_for_run
 from portal.sweeps.models import Level, Plan, Run, Target
 from portal.sweeps.services import store_level, sweep_time_limits
 from workers import recovery
@@ -135,7 +136,7 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
     plan_spec = dict(run.plan_config)
     token = CancelToken()
     telemetry = build_telemetry_for(target_spec)
-    samples_writer = samples_writer_for(run) if plan_spec.get("keep_samples") else None
+    samples_writer = writer_for_run(run) if plan_spec.get("keep_samples") else None
     recorder = RunRecorder(run_id, token, samples_writer=samples_writer)
     run_info = {
         "id": run.pk, "uuid": str(run.uuid), "label": run.label, "notes": run.notes,
@@ -246,16 +247,6 @@ def build_telemetry_for(target_spec: dict):
         logger.warning("benchmarks.telemetry is not available; the run has no telemetry")
         return None
     return build_telemetry(gpus=gpus, metrics_urls=metrics_urls)
-
-
-def samples_writer_for(run: Run):
-    """The API's raw-sample store for this run, when the portal provides one (portal.api.samples)."""
-    try:
-        from portal.api import samples
-    except ImportError:
-        return None
-    factory = getattr(samples, "writer_for_run", None)
-    return factory(run) if factory is not None else None
 
 
 @shared_task(bind=True, name="workers.tasks.probe_target", acks_late=True, ignore_result=True)
