@@ -19,6 +19,8 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
+import benchmarks
+from benchmarks import telemetry as engine_telemetry
 from benchmarks.control import CancelToken
 from benchmarks.document import level_load
 from benchmarks.errors import SweepError
@@ -36,9 +38,7 @@ REASON_MAX = 300
 
 
 def client_version() -> str:
-    import benchmarks
-
-    return str(getattr(benchmarks, "__version__", "") or "")
+    return benchmarks.__version__
 
 
 def _node(task) -> str:
@@ -231,7 +231,7 @@ def stopped_levels_reason(document: dict | None) -> str:
 
 
 def build_telemetry_for(target_spec: dict):
-    """The engine's Telemetry for the target's GPU source, or None when it has none (or telemetry is missing)."""
+    """The engine's Telemetry for the target's GPU source and metrics URLs, or None when it has neither."""
     source = target_spec.get("gpu_source") or "none"
     # No indices given means every GPU of the worker's host ([] to build_telemetry); None means no NVML.
     gpus = list(target_spec.get("gpus") or []) if source == "nvml" else None
@@ -241,12 +241,7 @@ def build_telemetry_for(target_spec: dict):
         logger.warning("unknown gpu_source %r; the run samples no GPU", source)
     if gpus is None and not metrics_urls:
         return None
-    try:
-        from benchmarks.telemetry import build_telemetry
-    except ImportError:
-        logger.warning("benchmarks.telemetry is not available; the run has no telemetry")
-        return None
-    return build_telemetry(gpus=gpus, metrics_urls=metrics_urls)
+    return engine_telemetry.build_telemetry(gpus=gpus, metrics_urls=metrics_urls)
 
 
 @shared_task(bind=True, name="workers.tasks.probe_target", acks_late=True, ignore_result=True)
