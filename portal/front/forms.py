@@ -162,6 +162,9 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._setup_team(user, self.instance.pk is None)
+        # Short labels fit the form's column; the help text says what each mode holds fixed.
+        self.fields["mode"].choices = [(Plan.Mode.CLOSED, "Closed loop"), (Plan.Mode.OPEN, "Open loop")]
+        self.fields["mode"].help_text = "Closed: fixed concurrency. Open: fixed arrival rate (req/s)."
 
     def _positive(self, name, what, *, allow_zero=False):
         value = self.cleaned_data.get(name)
