@@ -12,35 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.prerequisites import INKED_PIXELS, launch_chromium, require_chromium
+
 pytestmark = pytest.mark.browser
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls below happen before it
 # starts or from the live server's own thread, so Django's async-safety check does not apply.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
-
-# Pixels that are neither transparent nor near-white: the white background the charts paint for
-# PNG export fills every pixel, so "painted" alone would not tell a drawn chart from a blank one.
-INKED_PIXELS = """(id) => {
-  const canvas = document.getElementById(id);
-  if (!canvas || !canvas.width || !canvas.height) return -1;
-  const d = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-  let inked = 0;
-  for (let i = 0; i < d.length; i += 4) {
-    if (d[i + 3] > 0 && (d[i] < 230 || d[i + 1] < 230 || d[i + 2] < 230)) inked++;
-  }
-  return inked;
-}"""
-
-
-def _require_chromium():
-    if Path(CHROMIUM).exists():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{CHROMIUM} is missing; CI must install Debian's chromium (make test-deps)")
-    pytest.skip(f"{CHROMIUM} is not installed")
 
 
 @pytest.fixture
@@ -70,14 +50,13 @@ def runs(transactional_db, team, owner, target):
 
 @pytest.fixture
 def page(live_server, client, owner):
-    _require_chromium()
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     client.force_login(owner)
     session = client.cookies["sessionid"].value
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        browser = launch_chromium(p)
         context = browser.new_context(viewport={"width": 1360, "height": 900})
         context.add_cookies([{"name": "sessionid", "value": session, "url": live_server.url}])
         try:

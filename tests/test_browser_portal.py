@@ -15,10 +15,10 @@ import pytest
 
 from benchmarks.simulator import running_simulator
 from tests import e2e_support as e2e
+from tests.prerequisites import launch_chromium, require_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = e2e.ROOT / "var" / "screenshots"
 PASSWORD = "browser-test-password"
 
@@ -42,12 +42,6 @@ PAINTED_PIXELS = """(id) => {
 }"""
 
 
-def _require_chromium() -> None:
-    if Path(CHROMIUM).exists():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{CHROMIUM} is missing; CI must install Debian's chromium (make test-deps)")
-    pytest.skip(f"{CHROMIUM} is not installed")
 
 
 class WebServer:
@@ -89,7 +83,7 @@ class WebServer:
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory):
     """Simulator, migrated SQLite database, file-system broker, Celery worker and web server."""
-    _require_chromium()
+    require_chromium()
     var_dir = tmp_path_factory.mktemp("browser")
     queue = e2e.unique_name("browser_sweeps")
     env = e2e.base_env(var_dir, database_url=f"sqlite:///{var_dir / 'portal.sqlite3'}", broker_url="filesystem://")
@@ -117,9 +111,7 @@ def page(portal):
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
-        )
+        browser = launch_chromium(p)
         context = browser.new_context(viewport={"width": 1360, "height": 900}, device_scale_factor=1)
         page = context.new_page()
         page.set_default_timeout(20_000)

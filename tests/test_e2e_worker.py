@@ -6,7 +6,6 @@ Runs on two stacks: the embedded default (SQLite file + file-system broker) and 
 Redis on 127.0.0.1. The second skips with the reason when a service is absent, except on CI
 (CI=true), where it fails.
 """
-import os
 import re
 import time
 from datetime import datetime
@@ -16,18 +15,13 @@ import pytest
 from benchmarks.simulator import running_simulator
 from portal.front.templatetags.embperf_format import ms, num
 from tests import e2e_support as e2e
+from tests.prerequisites import require
 
 pytestmark = pytest.mark.e2e
 
 STACKS = ["embedded", "postgres-redis"]
 
 
-def _require(problem: str | None) -> None:
-    if problem is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{problem}; CI must provide it")
-    pytest.skip(problem)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +39,8 @@ def stack(request, simulator, tmp_path_factory):
     if request.param == "embedded":
         env = e2e.base_env(var_dir, database_url=f"sqlite:///{var_dir / 'e2e.sqlite3'}", broker_url="filesystem://")
     else:
-        _require(e2e.postgres_available())
-        _require(e2e.redis_available())
+        require(e2e.postgres_available())
+        require(e2e.redis_available())
         db_name = e2e.unique_name("embperf_e2e")
         database_url = e2e.create_postgres_database(db_name)
         cleanups.append(lambda: e2e.drop_postgres_database(db_name))

@@ -8,10 +8,10 @@ import pytest
 
 from benchmarks.telemetry.readings import GpuReading, ServerReading
 from benchmarks.telemetry.summary import energy_section, summarise_gpus, summarise_server
+from tests.prerequisites import INKED_PIXELS, launch_chromium, require_chromium
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's loop runs in this thread
 
-CHROMIUM = "/usr/bin/chromium"
 DURATION = 10.0
 
 
@@ -109,29 +109,17 @@ def test_outsider_gets_404(client, outsider, telemetry_run):
     assert client.get(telemetry_run.get_absolute_url()).status_code == 404
 
 
-INKED_PIXELS = """(id) => {
-  const canvas = document.getElementById(id);
-  if (!canvas || !canvas.width || !canvas.height) return -1;
-  const d = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-  let inked = 0;
-  for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && (d[i] < 230 || d[i + 1] < 230 || d[i + 2] < 230)) inked++;
-  return inked;
-}"""
 
 
 @pytest.mark.browser
 def test_charts_draw_in_a_browser(live_server, client, owner, telemetry_run):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing")
-        pytest.skip(f"{CHROMIUM} is not installed")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     client.force_login(owner)
     session = client.cookies["sessionid"].value
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        browser = launch_chromium(p)
         context = browser.new_context(viewport={"width": 1360, "height": 900})
         context.add_cookies([{"name": "sessionid", "value": session, "url": live_server.url}])
         page = context.new_page()
