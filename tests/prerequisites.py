@@ -39,3 +39,19 @@ def launch_chromium(playwright):
     """Debian's chromium through Playwright, headless, with the flags this network needs."""
     require_chromium()
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def nvml_works() -> bool:
+    """True on a host with a working NVIDIA driver (NVML opens)."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
+# The no-GPU path can only happen on a host without one; on a GPU host these tests have nothing to show.
+needs_no_gpu = pytest.mark.skipif(nvml_works(), reason="this host has a working NVML; the no-GPU path cannot happen")

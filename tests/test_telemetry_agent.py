@@ -11,6 +11,7 @@ from benchmarks.telemetry import Telemetry
 from benchmarks.telemetry.agent import GpuAgent, main, render_metrics
 from benchmarks.telemetry.prometheus import parse_metrics
 from benchmarks.telemetry.readings import GpuReading
+from tests.prerequisites import needs_no_gpu
 
 # Recorded once per second from GPU 0 of an H100 80GB host; GPU 1 stayed idle throughout.
 # (util %, SM active %, memory used MiB, power W, SM clock MHz, temperature C, clock event bits)
@@ -154,15 +155,8 @@ def test_round_trip_levels(agent):
     assert latest["gpus"][0]["index"] == 0 and latest["gpus"][0]["util"] in {r[0] for r in RECORDING["load"]}
 
 
+@needs_no_gpu
 def test_agent_cli_without_gpu_says_why(capsys):
     # on a host without NVML the agent refuses to start, with the reason; with a GPU it would serve
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        pynvml.nvmlShutdown()
-        pytest.skip("this host has a working NVML")
-    except pynvml.NVMLError:
-        pass
     assert main(["--port", "0"]) == 2
     assert "GPU telemetry unavailable: NVML library not found" in capsys.readouterr().err

@@ -6,18 +6,7 @@ import pytest
 
 from benchmarks.telemetry import build_telemetry
 from benchmarks.telemetry.nvml import GpuUnavailable, NvmlReader, unavailable_reason
-
-
-def nvml_works() -> bool:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return False
-    pynvml.nvmlShutdown()
-    return True
-
-
-needs_no_gpu = pytest.mark.skipif(nvml_works(), reason="this host has a working NVML; the no-GPU path cannot happen")
+from tests.prerequisites import needs_no_gpu
 
 
 @needs_no_gpu

@@ -1,21 +1,12 @@
 """Telemetry inside a real sweep: the engine against the simulator, NVML asked for on a host without a
 GPU and the simulator's vLLM-style /metrics scraped. The run succeeds, says once why there are no GPU
 figures, and each level carries the server's queue, running requests and token count."""
-import pynvml
 import pytest
 
 from benchmarks.simulator import running_simulator
 from benchmarks.sweep import run_sweep
 from benchmarks.telemetry import Telemetry
-
-
-def nvml_works() -> bool:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return False
-    pynvml.nvmlShutdown()
-    return True
+from tests.prerequisites import nvml_works
 
 
 def test_sweep_with_telemetry_sources():
