@@ -6,9 +6,17 @@ stall the hot loop. With P > 1 the load runs in P spawned processes (one event l
 live for the whole sweep, so their input streams (unique counters, corpus positions) carry on
 from level to level. Both speak the same protocol: the controller sends one work dict per level,
 the runner answers with ("second" | "samples" | "done" | "failed", proc, payload) messages.
+
+The caller may itself be a daemonic process (a Celery prefork pool child is one), and
+multiprocessing refuses children to daemonic processes. The refusal protects one thing: that
+daemonic children do not outlive their parent. Load processes see to that themselves (each
+leaves when its parent is gone, between levels, and levels are bounded in time), so the pool
+lifts the flag for the moment it starts them (`_children_allowed`).
 """
 import asyncio
+import contextlib
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -27,8 +35,38 @@ def _loop_factory():
     return uvloop.new_event_loop
 
 
-def serve(proc: int, config: dict, commands, out, stop_event, cpu_clock_name: str) -> None:
-    """Body of one load thread or process: set up once, then run each level it is sent."""
+PARENT_CHECK_S = 1.0  # how often an idle load process looks whether its parent still lives
+
+
+@contextlib.contextmanager
+def _children_allowed():
+    """Let this process start child processes even when it is daemonic (see the module docstring)."""
+    config = multiprocessing.current_process()._config
+    daemonic = config.get("daemon")
+    if daemonic:
+        config["daemon"] = False
+    try:
+        yield
+    finally:
+        if daemonic:
+            config["daemon"] = daemonic
+
+
+def _next_work(commands, parent_pid: int | None):
+    """The next level to run, or None when told to stop or when the parent process is gone."""
+    while True:
+        try:
+            return commands.get(timeout=PARENT_CHECK_S)
+        except queue.Empty:
+            if parent_pid is not None and os.getppid() != parent_pid:
+                return None
+
+
+def serve(proc: int, config: dict, commands, out, stop_event, cpu_clock_name: str,
+          parent_pid: int | None = None) -> None:
+    """Body of one load thread or process: set up once, then run each level it is sent.
+
+    `parent_pid` (load processes only): the controller's pid; the process leaves when it is gone."""
     try:
         flavor = make_flavor(config["flavor"], config["model"], dimensions=config.get("dimensions"),
                              encoding=config.get("encoding", "float"))
@@ -47,7 +85,7 @@ def serve(proc: int, config: dict, commands, out, stop_event, cpu_clock_name: st
         return
     out.put(("ready", proc, None))
     while True:
-        work = commands.get()
+        work = _next_work(commands, parent_pid)
         if work is None:
             return
         try:
@@ -68,6 +106,7 @@ class LoadPool:
         self.processes = processes
         self.config = dict(config, processes=processes)
         self._workers = []
+        self._started = []
         self._commands = []
         if processes == 1:
             self.out = queue.Queue()
@@ -85,14 +124,20 @@ class LoadPool:
             for proc in range(processes):
                 commands = ctx.Queue()
                 worker = ctx.Process(target=serve, name=f"embperf-load-{proc}", daemon=True,
-                                     args=(proc, self.config, commands, self.out, self.stop_event, "process_time"))
+                                     args=(proc, self.config, commands, self.out, self.stop_event, "process_time",
+                                           os.getpid()))
                 self._commands.append(commands)
                 self._workers.append(worker)
 
     def start(self, timeout_s: float = 60.0) -> None:
-        """Start every runner and wait until each has set up."""
-        for worker in self._workers:
-            worker.start()
+        """Start every runner and wait until each has set up (SweepError names why one could not)."""
+        with _children_allowed():
+            for proc, worker in enumerate(self._workers):
+                try:
+                    worker.start()
+                except Exception as exc:
+                    raise SweepError(f"could not start load process {proc}: {type(exc).__name__}: {exc}") from exc
+                self._started.append(worker)
         ready = 0
         deadline = time.monotonic() + timeout_s
         while ready < self.processes:
@@ -126,7 +171,7 @@ class LoadPool:
 
     def dead(self) -> str | None:
         """A description of a runner that died, if one did."""
-        for proc, worker in enumerate(self._workers):
+        for proc, worker in enumerate(self._started):
             if not worker.is_alive():
                 code = getattr(worker, "exitcode", None)
                 return f"load process {proc} exited" + (f" with code {code}" if code is not None else "")
@@ -137,7 +182,7 @@ class LoadPool:
         self.stop_event.set()
         for commands in self._commands:
             commands.put(None)
-        for worker in self._workers:
+        for worker in self._started:  # one that never started has nothing to wait for
             worker.join(timeout=5)
             if worker.is_alive() and hasattr(worker, "terminate"):
                 worker.terminate()
