@@ -1,7 +1,6 @@
 """Honest endings: a sweep the abort policy stopped says so (run.aborted_at_level), refused
 connections back off instead of being retried as fast as the client can, and the level names how
 long the target refused connections."""
-import socket
 
 from benchmarks.simulator import running_simulator
 from benchmarks.sweep import run_sweep
