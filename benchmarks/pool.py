@@ -7,11 +7,15 @@ live for the whole sweep, so their input streams (unique counters, corpus positi
 from level to level. Both speak the same protocol: the controller sends one work dict per level,
 the runner answers with ("second" | "samples" | "done" | "failed", proc, payload) messages.
 
-The caller may itself be a daemonic process (a Celery prefork pool child is one), and
-multiprocessing refuses children to daemonic processes. The refusal protects one thing: that
-daemonic children do not outlive their parent. Load processes see to that themselves (each
-leaves when its parent is gone, between levels, and levels are bounded in time), so the pool
-lifts the flag for the moment it starts them (`_children_allowed`).
+The caller may itself be a daemonic process: a Celery prefork pool child is a daemonic billiard
+process, which billiard also installs as multiprocessing's current process. Two things then stand
+in the way of spawning, and `_children_allowed` sets both aside while the load processes are made
+and started, restoring them after:
+- multiprocessing refuses children to a daemonic process. The refusal protects one thing, that
+  daemonic children do not outlive their parent; load processes see to that themselves (each
+  leaves when its parent is gone, between levels, and levels are bounded in time);
+- the authentication key is billiard's own string type, which multiprocessing's spawn refuses to
+  pickle; the same key is handed over as multiprocessing's type.
 """
 import asyncio
 import contextlib
@@ -40,16 +44,18 @@ PARENT_CHECK_S = 1.0  # how often an idle load process looks whether its parent 
 
 @contextlib.contextmanager
 def _children_allowed():
-    """Let this process start child processes even when it is daemonic (see the module docstring)."""
+    """Let this process make and start child processes also when it is a daemonic pool child
+    (see the module docstring)."""
     config = multiprocessing.current_process()._config
-    daemonic = config.get("daemon")
-    if daemonic:
-        config["daemon"] = False
+    saved = {key: config[key] for key in ("daemon", "authkey") if key in config}
+    config["daemon"] = False
+    if "authkey" in config:
+        config["authkey"] = multiprocessing.process.AuthenticationString(bytes(config["authkey"]))
     try:
         yield
     finally:
-        if daemonic:
-            config["daemon"] = daemonic
+        config.pop("daemon", None)
+        config.update(saved)
 
 
 def _next_work(commands, parent_pid: int | None):
@@ -121,13 +127,14 @@ class LoadPool:
             ctx = multiprocessing.get_context("spawn")
             self.out = ctx.Queue()
             self.stop_event = ctx.Event()
-            for proc in range(processes):
-                commands = ctx.Queue()
-                worker = ctx.Process(target=serve, name=f"embperf-load-{proc}", daemon=True,
-                                     args=(proc, self.config, commands, self.out, self.stop_event, "process_time",
-                                           os.getpid()))
-                self._commands.append(commands)
-                self._workers.append(worker)
+            with _children_allowed():  # each Process copies the current process's settings when made
+                for proc in range(processes):
+                    commands = ctx.Queue()
+                    worker = ctx.Process(target=serve, name=f"embperf-load-{proc}", daemon=True,
+                                         args=(proc, self.config, commands, self.out, self.stop_event,
+                                               "process_time", os.getpid()))
+                    self._commands.append(commands)
+                    self._workers.append(worker)
 
     def start(self, timeout_s: float = 60.0) -> None:
         """Start every runner and wait until each has set up (SweepError names why one could not)."""

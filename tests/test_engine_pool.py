@@ -20,9 +20,16 @@ def _sweep_in_child(base_url: str, out) -> None:
         out.put(("error", f"{type(exc).__name__}: {exc}", 0))
 
 
-def test_two_load_processes_start_inside_a_daemonic_process():
-    # A Celery prefork child is daemonic; multiprocessing refuses children to daemonic processes.
-    ctx = multiprocessing.get_context("spawn")
+@pytest.mark.parametrize("parent", ["multiprocessing", "billiard"])
+def test_two_load_processes_start_inside_a_daemonic_process(parent):
+    # A Celery prefork child is a daemonic billiard process; multiprocessing refuses children to daemonic
+    # processes, and cannot pickle billiard's authentication key when it spawns one.
+    if parent == "billiard":
+        import billiard
+
+        ctx = billiard.get_context("spawn")
+    else:
+        ctx = multiprocessing.get_context("spawn")
     with running_simulator(batch_ms=1, token_us=0, native_dimensions=32) as sim:
         out = ctx.Queue()
         child = ctx.Process(target=_sweep_in_child, args=(sim.base_url, out), daemon=True)

@@ -199,7 +199,10 @@ def run_create(request):
             notes=data["notes"],
             server_config=data["server_config"],
         )
-        messages.success(request, "Run queued. This page follows it live.")
+        if run.never_started:
+            messages.error(request, "The run could not be queued; it is kept, and can be queued again from this page.")
+        else:
+            messages.success(request, "Run queued. This page follows it live.")
         return redirect(run)
     return render(request, "sweeps/run_form.html", {"form": form})
 
