@@ -193,6 +193,8 @@ def results_table(document: dict) -> Table:
             notes.append("client-bound")
         if level["tokens_estimated"]:
             notes.append("tokens estimated")
+        if level.get("unreachable_s"):
+            notes.append(f"refused {level['unreachable_s']:.1f} s")
         table.add_row(
             f"{load:g}", _fmt(level["qps"]), _fmt(level["latency_ms"]["mean"]), _fmt(level["latency_ms"]["p99"]),
             f"{level['error_rate']:.2%}", _fmt(level["tokens_per_s"], 0), ", ".join(notes),
@@ -218,6 +220,9 @@ def summary_lines(document: dict) -> list[str]:
         if level["client"]["client_bound"]:
             lines.append(f"level {level['index']}: client-bound ({level['client']['client_bound_reason']}); "
                          "use --processes or a faster client host for this load")
+        if level.get("unreachable_s"):
+            lines.append(f"level {level['index']}: the target refused connections for {level['unreachable_s']:.1f} s "
+                         "of the window")
         for cls, message in level["error_examples"].items():
             lines.append(f"level {level['index']}: {level['errors'][cls]} x {cls}, e.g. {message}")
     for note in document.get("telemetry_notes") or []:

@@ -128,3 +128,18 @@ def test_a_sweep_the_abort_policy_stopped_exits_3(capsys):
     printed = capsys.readouterr()
     assert code == 3, printed.out
     assert "the abort policy stopped the sweep at level 1" in printed.err
+
+
+def test_an_outage_is_named_and_exits_3(capsys):
+    with running_simulator(**FAST) as sim:
+        timer = threading.Timer(1.5, sim.refuse_now, args=(4.0,))
+        timer.start()
+        try:
+            code = main(["run", "--url", sim.base_url, "--model", "sim-embed", "--levels", "2,4", "--duration", "6",
+                         "--warmup", "0", "--tokens", "16", "--abort-window", "1"])
+        finally:
+            timer.cancel()
+    printed = capsys.readouterr()
+    assert code == 3, printed.out
+    assert "level 0: the target refused connections for" in printed.out
+    assert "the abort policy stopped the sweep at level 2" in printed.err
