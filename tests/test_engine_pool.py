@@ -1,6 +1,9 @@
 """Load processes (benchmarks/pool.py): P > 1 works also when the caller is itself a daemonic process,
 as a Celery prefork pool child is, and a start failure names its real cause."""
 import multiprocessing
+import os
+import signal
+import time
 
 import pytest
 
@@ -56,3 +59,39 @@ def test_a_process_that_cannot_start_names_the_cause_and_close_does_not_mask_it(
     with pytest.raises(SweepError, match="could not start load process 0: OSError: Resource temporarily"):
         pool.start()
     pool.close()  # must not raise "can only join a started process"
+
+
+CONFIG = {"flavor": "openai", "model": "m", "dimensions": None, "encoding": "float",
+          "base_urls": ["http://127.0.0.1:9/v1"], "api_key": None, "input": "unique", "batch": 1,
+          "chars_per_text": 40, "corpus": None, "salt": "abcdef", "seed": None}
+
+
+def _pool_in_child(out) -> None:
+    pool = LoadPool(CONFIG, 2)
+    pool.start()
+    out.put([worker.pid for worker in pool._started])
+    time.sleep(600)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return any(line.startswith("State:") and "Z" in line for line in fh)
+    except FileNotFoundError:
+        return True
+
+
+def test_load_processes_leave_when_their_parent_is_killed():
+    # They are started with the daemonic guard set aside, so they must see to it themselves.
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(target=_pool_in_child, args=(out,), daemon=True)
+    child.start()
+    pids = out.get(timeout=60)
+    assert len(pids) == 2 and not any(_gone(pid) for pid in pids)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    deadline = time.monotonic() + 15
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(pid) for pid in pids), "load processes outlived their parent"
