@@ -145,7 +145,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
         return RunSerializer
 
     def get_throttles(self):
-        if self.action == "create":
+        if self.action in ("create", "resume", "enqueue"):  # each publishes a sweep
             self.throttle_scope = "start"
         return super().get_throttles()
 
