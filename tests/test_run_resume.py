@@ -228,3 +228,18 @@ def test_run_page_offers_queue_again_for_a_refused_run(client, owner, target, pl
     assert response.status_code == 302
     run.refresh_from_db()
     assert run.status == "queued" and sent
+
+
+def test_a_resumed_runs_document_ingests_into_another_portal(db, interrupted, owner, other_team, outsider, sent):
+    # The exported document of a resumed run is a valid embperf.run/1 document (resumed_from included).
+    from portal.sweeps.services import store_level
+
+    new = resume_run(interrupted, user=owner)
+    for doc in level_docs((8, 16)):
+        store_level(new, doc)
+    Run.objects.filter(pk=new.pk).update(status="succeeded")
+    doc = token_client(owner).get(f"/api/v1/runs/{new.pk}/export/").json()
+    assert doc["run"]["resumed_from"]["levels"] == [1, 4]
+    doc["run"]["uuid"] = None
+    response = token_client(outsider).post("/api/v1/ingest/", doc, format="json")
+    assert response.status_code == 201, response.json()
