@@ -116,7 +116,7 @@ def _detail(text: str, limit: int = 160) -> str:
 _TOO_LONG = re.compile(r"more than (\d+) bytes")
 _RECEIVED = re.compile(r"received (\d+) of (\d+) bytes")
 
-NOT_HTTP = "not an HTTP server (its answer is no HTTP response; is the scheme right, https:// given as http://?)"
+NOT_HTTP = "not an HTTP server (what it sent is no HTTP answer; is the scheme right, https:// given as http://?)"
 
 
 def failure(exc: BaseException, timeout_s: float) -> tuple[str, str]:
