@@ -403,3 +403,44 @@ def test_check_deploy_warns_about_the_default_allowlist(settings):
     assert allowlist_is_set(None) == []
     settings.DEBUG, settings.EMBPERF_ALLOWED_TARGETS = True, ""
     assert allowlist_is_set(None) == []
+
+
+# ---- run --push -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [b"302 Found", b"307 Temporary Redirect", b"308 Permanent Redirect"])
+def test_push_never_takes_the_token_to_where_a_redirect_points(peers, status):
+    from benchmarks.push import PushError, push_document
+
+    elsewhere = peers(answer=HTTP_ANSWER)
+    portal = peers(answer=b"HTTP/1.1 " + status + b"\r\nLocation: http://localhost:" + str(elsewhere.port).encode()
+                   + b"/api/v1/ingest/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    with pytest.raises(PushError) as info:
+        push_document(portal.url, "tok-very-secret", {"schema": "embperf.run/1"}, timeout_s=5)
+    code = status[:3].decode()
+    assert f"redirects (HTTP {code}) to http://localhost:{elsewhere.port}/api/v1/ingest/" in str(info.value)
+    assert b"tok-very-secret" in portal.received
+    assert elsewhere.accepted == 0
+
+
+def test_push_warns_before_sending_a_token_over_plain_http(monkeypatch):
+    import argparse
+    import io
+
+    from rich.console import Console
+
+    from benchmarks import push
+
+    assert push.plain_http_warning("http://127.0.0.1:8000") is None
+    assert push.plain_http_warning("http://localhost:8000") is None
+    assert push.plain_http_warning("https://portal.example.com") is None
+    assert "unencrypted to portal.example.com" in push.plain_http_warning("http://portal.example.com")
+
+    def refuse(*args, **kwargs):
+        raise push.PushError("could not reach the portal")
+
+    monkeypatch.setattr(push, "push_document", refuse)
+    out, err = (Console(record=True, width=300, file=io.StringIO()) for _ in range(2))
+    args = argparse.Namespace(push="http://10.1.2.3:8000", token="t", team=None)
+    assert push.push_from_cli(args, {}, out, err) is False
+    assert "warning: --push sends the API token unencrypted to 10.1.2.3 over plain http://" in err.export_text()
