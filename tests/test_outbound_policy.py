@@ -231,3 +231,18 @@ def test_the_policy_travels_to_load_processes():
 
     policy = OutboundPolicy.from_setting("10.0.0.0/8:30000 gpu-host", infrastructure=[("database", "db", 5432)])
     assert pickle.loads(pickle.dumps(policy)) == policy
+
+
+def test_the_load_checks_every_connection_too(listener, fake_dns):
+    # The probe's lookup answers the listener; from then on the name points at the metadata service.
+    # The load's connections are refused (connect errors saying why), and nothing reaches 169.254.
+    from benchmarks.sweep import run_sweep
+
+    fake_dns["flip.test"] = ["127.0.0.1", "169.254.169.254"]
+    doc = run_sweep({"flavor": "openai", "base_urls": [f"http://flip.test:{listener.port}/v1"], "model": "m"},
+                    {"levels": [1], "warmup_s": 0, "duration_s": 0.3, "tokens": 4, "dimensions": 2,
+                     "timeout_s": 2, "abort_error_rate": 1.0}, outbound=OutboundPolicy())
+    (level,) = doc["levels"]
+    assert listener.accepted == 1  # the probe; no load request got through
+    assert level["requests_ok"] == 0 and level["errors"]["connect_error"] == level["requests_failed"] > 0
+    assert "flip.test (169.254.169.254) is a link-local address" in level["error_examples"]["connect_error"]
