@@ -214,7 +214,6 @@ class OutboundPolicy:
 
     allowed: tuple[Rule, ...] = field(default_factory=lambda: parse_rules(DEFAULT_ALLOWED))
     infrastructure: tuple[Service, ...] = ()
-    is_default: bool = True
 
     @classmethod
     def from_setting(cls, text: str | None, infrastructure=()) -> "OutboundPolicy":
@@ -222,7 +221,7 @@ class OutboundPolicy:
         services = tuple(s if isinstance(s, Service) else Service(*s) for s in infrastructure)
         if text is None or not text.strip():
             return cls(infrastructure=services)
-        return cls(allowed=parse_rules(text), infrastructure=services, is_default=False)
+        return cls(allowed=parse_rules(text), infrastructure=services)
 
     @classmethod
     def from_environment(cls, environ=None) -> "OutboundPolicy":
