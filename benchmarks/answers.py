@@ -24,6 +24,7 @@ import aiohttp
 from yarl import URL
 
 from benchmarks.errors import CONNECT_ERROR, INVALID_RESPONSE, TIMEOUT, InvalidResponse
+from benchmarks.outbound import OutboundRefused
 
 MIB = 1 << 20
 MAX_ANSWER_BYTES = 64 * MIB  # an embedding answer of unknown shape (the probe, calibration)
@@ -101,36 +102,49 @@ def redirect_text(status: int, headers, url: str | None = None) -> str:
     return f"HTTP {status}: the server redirects to {location[:200]}: point the target at that URL"
 
 
+def describe_body(raw: bytes, content_type: str | None) -> str:
+    """How an error answer is shown without quoting it: its content type and size."""
+    kind = (content_type or "").split(";")[0].strip()[:60] or "no Content-Type"
+    return f"{kind}, {len(raw):,} bytes" if raw else f"{kind}, empty body"
+
+
 def _detail(text: str, limit: int = 160) -> str:
     text = " ".join(str(text).split()).removesuffix(" ^")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 _TOO_LONG = re.compile(r"more than (\d+) bytes")
-_INNER_MESSAGE = re.compile(r"message=(['\"])(.*?)\1")
+_RECEIVED = re.compile(r"received (\d+) of (\d+) bytes")
+
+NOT_HTTP = "not an HTTP server (what it sent is no HTTP answer; is the scheme right, https:// given as http://?)"
 
 
 def failure(exc: BaseException, timeout_s: float) -> tuple[str, str]:
     """Outcome class (errors.py) and a plain-words message for an exception raised while sending a
-    request or reading its answer with aiohttp."""
+    request or reading its answer with aiohttp.
+
+    The message never quotes what the peer sent: a peer that is not an HTTP server (a database,
+    a broker) greets with its banner, and the parser's message would carry those bytes."""
     if isinstance(exc, TimeoutError):
         return TIMEOUT, f"no complete answer within {timeout_s:g} s"
+    if isinstance(exc, OutboundRefused):
+        return CONNECT_ERROR, str(exc)
     if isinstance(exc, InvalidResponse):
         return INVALID_RESPONSE, str(exc)
     if isinstance(exc, aiohttp.ClientResponseError):
         # Raised by the response parser (raise_for_status is off): the bytes were not HTTP.
-        message = _detail(exc.message)
-        too_long = _TOO_LONG.search(message)
+        too_long = _TOO_LONG.search(str(exc.message))
         if too_long:
             return INVALID_RESPONSE, f"the answer's headers are too large (a line over {too_long.group(1)} bytes)"
-        if "status line" in message.lower():
-            return INVALID_RESPONSE, (f"the answer is not HTTP ({message}); is the scheme right "
-                                      "(an https:// server given as http://?)")
-        return INVALID_RESPONSE, f"the answer is not valid HTTP ({message})"
+        if "status line" in str(exc.message).lower():
+            return INVALID_RESPONSE, NOT_HTTP
+        return INVALID_RESPONSE, "the answer is not valid HTTP (its framing or headers are malformed)"
     if isinstance(exc, aiohttp.ClientPayloadError):
-        inner = _INNER_MESSAGE.search(str(exc))
-        why = inner.group(2) if inner else str(exc)
-        return CONNECT_ERROR, f"the answer broke off before it was complete ({_detail(why)})"
+        received = _RECEIVED.search(str(exc))
+        if received:
+            return CONNECT_ERROR, (f"the answer broke off before it was complete (received {received.group(1)} "
+                                   f"of the {received.group(2)} bytes announced)")
+        return CONNECT_ERROR, "the answer broke off before it was complete"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return CONNECT_ERROR, "the server closed the connection without answering"
     if isinstance(exc, aiohttp.ClientConnectorError):

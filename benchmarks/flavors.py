@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import orjson
 
+from benchmarks.answers import describe_body
 from benchmarks.errors import ConfigError, InvalidResponse
 
 ENCODINGS = ("float", "base64")
@@ -40,8 +41,8 @@ def _json_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     around = exc.doc[max(0, pos - 1): pos + 9] if isinstance(exc.doc, str) else ""
     if _NON_FINITE_LITERAL.search(around):
         return "response holds non-finite numbers (NaN or Infinity literals)"
-    snippet = raw[:80].decode("utf-8", "replace")
-    return f"response is not JSON ({reason}, at position {pos}): {snippet!r}"
+    # The bytes themselves are never quoted: they may be any page or banner the URL leads to.
+    return f"response is not JSON ({reason}, at position {pos})"
 
 
 def _check_float_vector(vec, dims: int, i: int) -> None:
@@ -273,8 +274,12 @@ def request_headers(api_key: str | None) -> dict:
     return headers
 
 
-def error_text(raw: bytes, limit: int = 300) -> str:
-    """The server's own error message from an error body, shortened for display."""
+def error_text(raw: bytes, content_type: str | None = None, limit: int = 200) -> str:
+    """The server's own error message from a JSON error body, at most `limit` characters.
+
+    Anything else (an HTML page, plain text, JSON without an error message) is described by its
+    content type and size, never quoted: the URL may lead to an internal page rather than to an
+    embedding server, and its text is nobody's business here."""
     text = None
     try:
         doc = orjson.loads(raw)
@@ -292,6 +297,6 @@ def error_text(raw: bytes, limit: int = 300) -> str:
                     text = "(an error object nested too deeply to show)"
                 break
     if text is None:
-        text = raw[: 16 * limit].decode("utf-8", "replace").strip()
+        return f"no error message ({describe_body(raw, content_type)})"
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"

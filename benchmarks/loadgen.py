@@ -53,6 +53,8 @@ from benchmarks.errors import (
     classify_status,
 )
 from benchmarks.flavors import error_text
+from benchmarks.outbound import OutboundPolicy, OutboundRefused
+from benchmarks.outbound import connector as outbound_connector
 
 LATE_THRESHOLD_S = 0.001  # an open-loop request starting later than this after its intended time is "late"
 LAG_PROBE_INTERVAL_S = 0.05  # event-loop lag probe period
@@ -81,12 +83,14 @@ class LevelRunner:
     (this process's slots) or `rate` (this process's arrivals/s) with `phase_s` (offset of its
     first arrival), `arrival`, `max_in_flight`, `t0` (perf_counter instant the level starts),
     `warmup_s`, `duration_s`, `timeout_s`, `dims` (expected vector length), `keep_samples`,
-    `seed`, `tokens_per_text_estimate`.
+    `seed`, `tokens_per_text_estimate`. `outbound` is the outbound policy every connection passes.
     """
 
     def __init__(self, work: dict, *, proc: int, flavor, urls: list[str], headers: dict, inputs,
-                 out, stop_event, cpu_clock=time.thread_time) -> None:
+                 out, stop_event, cpu_clock=time.thread_time, outbound: OutboundPolicy | None = None) -> None:
         self.work = work
+        # Every connection goes through the outbound policy (benchmarks/outbound.py).
+        self.outbound = outbound if outbound is not None else OutboundPolicy.from_environment()
         self.proc = proc
         self.flavor = flavor
         self.urls = urls
@@ -180,7 +184,7 @@ class LevelRunner:
                 # An error status stays in its class; only its oversized text is dropped.
                 outcome = classify_status(status)
                 self._example(outcome, f"HTTP {status}, with an error text larger than {mib(exc.limit)}")
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, OutboundRefused) as exc:
             end = time.perf_counter()
             connect_failed = isinstance(exc, aiohttp.ClientConnectorError)
             outcome, message = failure(exc, self.timeout_s)
@@ -210,7 +214,7 @@ class LevelRunner:
                     if 300 <= status < 400:
                         self._example(outcome, redirect_text(status, headers, url))
                     else:
-                        self._example(outcome, f"HTTP {status}: {error_text(raw)}")
+                        self._example(outcome, f"HTTP {status}: {error_text(raw, headers.get('Content-Type'))}")
         nbytes = len(raw)
         self._record(intended, start, end, outcome, status, tokens, n_texts, nbytes)
         self._note_reachable(not connect_failed, start)
@@ -432,7 +436,7 @@ class LevelRunner:
             limit = int(work["concurrency"])
         else:
             limit = int(work.get("max_in_flight") or 0)  # 0: no cap on connections
-        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
+        connector = outbound_connector(self.outbound, limit=limit, limit_per_host=0, ttl_dns_cache=300)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, headers=self.headers,

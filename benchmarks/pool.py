@@ -96,7 +96,8 @@ def serve(proc: int, config: dict, commands, out, stop_event, cpu_clock_name: st
             return
         try:
             runner = LevelRunner(work, proc=proc, flavor=flavor, urls=urls, headers=headers, inputs=inputs,
-                                 out=out, stop_event=stop_event, cpu_clock=cpu_clock)
+                                 out=out, stop_event=stop_event, cpu_clock=cpu_clock,
+                                 outbound=config.get("outbound"))
             with asyncio.Runner(loop_factory=factory) as loop_runner:
                 partial = loop_runner.run(runner.run())
             partial["corpus_reused"] = inputs.corpus_reused

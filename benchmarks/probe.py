@@ -3,7 +3,8 @@
 It reports the model name as served, the vector length, the prompt tokens the server counted and
 the latency; a failure comes back as a plain-words message plus a hint a person can act on.
 The probe sends its request the way the load does (aiohttp, benchmarks/answers.py): within one total
-timeout, with the answer capped at 64 MiB, uncompressed, and without following redirects.
+timeout, with the answer capped at 64 MiB, uncompressed, without following redirects, and only to
+addresses the outbound policy allows (benchmarks/outbound.py).
 """
 import time
 
@@ -15,12 +16,15 @@ from benchmarks.answers import (
     AnswerTooLarge,
     answer_limit,
     check_encoding,
+    describe_body,
     failure,
     read_body,
     run_blocking,
 )
 from benchmarks.errors import TIMEOUT, ConfigError, InvalidResponse
 from benchmarks.flavors import error_text, make_flavor, request_headers
+from benchmarks.outbound import OutboundPolicy, OutboundRefused
+from benchmarks.outbound import connector as outbound_connector
 
 PROBE_TEXT = "embperf probe: the quick brown fox jumps over the lazy dog."
 
@@ -44,8 +48,9 @@ def _hint_404(flavor_name: str, base_url: str) -> str:
     return "Ollama serves POST /api/embed at its root: give the base URL without a path"
 
 
-def _explain(flavor_name: str, base_url: str, url: str, status: int, raw: bytes) -> tuple[str, str]:
-    text = error_text(raw)
+def _explain(flavor_name: str, base_url: str, url: str, status: int, raw: bytes,
+             content_type: str | None = None) -> tuple[str, str]:
+    text = error_text(raw, content_type)
     if status in (401, 403):
         return (f"the server refused the request (HTTP {status}): {text}",
                 "check the API key (sent as 'Authorization: Bearer <key>')")
@@ -69,12 +74,17 @@ def _redirect(flavor, url: str, status: int, location: str | None) -> dict:
     hint = "point the target at that URL (embperf does not follow redirects: a redirected POST may become a GET)"
     if target.rstrip("/").endswith(flavor.path):
         hint += f"; its base URL would be {target.rstrip('/')[: -len(flavor.path)]}"
-    return _result(url=url, status=status, error=f"the server redirects {url} to {target[:300]} (HTTP {status})",
+    return _result(url=url, status=status, error=f"the server redirects {url} to {target[:200]} (HTTP {status})",
                    hint=hint)
+
+
+REFUSED_HINT = "point the target at an embedding server this installation allows (docs/security.md)"
 
 
 def _failed(url: str, exc: BaseException, timeout_s: float) -> dict:
     outcome, message = failure(exc, timeout_s)
+    if isinstance(exc, OutboundRefused):
+        return _result(url=url, error=f"{url} not contacted: {exc}", hint=REFUSED_HINT)
     if outcome == TIMEOUT:
         return _result(url=url, error=f"no complete answer from {url} within {timeout_s:g} s",
                        hint="the server may still be loading the model; try again, or raise the timeout")
@@ -94,11 +104,21 @@ def _failed(url: str, exc: BaseException, timeout_s: float) -> dict:
 
 
 async def _probe_urls(flavor, base_urls: list[str], texts: list[str], dims: int | None, timeout_s: float,
-                      headers: dict) -> dict:
+                      headers: dict, policy: OutboundPolicy) -> dict:
     body = flavor.body(texts)
     limit = answer_limit(len(texts), dims) if dims else MAX_ANSWER_BYTES
+    # Every URL is checked before the first request, so a refused one means nothing was sent at all.
+    for base_url in base_urls:
+        url = flavor.url(base_url)
+        try:
+            policy.check_url(url)
+        except OutboundRefused as exc:
+            return _failed(url, exc, timeout_s)
+        except ValueError as exc:
+            return _result(url=url, error=str(exc), hint="check the URL (scheme, host, port)")
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s), headers=headers,
-                                    auto_decompress=False, raise_for_status=False)
+                                    connector=outbound_connector(policy), auto_decompress=False,
+                                    raise_for_status=False)
     first = None
     async with session:
         for base_url in base_urls:
@@ -111,20 +131,21 @@ async def _probe_urls(flavor, base_urls: list[str], texts: list[str], dims: int 
             except AnswerTooLarge as exc:
                 return _result(url=url, status=status, error=f"wrong answer from {url}: {exc}",
                                hint=f"is this a {flavor.name}-flavor embedding endpoint? check the flavor and URL")
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError, OutboundRefused) as exc:
                 return _failed(url, exc, timeout_s)
             latency_ms = round((time.perf_counter() - start) * 1000, 3)
             if 300 <= status < 400:
                 return _redirect(flavor, url, status, resp_headers.get("Location"))
             if not 200 <= status < 300:
-                error, hint = _explain(flavor.name, base_url, url, status, raw)
+                error, hint = _explain(flavor.name, base_url, url, status, raw, resp_headers.get("Content-Type"))
                 return _result(url=url, status=status, latency_ms=latency_ms, error=error, hint=hint)
             try:
                 check_encoding(resp_headers)
                 found = flavor.inspect(raw, len(texts), resp_headers)
             except InvalidResponse as exc:
                 return _result(url=url, status=status, latency_ms=latency_ms,
-                               error=f"wrong answer from {url}: {exc}",
+                               error=f"wrong answer from {url}: {exc} "
+                                     f"({describe_body(raw, resp_headers.get('Content-Type'))})",
                                hint=f"is this a {flavor.name}-flavor embedding endpoint? check the flavor and URL")
             if first is None:
                 first = _result(ok=True, url=url, status=status, latency_ms=latency_ms, **found)
@@ -132,10 +153,12 @@ async def _probe_urls(flavor, base_urls: list[str], texts: list[str], dims: int 
 
 
 def probe_texts(target: dict, texts: list[str], *, dimensions: int | None = None, encoding: str = "float",
-                timeout_s: float = 10) -> dict:
+                timeout_s: float = 10, outbound: OutboundPolicy | None = None) -> dict:
     """Send one request with `texts` to every base URL of the target; the first failure, or the
     first URL's findings. Each request ends within `timeout_s` (headers and body together), its
     answer is capped (benchmarks/answers.py), and a redirect is reported, not followed.
+    Every address passes the outbound policy (`outbound`, by default the one of
+    $EMBPERF_ALLOWED_TARGETS) before anything is sent to it.
     Raises ConfigError for a target the engine cannot use at all."""
     flavor = make_flavor(target.get("flavor", "openai"), target.get("model", ""), dimensions=dimensions,
                          encoding=encoding)
@@ -143,15 +166,18 @@ def probe_texts(target: dict, texts: list[str], *, dimensions: int | None = None
     if not base_urls:
         raise ConfigError("the target has no base URL")
     headers = request_headers(target.get("api_key"))
-    return run_blocking(lambda: _probe_urls(flavor, base_urls, texts, dimensions, timeout_s, headers))
+    policy = outbound if outbound is not None else OutboundPolicy.from_environment()
+    return run_blocking(lambda: _probe_urls(flavor, base_urls, texts, dimensions, timeout_s, headers, policy))
 
 
-def probe(target: dict, *, dimensions: int | None = None, encoding: str = "float", timeout_s: float = 10) -> dict:
+def probe(target: dict, *, dimensions: int | None = None, encoding: str = "float", timeout_s: float = 10,
+          outbound: OutboundPolicy | None = None) -> dict:
     """One request to the target: what it serves, or a message and hint saying why it does not work.
 
     Returns {"ok", "served_model", "vector_length", "prompt_tokens", "latency_ms", "status",
     "error", "hint", "url"}."""
     try:
-        return probe_texts(target, [PROBE_TEXT], dimensions=dimensions, encoding=encoding, timeout_s=timeout_s)
+        return probe_texts(target, [PROBE_TEXT], dimensions=dimensions, encoding=encoding, timeout_s=timeout_s,
+                           outbound=outbound)
     except ConfigError as exc:
         return _result(error=str(exc), hint="fix the target's settings")

@@ -1,10 +1,13 @@
 """Send a result document to an embperf portal (`POST /api/v1/ingest/`), for `run --push URL --token T`.
 
-Standard library only, like the rest of the engine it needs no Django. The portal answers 201 with
+Standard library only, like the rest of the engine it needs no Django. Redirects are never followed
+(the token must reach the portal and nobody else), and a token sent over plain http:// to another
+host is warned about. The portal answers 201 with
 the new run's id and URLs, 400 with the fields it refused, 409 when the same run (by run.uuid) is
 already there.
 """
 import argparse
+import ipaddress
 import json
 import os
 import urllib.error
@@ -20,6 +23,33 @@ MAX_FIELD_ERRORS = 10
 
 class PushError(Exception):
     """The document could not be added; the message says why in plain words."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # urllib would follow a 301/302/303 with the same headers, so the token would go to wherever the
+    # answer points, another origin included. A redirect is reported instead (see push_document).
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def plain_http_warning(url: str) -> str | None:
+    """A warning when the token would cross the network unencrypted (http:// to a host not on loopback)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http":
+        return None
+    host = (parts.hostname or "").lower()
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (f"warning: --push sends the API token unencrypted to {host} over plain http://; "
+            "use the portal's https:// URL")
 
 
 def ingest_url(url: str, team: int | None = None) -> str:
@@ -65,10 +95,15 @@ def push_document(url: str, token: str, document: dict, *, team: int | None = No
                  "Authorization": f"Bearer {token}", "User-Agent": f"embperf/{__version__}"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with _OPENER.open(request, timeout=timeout_s) as response:
             answer = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         body = exc.read()
+        if 300 <= exc.code < 400:
+            location = urllib.parse.urljoin(endpoint, exc.headers.get("Location") or "")
+            raise PushError(f"the portal at {endpoint} redirects (HTTP {exc.code}) to {location[:200]}; the token "
+                            "is never sent after a redirect: give --push the portal's URL as it redirects "
+                            "(e.g. https://)") from None
         if exc.code == 409:
             answer = {**json.loads(body), "existing": True}
         elif exc.code == 401:
@@ -110,6 +145,9 @@ def push_from_cli(args: argparse.Namespace, document: dict, out, err) -> bool:
     """Push after a run when --push was given; prints where the run is. False when the push failed."""
     if not getattr(args, "push", None):
         return True
+    warning = plain_http_warning(args.push)
+    if warning:
+        err.print(f"embperf: {warning}", markup=False, highlight=False)
     try:
         answer = push_document(args.push, args.token, document, team=args.team)
     except PushError as exc:

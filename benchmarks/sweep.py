@@ -27,6 +27,7 @@ from benchmarks.errors import ConfigError, SweepError
 from benchmarks.flavors import ENCODINGS, FLAVORS, make_flavor
 from benchmarks.inputs import MODES as INPUT_MODES
 from benchmarks.inputs import InputSource, fit_length
+from benchmarks.outbound import OutboundPolicy
 from benchmarks.probe import probe_texts
 
 logger = logging.getLogger(__name__)
@@ -150,8 +151,10 @@ def check_combination(target: dict, plan: dict) -> None:
 class Sweep:
     """One run of a plan against a target (use `run_sweep`)."""
 
-    def __init__(self, target, plan, *, cancel, on_progress, on_level, telemetry, samples_sink, run_info):
+    def __init__(self, target, plan, *, cancel, on_progress, on_level, telemetry, samples_sink, run_info,
+                 outbound=None):
         self.target = normalize_target(target)
+        self.outbound = outbound if outbound is not None else OutboundPolicy.from_environment()
         self.plan = normalize_plan(plan)
         check_combination(self.target, self.plan)
         self.cancel = cancel or CancelToken()
@@ -216,7 +219,7 @@ class Sweep:
     def _send(self, texts: list[str]) -> dict:
         plan = self.plan
         result = probe_texts(self.target, texts, dimensions=plan["dimensions"], encoding=plan["encoding"],
-                             timeout_s=min(plan["timeout_s"], 60))
+                             timeout_s=min(plan["timeout_s"], 60), outbound=self.outbound)
         if not result["ok"]:
             message = result["error"] + (f" (hint: {result['hint']})" if result.get("hint") else "")
             raise SweepError(message)
@@ -412,6 +415,7 @@ class Sweep:
                     "base_urls": self.target["base_urls"], "api_key": self.target.get("api_key"),
                     "input": plan["input"], "batch": plan["batch"], "chars_per_text": self.chars_per_text,
                     "corpus": plan["corpus"], "salt": self.salt, "seed": plan["seed"],
+                    "outbound": self.outbound,
                 }
                 pool = LoadPool(config, plan["processes"])
                 pool.start()
@@ -489,7 +493,7 @@ def run_sweep(target: dict, plan: dict, *, cancel: CancelToken | None = None,
               on_level: Callable[[dict], None] | None = None,
               telemetry=None,
               samples_sink: Callable[[int, list[tuple]], None] | None = None,
-              run_info: dict | None = None) -> dict:
+              run_info: dict | None = None, outbound: OutboundPolicy | None = None) -> dict:
     """Run a plan against a target and return the full `embperf.run/1` document.
 
     Synchronous: the load runs in its own thread (one process) or spawned processes, this thread
@@ -497,7 +501,9 @@ def run_sweep(target: dict, plan: dict, *, cancel: CancelToken | None = None,
     bad plan value, a load process that dies). Finished levels are always delivered through
     `on_level` before an exception or a cancellation ends the sweep; a cancelled sweep returns
     its document with `run.status` "cancelled" and the levels that finished.
+    Every address the sweep contacts passes `outbound` (default: the policy of $EMBPERF_ALLOWED_TARGETS,
+    benchmarks/outbound.py); telemetry carries its own (`build_telemetry(outbound=...)`).
     """
     sweep = Sweep(target, plan, cancel=cancel, on_progress=on_progress, on_level=on_level,
-                  telemetry=telemetry, samples_sink=samples_sink, run_info=run_info)
+                  telemetry=telemetry, samples_sink=samples_sink, run_info=run_info, outbound=outbound)
     return sweep.run()

@@ -10,6 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from benchmarks.outbound import parse_rules
 from portal.envconf import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -163,6 +164,16 @@ CELERY_TIMEZONE = TIME_ZONE
 EMBPERF_MAX_LEVELS = env_int("EMBPERF_MAX_LEVELS", 32)
 EMBPERF_MAX_CONCURRENCY = env_int("EMBPERF_MAX_CONCURRENCY", 4096)
 EMBPERF_MAX_LEVEL_SECONDS = env_int("EMBPERF_MAX_LEVEL_SECONDS", 3600)
+# Outbound policy (docs/security.md): what the engine may contact, as CIDRs and host names with
+# optional ports. Blank: loopback and private ranges. Link-local, cloud metadata, unspecified,
+# multicast and broadcast addresses and this portal's own services are refused unless listed.
+EMBPERF_ALLOWED_TARGETS = env_str("EMBPERF_ALLOWED_TARGETS", "")
+try:
+    parse_rules(EMBPERF_ALLOWED_TARGETS)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"EMBPERF_ALLOWED_TARGETS: {exc}") from None
+# How often one user may press "Test connection" (a Django REST framework rate, e.g. 10/minute).
+EMBPERF_PROBE_RATE = env_str("EMBPERF_PROBE_RATE", "10/minute")
 # A sweep whose target another run is measuring waits, looking again this often (seconds).
 EMBPERF_TARGET_WAIT_S = env_float("EMBPERF_TARGET_WAIT_S", 5.0)
 

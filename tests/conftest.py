@@ -8,6 +8,14 @@ os.environ.setdefault("EMBPERF_VAR_DIR", tempfile.mkdtemp(prefix="embperf-test-v
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Throttles (Test connection, the API) count per user in the cache, and user ids repeat across tests."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def team(db):
     from portal.accounts.models import Team

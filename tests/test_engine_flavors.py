@@ -114,6 +114,10 @@ def test_inspect_checks_against_requested_dimensions():
 def test_error_text_and_headers():
     assert error_text(orjson.dumps({"error": {"message": "bad  model"}})) == "bad model"
     assert error_text(orjson.dumps({"detail": [{"msg": "field required"}]})).startswith("[{")
-    assert error_text(b"x" * 500, limit=10) == "xxxxxxxxx…"
+    assert error_text(orjson.dumps({"error": "e" * 500})) == "e" * 199 + "…"  # JSON errors: 200 characters
+    # Anything else is described, never quoted (it may be an internal page or a service's banner).
+    assert error_text(b"<html>intranet</html>", "text/html; charset=utf-8") == "no error message (text/html, 21 bytes)"
+    assert error_text(b'{"status": "down"}', "application/json") == "no error message (application/json, 18 bytes)"
+    assert error_text(b"", None) == "no error message (no Content-Type, empty body)"
     assert request_headers("k")["Authorization"] == "Bearer k"
     assert "Authorization" not in request_headers(None)

@@ -113,7 +113,8 @@ def test_api_key_is_never_rendered_and_blank_keeps_it(client, owner, target):
     client.force_login(owner)
     for url in (reverse("target-edit", args=[target.pk]), target.get_absolute_url()):
         assert "sk-very-secret" not in client.get(url).content.decode()
-    data = {**GOOD, "name": "renamed", "api_key": ""}
+    # Same servers: blank keeps the key (another server needs it again, tests/test_outbound_attacks.py).
+    data = {**GOOD, "name": "renamed", "api_key": "", "base_urls": "\n".join(target.base_urls)}
     client.post(reverse("target-edit", args=[target.pk]), data)
     target.refresh_from_db()
     assert target.name == "renamed" and target.api_key == "sk-very-secret"

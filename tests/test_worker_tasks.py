@@ -337,10 +337,17 @@ def test_second_sweep_of_a_busy_target_waits_instead_of_running_beside_it(transa
 
 def test_server_metrics_are_scraped_whatever_the_gpu_source(monkeypatch):
     from benchmarks import telemetry
+    from benchmarks.outbound import OutboundPolicy
     from workers.tasks import build_telemetry_for
 
     calls = []
-    monkeypatch.setattr(telemetry, "build_telemetry", lambda **kwargs: calls.append(kwargs) or kwargs)
+
+    def build(outbound, **kwargs):
+        assert isinstance(outbound, OutboundPolicy)  # every scrape passes the installation's policy
+        calls.append(kwargs)
+        return kwargs
+
+    monkeypatch.setattr(telemetry, "build_telemetry", build)
     url = "http://127.0.0.1:1/metrics"
     assert build_telemetry_for({"gpu_source": "none", "metrics_urls": []}) is None
     assert build_telemetry_for({"gpu_source": "none", "metrics_urls": [url]}) == {"gpus": None, "metrics_urls": [url]}

@@ -26,7 +26,8 @@ from benchmarks.document import level_load
 from benchmarks.errors import SweepError
 from benchmarks.sweep import run_sweep as engine_run_sweep
 from portal.api.samples import writer_for_run
-from portal.sweeps.models import Level, Plan, Run, Target
+from portal.sweeps.models import Level, Plan, Run, Target, new_servers
+from portal.sweeps.outbound import outbound_policy
 from portal.sweeps.services import store_level, sweep_time_limits
 from workers import recovery
 from workers.recorder import RunRecorder
@@ -130,12 +131,15 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
     """Run the engine for a run already marked running, record everything, set the final status."""
     run = Run.objects.select_related("target").get(pk=run_id)
     target_spec = dict(run.target_config)
-    # The snapshot never holds the API key; the target's current key is used if the target still exists.
-    if run.target is not None and run.target.api_key:
+    # The snapshot never holds the API key; the target's current key is used if the target still exists
+    # and the run goes to the servers that key was entered for (the target may have moved since).
+    if run.target is not None and run.target.api_key and not new_servers(run.target.base_urls,
+                                                                         target_spec.get("base_urls")):
         target_spec["api_key"] = run.target.api_key
+    outbound = outbound_policy()
     plan_spec = dict(run.plan_config)
     token = CancelToken()
-    telemetry = build_telemetry_for(target_spec)
+    telemetry = build_telemetry_for(target_spec, outbound=outbound)
     samples_writer = writer_for_run(run) if plan_spec.get("keep_samples") else None
     recorder = RunRecorder(run_id, token, samples_writer=samples_writer)
     run_info = {
@@ -149,6 +153,7 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
         document = engine_run_sweep(
             target_spec, plan_spec, cancel=token, on_progress=recorder.on_progress, on_level=recorder.on_level,
             telemetry=telemetry, samples_sink=recorder.on_samples if samples_writer else None, run_info=run_info,
+            outbound=outbound,
         )
         status = Run.Status.CANCELLED if token.cancelled else Run.Status.SUCCEEDED
     except SweepError as exc:
@@ -230,8 +235,9 @@ def stopped_levels_reason(document: dict | None) -> str:
     return "; ".join(notes)
 
 
-def build_telemetry_for(target_spec: dict):
-    """The engine's Telemetry for the target's GPU source and metrics URLs, or None when it has neither."""
+def build_telemetry_for(target_spec: dict, outbound=None):
+    """The engine's Telemetry for the target's GPU source and metrics URLs, or None when it has neither.
+    Its scrapes pass `outbound` (the installation's outbound policy when not given)."""
     source = target_spec.get("gpu_source") or "none"
     # No indices given means every GPU of the worker's host ([] to build_telemetry); None means no NVML.
     gpus = list(target_spec.get("gpus") or []) if source == "nvml" else None
@@ -241,7 +247,8 @@ def build_telemetry_for(target_spec: dict):
         logger.warning("unknown gpu_source %r; the run samples no GPU", source)
     if gpus is None and not metrics_urls:
         return None
-    return engine_telemetry.build_telemetry(gpus=gpus, metrics_urls=metrics_urls)
+    return engine_telemetry.build_telemetry(gpus=gpus, metrics_urls=metrics_urls,
+                                            outbound=outbound if outbound is not None else outbound_policy())
 
 
 @shared_task(bind=True, name="workers.tasks.probe_target", acks_late=True, ignore_result=True)
@@ -255,7 +262,7 @@ def probe_target(self, target_id: int) -> dict | None:
         return None
     node = _node(self)
     try:
-        result = probe(target.to_spec())
+        result = probe(target.to_spec(), outbound=outbound_policy())
     except Exception as exc:
         logger.error("target %s: probe failed unexpectedly\n%s", target_id, traceback.format_exc())
         result = {"ok": False, "served_model": None, "vector_length": None, "prompt_tokens": None,

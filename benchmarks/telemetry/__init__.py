@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from benchmarks.outbound import OutboundPolicy
 from benchmarks.telemetry.nvml import GpuUnavailable, NvmlReader
 from benchmarks.telemetry.prometheus import SCRAPE_THREAD, ScrapeError, Scraper
 from benchmarks.telemetry.readings import GpuReading, ServerReading
@@ -26,14 +27,15 @@ _KEEP_BEFORE_LEVEL_S = 10.0
 
 
 def build_telemetry(*, gpus: list[int] | None = None, metrics_urls: list[str] | None = None,
-                    interval_s: float = 0.5) -> "Telemetry":
+                    interval_s: float = 0.5, outbound: OutboundPolicy | None = None) -> "Telemetry":
     """A Telemetry for a target's GPU sources.
 
     gpus: NVML indices of local GPUs to sample (None: no local sampling; []: every local GPU).
     metrics_urls: Prometheus endpoints (DCGM exporter, gpu-agent, vLLM / SGLang / TEI /metrics).
     interval_s: NVML sampling period (0.5 s gives 2 Hz; NVML's own utilisation window is 1/6-1 s).
+    outbound: the outbound policy every scrape passes (default: the one of $EMBPERF_ALLOWED_TARGETS).
     """
-    return Telemetry(gpus=gpus, metrics_urls=metrics_urls, interval_s=interval_s)
+    return Telemetry(gpus=gpus, metrics_urls=metrics_urls, interval_s=interval_s, outbound=outbound)
 
 
 class _Sampler(threading.Thread):
@@ -67,8 +69,10 @@ class Telemetry:
     """Samples GPUs (NVML and/or DCGM-style Prometheus) and server metrics during a run."""
 
     def __init__(self, *, gpus: list[int] | None = None, metrics_urls: list[str] | None = None,
-                 interval_s: float = 0.5, scrape_interval_s: float = 1.0, nvml_reader: NvmlReader | None = None):
+                 interval_s: float = 0.5, scrape_interval_s: float = 1.0, nvml_reader: NvmlReader | None = None,
+                 outbound: OutboundPolicy | None = None):
         self.notes: list[str] = []
+        self.outbound = outbound
         self.gpus = None if gpus is None else list(gpus)
         self.metrics_urls = []
         for url in metrics_urls or []:
@@ -126,7 +130,7 @@ class Telemetry:
             # a scrape that takes longer than the period is late anyway; a short floor keeps a busy host
             # from failing every scrape when the period is short
             timeout_s = min(max(0.9 * self.scrape_interval_s, 0.5), 2.0)
-            self._scrapers = [Scraper(url, timeout_s=timeout_s) for url in self.metrics_urls]
+            self._scrapers = [Scraper(url, timeout_s=timeout_s, outbound=self.outbound) for url in self.metrics_urls]
             self._scrape_stats = {url: _new_stats() for url in self.metrics_urls}
             sampler = _Sampler(SCRAPE_THREAD, self.scrape_interval_s, self._scrape_all,
                                lambda exc: self._note(f"metrics scrape failed: {exc}"))

@@ -14,7 +14,18 @@ from dataclasses import dataclass, field
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.answers import IDENTITY, MAX_METRICS_BYTES, AnswerTooLarge, failure, mib, read_body, run_blocking
+from benchmarks.answers import (
+    IDENTITY,
+    MAX_METRICS_BYTES,
+    AnswerTooLarge,
+    describe_body,
+    failure,
+    mib,
+    read_body,
+    run_blocking,
+)
+from benchmarks.outbound import OutboundPolicy, OutboundRefused
+from benchmarks.outbound import connector as outbound_connector
 from benchmarks.telemetry.readings import GpuReading, ServerReading
 
 # DCGM reports "no value" as a sentinel near the top of the field's range: 0x7ffffff0 (int32),
@@ -162,41 +173,56 @@ class Scraper:
 
     Each scrape runs a short aiohttp exchange on its own event loop (benchmarks/answers.py): the
     timeout covers the headers and the whole body, so a server that trickles or streams without
-    end costs one failed scrape (a telemetry note), never a stuck thread or unbounded memory."""
+    end costs one failed scrape (a telemetry note), never a stuck thread or unbounded memory.
+    The URL passes the outbound policy (benchmarks/outbound.py) at every connection, a redirect is
+    reported and never followed, and no credential is sent (a target's API key belongs to its base
+    URLs only)."""
 
-    def __init__(self, url: str, *, timeout_s: float = 0.9, limit: int = MAX_METRICS_BYTES):
+    def __init__(self, url: str, *, timeout_s: float = 0.9, limit: int = MAX_METRICS_BYTES,
+                 outbound: OutboundPolicy | None = None):
         self.url = url
         self.timeout_s = timeout_s
         self.limit = limit
+        self.outbound = outbound if outbound is not None else OutboundPolicy.from_environment()
 
-    async def _fetch(self) -> tuple[int, bytes, str | None]:
+    async def _fetch(self) -> tuple[int, bytes, dict]:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False, raise_for_status=False) as session:
+        async with aiohttp.ClientSession(timeout=timeout, connector=outbound_connector(self.outbound),
+                                         auto_decompress=False, raise_for_status=False) as session:
             headers = {"Accept": "text/plain", **IDENTITY}
-            async with session.get(self.url, headers=headers, max_redirects=3) as response:
+            async with session.get(self.url, headers=headers, allow_redirects=False) as response:
+                if 300 <= response.status < 400:
+                    return response.status, b"", response.headers
                 body = await read_body(response, self.limit)
-                return response.status, body, response.headers.get("Content-Encoding")
+                return response.status, body, response.headers
 
     def scrape(self, t: float) -> ParsedMetrics:
-        """Fetch and parse once; raises ScrapeError with a plain-words reason."""
+        """Fetch and parse once; raises ScrapeError with a plain-words reason (never the page's text)."""
         try:
-            status, body, encoding = run_blocking(self._fetch)
+            self.outbound.check_url(self.url)
+            status, body, headers = run_blocking(self._fetch)
+        except OutboundRefused as exc:
+            raise ScrapeError(f"not contacted: {exc}") from exc
         except AnswerTooLarge as exc:
             raise ScrapeError(f"the metrics page is larger than {mib(exc.limit)}") from exc
-        except aiohttp.TooManyRedirects as exc:
-            raise ScrapeError("too many redirects") from exc
         except aiohttp.ClientConnectorError as exc:
             raise ScrapeError(f"cannot connect ({_reason(exc.os_error or exc)})") from exc
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             raise ScrapeError(failure(exc, self.timeout_s)[1]) from exc
+        content_type = headers.get("Content-Type")
+        if 300 <= status < 400:
+            raise ScrapeError(f"HTTP {status}: the metrics URL redirects, and embperf follows no redirects; "
+                              "give the URL it redirects to")
         if status != 200:
-            raise ScrapeError(f"HTTP {status}")
+            raise ScrapeError(f"HTTP {status} ({describe_body(body, content_type)})")
+        encoding = headers.get("Content-Encoding")
         if encoding is not None and encoding.strip().lower() not in ("", "identity"):
             raise ScrapeError(f"the page is compressed (Content-Encoding: {encoding[:40]}) although asked for none")
         try:
             return parse_metrics(body.decode("utf-8", "replace"), source=self.url, t=t)
         except Exception as exc:  # noqa: BLE001 - the parser's errors on garbage are not all ValueError
-            raise ScrapeError(f"not Prometheus text ({_reason(exc)[:200]})") from exc
+            # The parser's message quotes the offending line: say what the page was instead.
+            raise ScrapeError(f"not Prometheus text ({describe_body(body, content_type)})") from exc
 
     def close(self) -> None:
         """Nothing is held between scrapes (each one opens and closes its own session)."""

@@ -13,11 +13,14 @@ from functools import cache
 from pathlib import Path
 
 import jsonschema
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from benchmarks.document import public_target
+from portal.front.fields import URLListField
 from portal.sweeps.models import Plan, Run, Target
+from portal.sweeps.outbound import outbound_policy, validate_outbound_url
 from portal.sweeps.services import store_level
 
 SCHEMA_PATH = Path(__file__).with_name("result-schema.json")
@@ -138,6 +141,7 @@ def validate_document(doc) -> dict:
             uuid.UUID(doc["run"]["uuid"])
         except ValueError:
             errors.setdefault("run.uuid", []).append(f"{_short(doc['run']['uuid'])} is not a UUID.")
+    _check_target_urls(doc["target"], errors)
     load_key = "rate" if doc["plan"]["mode"] == "open" else "concurrency"
     seen: set[int] = set()
     for i, level in enumerate(doc["levels"]):
@@ -152,6 +156,21 @@ def validate_document(doc) -> dict:
     if errors:
         raise IngestError(errors)
     return times
+
+
+def _check_target_urls(target: dict, errors: dict) -> None:
+    """Ingested URLs pass what the target form checks: http(s) with a host, and the outbound policy."""
+    policy = outbound_policy()
+    for key in ("base_urls", "metrics_urls"):
+        urls = target.get(key) or []
+        for i, url in enumerate(urls if isinstance(urls, list) else []):
+            try:
+                if not isinstance(url, str) or len(url.split()) != 1:
+                    raise ValidationError(f"{_short(url)} is not one URL (no spaces or line breaks).")
+                URLListField().to_python(url)
+                validate_outbound_url(url, policy)
+            except ValidationError as exc:
+                errors.setdefault(f"target.{key}[{i}]", []).extend(exc.messages)
 
 
 def _plan_name(plan: dict) -> str:

@@ -6,7 +6,8 @@ from django.conf import settings
 
 from portal.front.access import teams_for_user
 from portal.front.fields import KeyValueField, LevelsField, URLListField, format_number
-from portal.sweeps.models import Plan, Run, Target
+from portal.sweeps.models import Plan, Run, Target, new_servers
+from portal.sweeps.outbound import outbound_policy, validate_outbound_url
 
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -83,6 +84,26 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
         # The model's value must never travel back to the browser.
         self.initial["api_key"] = ""
 
+    def _clean_outbound(self, name):
+        # The outbound policy (docs/security.md), the same the worker applies when it connects.
+        urls = self.cleaned_data.get(name) or []
+        policy = outbound_policy()
+        errors = []
+        for url in urls:
+            try:
+                validate_outbound_url(url, policy)
+            except forms.ValidationError as exc:
+                errors.extend(exc.messages)
+        if errors:
+            raise forms.ValidationError(errors)
+        return urls
+
+    def clean_base_urls(self):
+        return self._clean_outbound("base_urls")
+
+    def clean_metrics_urls(self):
+        return self._clean_outbound("metrics_urls")
+
     def clean_gpu_indices(self):
         raw = self.cleaned_data.get("gpu_indices", "").replace(" ", "")
         if not raw:
@@ -104,7 +125,21 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
         cleaned = super().clean()
         if cleaned.get("gpu_source") == Target.GpuSource.PROMETHEUS and not cleaned.get("metrics_urls"):
             self.add_error("metrics_urls", "GPU telemetry from Prometheus needs at least one metrics URL.")
+        self._check_key_binding(cleaned)
         return cleaned
+
+    def _check_key_binding(self, cleaned):
+        # A stored key belongs to the servers it was given for: pointing the target at a new server
+        # must not send it there unseen, so a new server means typing the key again (or removing it).
+        if not self.has_stored_key or cleaned.get("api_key") or cleaned.get("clear_api_key"):
+            return
+        if "base_urls" not in cleaned:
+            return  # the URLs have their own error
+        added = new_servers(self.instance.base_urls, cleaned["base_urls"])
+        if added:
+            self.add_error("api_key", (
+                f"The base URLs now include another server ({', '.join(added)}): type the API key again, "
+                "or remove it. A stored key is only sent to the servers it was entered for."))
 
     def save(self, commit=True):
         target = super().save(commit=False)

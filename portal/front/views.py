@@ -1,5 +1,6 @@
 """Pages for targets, plans and runs. Views stay thin: access checks, a form, a template."""
 import logging
+import math
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -24,6 +25,7 @@ from portal.front.forms import PlanForm, RunFilterForm, RunForm, TargetForm
 from portal.front.presets import PLAN_PRESETS, PRESET_LABELS
 from portal.sweeps.models import Plan, Run, Target
 from portal.sweeps.services import (
+    ProbeThrottle,
     RunStateError,
     request_cancel,
     request_probe,
@@ -118,6 +120,18 @@ def target_probe(request, pk):
         state["html"] = render_to_string("sweeps/_probe_result.html", {"target": target, "probe": state})
         return JsonResponse(state)
     target = get_target_for_user(request.user, pk, write=True)
+    throttle = ProbeThrottle()
+    if not throttle.allow_request(request, None):
+        wait = math.ceil(throttle.wait() or 1)
+        message = (f"Too many connection tests: at most {throttle.rate} per user on this installation "
+                   f"(EMBPERF_PROBE_RATE). Try again in {wait} s.")
+        if "application/json" in request.headers.get("Accept", ""):
+            html = render_to_string("sweeps/_probe_throttled.html", {"message": message})
+            response = JsonResponse({"error": message, "retry_after_s": wait, "html": html}, status=429)
+            response["Retry-After"] = str(wait)
+            return response
+        messages.error(request, message)
+        return redirect(target)
     request_probe(target)
     target.refresh_from_db()
     if "application/json" in request.headers.get("Accept", ""):

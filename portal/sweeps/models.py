@@ -6,6 +6,7 @@ The `to_spec()` methods produce the dictionaries the engine (`benchmarks`) takes
 keeps copies of both so that editing a target or plan never rewrites history.
 """
 import uuid
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import models
@@ -21,6 +22,27 @@ class TeamOwnedQuerySet(models.QuerySet):
         if not user.is_authenticated:
             return self.none()
         return self.filter(team__memberships__user=user)
+
+
+def server_of(url: str) -> str:
+    """The server a URL addresses (scheme://host:port), which is what a stored API key is bound to."""
+    parts = urlsplit(str(url).strip())
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        port = None
+    return f"{parts.scheme.lower()}://{(parts.hostname or '').rstrip('.')}:{port}"
+
+
+def new_servers(old_urls, new_urls) -> list[str]:
+    """The servers (scheme://host:port) among `new_urls` that none of `old_urls` addresses."""
+    known = {server_of(u) for u in old_urls or []}
+    added = []
+    for url in new_urls or []:
+        server = server_of(url)
+        if server not in known and server not in added:
+            added.append(server)
+    return added
 
 
 class Target(models.Model):

@@ -4,6 +4,7 @@ import logging
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from rest_framework.throttling import UserRateThrottle
 
 from portal.sweeps.models import Level, Plan, Run, Target
 
@@ -215,6 +216,16 @@ def request_cancel(run: Run) -> Run:
         Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(cancel_requested=True)
     run.refresh_from_db()
     return run
+
+
+class ProbeThrottle(UserRateThrottle):
+    """How often one user may ask for a probe ("Test connection"): EMBPERF_PROBE_RATE, counted in the
+    Django cache (shared by all web processes when the cache is, e.g. Redis)."""
+
+    scope = "probe"
+
+    def get_rate(self) -> str:
+        return settings.EMBPERF_PROBE_RATE
 
 
 def request_probe(target: Target) -> None:
