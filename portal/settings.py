@@ -10,6 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from benchmarks.plan import PlanLimits
 from portal.envconf import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -159,10 +160,13 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("EMBPERF_DEFAULT_QUEUE", "sweeps")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
 
-# Limits a plan may ask for; forms and the API enforce them.
-EMBPERF_MAX_LEVELS = env_int("EMBPERF_MAX_LEVELS", 32)
-EMBPERF_MAX_CONCURRENCY = env_int("EMBPERF_MAX_CONCURRENCY", 4096)
-EMBPERF_MAX_LEVEL_SECONDS = env_int("EMBPERF_MAX_LEVEL_SECONDS", 3600)
+# Limits a plan may ask for; the plan rule (benchmarks.plan) enforces them at every door.
+EMBPERF_MAX_LEVELS = env_int("EMBPERF_MAX_LEVELS", PlanLimits.max_levels)
+EMBPERF_MAX_CONCURRENCY = env_int("EMBPERF_MAX_CONCURRENCY", PlanLimits.max_concurrency)
+EMBPERF_MAX_RATE = env_float("EMBPERF_MAX_RATE", PlanLimits.max_rate)
+EMBPERF_MAX_LEVEL_SECONDS = env_float("EMBPERF_MAX_LEVEL_SECONDS", PlanLimits.max_level_seconds)
+# A whole run's planned time; the sweep task's time limits are sized from it.
+EMBPERF_MAX_RUN_SECONDS = env_float("EMBPERF_MAX_RUN_SECONDS", PlanLimits.max_run_seconds)
 # A sweep whose target another run is measuring waits, looking again this often (seconds).
 EMBPERF_TARGET_WAIT_S = env_float("EMBPERF_TARGET_WAIT_S", 5.0)
 

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from benchmarks.plan import PLAN_DEFAULTS, planned_seconds
 from portal.accounts.models import Team
 from portal.sweeps.fields import EncryptedTextField
 
@@ -119,24 +120,26 @@ class Plan(models.Model):
     team = models.ForeignKey(Team, models.CASCADE, related_name="plans")
     name = models.CharField(max_length=100)
     description = models.TextField(blank=True, default="")
-    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.CLOSED)
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=PLAN_DEFAULTS["mode"])
     levels = models.JSONField(default=list, help_text="Concurrencies (closed loop) or rates in requests/s (open loop).")
-    arrival = models.CharField(max_length=10, choices=Arrival.choices, default=Arrival.POISSON)
+    arrival = models.CharField(max_length=10, choices=Arrival.choices, default=PLAN_DEFAULTS["arrival"])
     max_in_flight = models.PositiveIntegerField(null=True, blank=True)
-    warmup_s = models.FloatField(default=5)
-    duration_s = models.FloatField(default=120)
-    tokens = models.PositiveIntegerField(default=512, help_text="Input tokens per text.")
-    batch = models.PositiveIntegerField(default=1, help_text="Texts per request.")
+    warmup_s = models.FloatField(default=PLAN_DEFAULTS["warmup_s"])
+    duration_s = models.FloatField(default=PLAN_DEFAULTS["duration_s"])
+    tokens = models.PositiveIntegerField(default=PLAN_DEFAULTS["tokens"], help_text="Input tokens per text.")
+    batch = models.PositiveIntegerField(default=PLAN_DEFAULTS["batch"], help_text="Texts per request.")
     dimensions = models.PositiveIntegerField(null=True, blank=True)
-    encoding = models.CharField(max_length=10, choices=Encoding.choices, default=Encoding.FLOAT)
-    timeout_s = models.FloatField(default=30)
-    abort_error_rate = models.FloatField(default=0.5)
-    abort_window_s = models.FloatField(default=10)
+    encoding = models.CharField(max_length=10, choices=Encoding.choices, default=PLAN_DEFAULTS["encoding"])
+    timeout_s = models.FloatField(default=PLAN_DEFAULTS["timeout_s"])
+    abort_error_rate = models.FloatField(default=PLAN_DEFAULTS["abort_error_rate"])
+    abort_window_s = models.FloatField(default=PLAN_DEFAULTS["abort_window_s"])
     slo_p99_ms = models.FloatField(null=True, blank=True)
-    input_mode = models.CharField(max_length=10, choices=Input.choices, default=Input.UNIQUE)
+    input_mode = models.CharField(max_length=10, choices=Input.choices, default=PLAN_DEFAULTS["input"])
     corpus_text = models.TextField(blank=True, default="")
-    processes = models.PositiveIntegerField(default=1)
-    keep_samples = models.BooleanField(default=False, help_text="Keep every request's timing (raw samples).")
+    processes = models.PositiveIntegerField(default=PLAN_DEFAULTS["processes"])
+    keep_samples = models.BooleanField(
+        default=PLAN_DEFAULTS["keep_samples"], help_text="Keep every request's timing (raw samples)."
+    )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -176,7 +179,8 @@ class Plan(models.Model):
         }
 
     def expected_seconds(self) -> float:
-        return len(self.levels) * (self.warmup_s + self.duration_s + self.timeout_s)
+        """The longest this plan may take (every level's warm-up, duration and a last timeout)."""
+        return planned_seconds(self.to_spec())
 
 
 class RunQuerySet(TeamOwnedQuerySet):
@@ -200,7 +204,8 @@ class Run(models.Model):
 
     FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.INTERRUPTED)
 
-    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # Unique within a team: a document ingested by two teams is two runs, and neither learns of the other.
+    uuid = models.UUIDField(default=uuid.uuid4, editable=False, db_index=True)
     team = models.ForeignKey(Team, models.CASCADE, related_name="runs")
     target = models.ForeignKey(Target, models.SET_NULL, null=True, blank=True, related_name="runs")
     plan = models.ForeignKey(Plan, models.SET_NULL, null=True, blank=True, related_name="runs")
@@ -237,6 +242,7 @@ class Run(models.Model):
             models.Index(fields=["target", "plan", "-created"]),
             models.Index(fields=["status"]),
         ]
+        constraints = [models.UniqueConstraint(fields=["team", "uuid"], name="unique_run_uuid_per_team")]
 
     def __str__(self) -> str:
         return f"Run {self.pk} ({self.label or self.target_config.get('name', '')})"

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from portal.sweeps.bounds import plan_field_errors, sweep_seconds
 from portal.sweeps.models import Level, Plan, Run, Target
 
 logger = logging.getLogger(__name__)
@@ -88,10 +89,23 @@ def store_level(run: Run, doc: dict) -> Level:
     return level
 
 
-def sweep_time_limits(plan: Plan) -> tuple[int, int]:
-    """(soft, hard) Celery time limits in seconds for a sweep of this plan."""
-    soft = int(plan.expected_seconds() * TIME_LIMIT_FACTOR + TIME_LIMIT_MARGIN_S)
+def sweep_time_limits(plan: Plan | dict) -> tuple[int, int]:
+    """(soft, hard) Celery time limits in seconds for a sweep of this plan (a Plan or its spec).
+
+    Sized from the planned time, which never counts above EMBPERF_MAX_RUN_SECONDS: a plan saved
+    before the bounds existed still gets a finite limit."""
+    spec = plan.to_spec() if isinstance(plan, Plan) else plan
+    soft = int(sweep_seconds(spec) * TIME_LIMIT_FACTOR + TIME_LIMIT_MARGIN_S)
     return soft, soft + HARD_LIMIT_GRACE_S
+
+
+PLAN_OUT_OF_BOUNDS = "This plan is outside this installation's bounds; edit it before starting it: "
+
+
+def plan_start_errors(plan: Plan) -> list[str]:
+    """Why this plan cannot be started as it stands (saved before today's bounds, or limits lowered
+    since), one message per field; empty when it can."""
+    return [f"{field}: {' '.join(messages)}" for field, messages in plan_field_errors(plan.to_spec()).items()]
 
 
 def _broker_failure(exc: Exception) -> str:
