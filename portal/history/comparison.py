@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections import defaultdict
 
 from django.db.models import F, Q, Window
@@ -259,8 +260,11 @@ class Comparison:
         return {"changed": changed, "same": same}
 
     def to_dict(self) -> dict:
-        """JSON-ready comparison: runs, metrics, rows (one per level and metric), config diff."""
-        return {
+        """JSON-ready comparison: runs, metrics, rows (one per level and metric), config diff.
+
+        A figure that overflows (a huge stored value, a difference of two) becomes null: JSON has no
+        infinity, and one bad figure must not cost the whole comparison."""
+        return _finite({
             "baseline": self.baseline.pk,
             "k_sigma": K_SIGMA,
             "load_key": self.load_key,
@@ -285,7 +289,7 @@ class Comparison:
             ],
             "rows": self.rows,
             "config_diff": self.config_diff(),
-        }
+        })
 
     def to_csv(self) -> str:
         """One line per level and metric: each run's value, and each candidate's diff, % and significance."""
@@ -342,6 +346,17 @@ class Comparison:
 
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
+
+
+def _finite(value):
+    """The value with every infinite or NaN float inside it replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def build_comparison(runs: list[Run], baseline: Run) -> Comparison:
