@@ -1,8 +1,9 @@
 """embperf settings: every value comes from an environment variable.
 
 The defaults give the embedded set-up (SQLite and a file-system Celery broker under
-var/), so `make run` needs no external service. Production sets DATABASE_URL,
-CELERY_BROKER_URL, SECRET_KEY, ALLOWED_HOSTS and DEBUG=false (see docs/deploy.md).
+var/), so `make run` needs no external service, with production's safety: DEBUG is off unless
+DEBUG=true. Production sets DATABASE_URL, CELERY_BROKER_URL, SECRET_KEY, ALLOWED_HOSTS and the
+HTTPS settings (docs/deploy.md, docs/production.env).
 """
 import secrets
 from pathlib import Path
@@ -11,11 +12,16 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from benchmarks.plan import PlanLimits
-from portal.envconf import env_bool, env_float, env_int, env_list, env_str
+from portal.envconf import env_bool, env_float, env_header, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("EMBPERF_VAR_DIR", str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+# The database, broker queue and secret key live here: readable by the portal's own user only.
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+try:
+    VAR_DIR.chmod(0o700)
+except PermissionError:  # a folder the operator made for us and owns: their permissions stand
+    pass
 
 
 def _secret_key() -> str:
@@ -31,9 +37,21 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
-DEBUG = env_bool("DEBUG", True)
+# Off unless asked for: the debug page shows settings (database and broker URLs) to anyone.
+DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# HTTPS: off by default so `make run` works on http://127.0.0.1; production turns them on
+# (docs/production.env) and `manage.py check --deploy` then has nothing to warn about.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Behind a TLS-terminating proxy: the header (and value) by which it says the request came over HTTPS.
+SECURE_PROXY_SSL_HEADER = env_header("SECURE_PROXY_SSL_HEADER")
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -96,6 +114,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    _sqlite_file = Path(DATABASES["default"]["NAME"])
+    if DATABASES["default"]["NAME"] != ":memory:" and _sqlite_file.parent.is_dir():
+        # SQLite creates its file (and its -wal and -shm files, alike) with the umask's permissions;
+        # made here first, the database is the portal user's alone.
+        _sqlite_file.touch(mode=0o600, exist_ok=True)
+        try:
+            _sqlite_file.chmod(0o600)
+        except PermissionError:
+            pass
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -117,17 +144,21 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 if (BASE_DIR / "node_modules" / "chart.js" / "dist").is_dir():  # installed by `npm ci` (make assets)
     STATICFILES_DIRS.append(("vendor/chart.js", BASE_DIR / "node_modules" / "chart.js" / "dist"))
+# Static files: hashed and compressed by `collectstatic` into staticfiles/ (make run and production
+# do it), or, with EMBPERF_STATIC_FROM_SOURCE=true (tests, DEBUG), served by whitenoise straight
+# from the source folders and picked up as they change.
+STATIC_FROM_SOURCE = env_bool("EMBPERF_STATIC_FROM_SOURCE", DEBUG)
+WHITENOISE_USE_FINDERS = STATIC_FROM_SOURCE
+WHITENOISE_AUTOREFRESH = STATIC_FROM_SOURCE
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-        if DEBUG
+        if STATIC_FROM_SOURCE
         else "whitenoise.storage.CompressedManifestStaticFilesStorage"
     },
 }
 
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
-CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 
 # Celery (namespace CELERY_ in this module, see workers/celery.py).
 BROKER_DIR = VAR_DIR / "broker"

@@ -87,7 +87,7 @@ def portal(tmp_path_factory):
     var_dir = tmp_path_factory.mktemp("browser")
     queue = e2e.unique_name("browser_sweeps")
     env = e2e.base_env(var_dir, database_url=f"sqlite:///{var_dir / 'portal.sqlite3'}", broker_url="filesystem://")
-    env["DEBUG"] = "true"  # static files straight from the source tree, as under `make run`
+    env["EMBPERF_STATIC_FROM_SOURCE"] = "true"  # static files straight from the source tree; DEBUG stays off
     worker = web = None
     with running_simulator() as sim:
         try:
