@@ -4,8 +4,6 @@ import tempfile
 
 # Tests never touch the developer's var/ (database, broker, secret key).
 os.environ.setdefault("EMBPERF_VAR_DIR", tempfile.mkdtemp(prefix="embperf-test-var-"))
-# Static files straight from the source folders: tests never depend on a `collectstatic` having run.
-os.environ.setdefault("EMBPERF_STATIC_FROM_SOURCE", "true")
 
 import pytest  # noqa: E402
 
