@@ -6,6 +6,7 @@ DEBUG=true. Production sets DATABASE_URL, CELERY_BROKER_URL, SECRET_KEY, ALLOWED
 HTTPS settings (docs/deploy.md, docs/production.env).
 """
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -62,6 +63,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "axes",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -81,6 +83,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -130,6 +134,27 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# Sign-in throttling (django-axes): after EMBPERF_LOGIN_FAILURE_LIMIT wrong passwords for one user
+# name, or from one address, that user name or address may not sign in (not even with the right
+# password) for EMBPERF_LOGIN_LOCKOUT_MINUTES. API tokens never go through this (they are not passwords).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("EMBPERF_LOGIN_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("EMBPERF_LOGIN_LOCKOUT_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False  # no banner on every start; lockouts are still logged
+# The client's address: the connection's, unless EMBPERF_PROXY_COUNT trusted proxies stand in front
+# (then the address they add to X-Forwarded-For). Never the header alone: a client could write it.
+EMBPERF_PROXY_COUNT = env_int("EMBPERF_PROXY_COUNT", 0)
+AXES_IPWARE_PROXY_COUNT = EMBPERF_PROXY_COUNT or None
+AXES_IPWARE_PROXY_ORDER = "right-most"
+AXES_IPWARE_META_PRECEDENCE_ORDER = (
+    ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if EMBPERF_PROXY_COUNT else ["REMOTE_ADDR"]
+)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
@@ -188,6 +213,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = env_str("EMBPERF_DEFAULT_QUEUE", "sweeps")
+# Queues every team's targets may name; any other queue must be granted to the team (admin: Queue grants).
+EMBPERF_OPEN_QUEUES = env_list("EMBPERF_OPEN_QUEUES", [CELERY_TASK_DEFAULT_QUEUE])
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
 

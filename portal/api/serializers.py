@@ -15,7 +15,7 @@ from portal.api.access import api_teams, plans_for, targets_for
 from portal.front.fields import _KEY_RE
 from portal.front.forms import PlanForm, TargetForm
 from portal.sweeps.models import Level, Plan, Run, Target
-from portal.sweeps.services import PLAN_OUT_OF_BOUNDS, plan_start_errors
+from portal.sweeps.services import PLAN_OUT_OF_BOUNDS, plan_start_errors, target_queue_error
 
 
 class StrictMixin:
@@ -329,9 +329,15 @@ class RunStartSerializer(StrictMixin, serializers.Serializer):
                 {"plan": [f"This plan belongs to {plan.team.name}; pick a plan of {target.team.name}, "
                           "the target's team."]}
             )
+        errors = {}
         problems = plan_start_errors(plan)
         if problems:
-            raise serializers.ValidationError({"plan": [PLAN_OUT_OF_BOUNDS + "; ".join(problems)]})
+            errors["plan"] = [PLAN_OUT_OF_BOUNDS + "; ".join(problems)]
+        queue_error = target_queue_error(target)
+        if queue_error:
+            errors["target"] = [queue_error]
+        if errors:
+            raise serializers.ValidationError(errors)
         return attrs
 
 

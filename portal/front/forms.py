@@ -7,8 +7,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from portal.front.access import teams_for_user
 from portal.front.fields import KeyValueField, LevelsField, URLListField
 from portal.sweeps.bounds import plan_field_errors, target_field_errors
-from portal.sweeps.models import Plan, Run, Target
-from portal.sweeps.services import PLAN_OUT_OF_BOUNDS, plan_start_errors
+from portal.sweeps.models import Plan, QueueGrant, Run, Target
+from portal.sweeps.services import PLAN_OUT_OF_BOUNDS, plan_start_errors, queue_refusal, target_queue_error
 
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -93,6 +93,11 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
             self.fields.pop("clear_api_key")
         # The model's value must never travel back to the browser.
         self.initial["api_key"] = ""
+        team = self.instance.team if not creating else getattr(self, "_default_team", None)
+        if team is not None:
+            self.fields["queue"].help_text = (
+                "Celery queue whose workers run this target's sweeps; open to this team: "
+                + ", ".join(QueueGrant.objects.queues_for(team)) + ".")
 
     def clean_gpu_indices(self):
         raw = self.cleaned_data.get("gpu_indices", "").replace(" ", "")
@@ -113,6 +118,10 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        team = cleaned.get("team") if self.instance.pk is None else self.instance.team
+        queue = cleaned.get("queue")
+        if team is not None and queue and not QueueGrant.objects.allows(team, queue):
+            self.add_error("queue", queue_refusal(team, queue))
         lists = {name: cleaned[name] for name in ("base_urls", "metrics_urls") if name in cleaned}
         for field, messages in target_field_errors(lists).items():
             if field in lists:
@@ -240,6 +249,8 @@ class RunForm(forms.Form):
             problems = plan_start_errors(plan)
             if problems:
                 self.add_error("plan", PLAN_OUT_OF_BOUNDS + "; ".join(problems))
+        if target and target_queue_error(target):
+            self.add_error("target", target_queue_error(target))
         return cleaned
 
 

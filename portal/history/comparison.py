@@ -6,8 +6,6 @@ and Markdown.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections import defaultdict
@@ -23,6 +21,7 @@ from benchmarks.compare import (
     compare_values,
     run_figures,
 )
+from benchmarks.tables import csv_text, markdown_table
 from portal.history.models import LevelStats
 from portal.sweeps.models import Level, Run
 
@@ -293,14 +292,12 @@ class Comparison:
 
     def to_csv(self) -> str:
         """One line per level and metric: each run's value, and each candidate's diff, % and significance."""
-        out = io.StringIO()
-        writer = csv.writer(out)
         header = [self.load_key, "metric", "unit"]
         for r in self.runs:
             header.append(f"run {r.pk} value")
             if r.pk != self.baseline.pk:
                 header += [f"run {r.pk} diff", f"run {r.pk} pct", f"run {r.pk} significant"]
-        writer.writerow(header)
+        lines = [header]
         for row in self.rows:
             metric = METRICS[row["metric"]]
             line = [_load_text(row["load"]), metric.key, metric.unit if metric.key != "error_rate" else "fraction"]
@@ -312,8 +309,8 @@ class Comparison:
                         d["diff"], "" if d["pct"] is None else round(d["pct"], 3),
                         "" if d["significant"] is None else str(d["significant"]).lower(),
                     ]
-            writer.writerow(line)
-        return out.getvalue()
+            lines.append(line)
+        return csv_text(lines)
 
     def to_markdown(self) -> str:
         """A Markdown table (the form pasted into reports): level, metric, each run, diff and % change.
@@ -322,11 +319,11 @@ class Comparison:
         """
         load_title = {"concurrency": "Concurrency", "rate": "Rate (req/s)"}.get(self.load_key, "Load")
         header = [load_title, "Metric", f"{run_title(self.baseline)} (baseline)"]
-        align = ["---:", "---", "---:"]
+        align = ["right", "left", "right"]
         for r in self.candidates:
             header += [run_title(r), "Δ", "Δ %"]
-            align += ["---:", "---:", "---:"]
-        lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+            align += ["right", "right", "right"]
+        table = []
         base_index = self.runs.index(self.baseline)
         for row in self.rows:
             metric = METRICS[row["metric"]]
@@ -339,13 +336,10 @@ class Comparison:
                 d = cell["delta"]
                 line += [_fmt_value(metric.key, cell["value"]),
                          "–" if d is None else _fmt_diff(metric.key, d["diff"]), _fmt_pct(d)]
-            lines.append("| " + " | ".join(line) + " |")
-        lines += ["", f"\\* beyond the noise ({K_SIGMA:g} standard errors of the difference, and 2 % of the baseline)."]
+            table.append(line)
+        note = f"\\* beyond the noise ({K_SIGMA:g} standard errors of the difference, and 2 % of the baseline)."
+        lines = [*markdown_table(header, table, align), "", note]
         return "\n".join(lines) + "\n"
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
 
 
 def _finite(value):

@@ -24,6 +24,37 @@ class TeamOwnedQuerySet(models.QuerySet):
         return self.filter(team__memberships__user=user)
 
 
+class QueueGrantQuerySet(models.QuerySet):
+    def queues_for(self, team) -> list[str]:
+        """The worker queues a team's targets may name: the open ones, then those granted to it."""
+        open_queues = list(settings.EMBPERF_OPEN_QUEUES)
+        granted = self.filter(team=team).order_by("queue").values_list("queue", flat=True) if team else []
+        return open_queues + [q for q in granted if q not in open_queues]
+
+    def allows(self, team, queue: str) -> bool:
+        """Whether a target of this team may send its sweeps and probes to this queue."""
+        return queue in settings.EMBPERF_OPEN_QUEUES or self.filter(team=team, queue=queue).exists()
+
+
+class QueueGrant(models.Model):
+    """An operator lets a team's targets use a worker queue (say, the queue of the team's GPU host).
+
+    Queues in EMBPERF_OPEN_QUEUES (the default queue unless set) are open to every team without one."""
+
+    team = models.ForeignKey(Team, models.CASCADE, related_name="queue_grants")
+    queue = models.CharField(max_length=50, help_text="Celery queue name, e.g. gpu-host-1.")
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = QueueGrantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["queue", "team"]
+        constraints = [models.UniqueConstraint(fields=["team", "queue"], name="unique_queue_grant")]
+
+    def __str__(self) -> str:
+        return f"{self.queue} for {self.team}"
+
+
 class Target(models.Model):
     class Flavor(models.TextChoices):
         OPENAI = "openai", "OpenAI-compatible (/v1/embeddings)"
@@ -253,6 +284,30 @@ class Run(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in self.FINAL
+
+    @property
+    def queue(self) -> str:
+        """The worker queue the run was sent to (from its target snapshot)."""
+        return self.target_config.get("queue") or settings.CELERY_TASK_DEFAULT_QUEUE
+
+    def queue_position(self) -> int | None:
+        """1 when the run is next in its queue, 2 when one run is ahead, ...; None unless queued.
+
+        Counts queued runs of every team on the same queue: a shared queue is shared in order."""
+        if self.status != self.Status.QUEUED:
+            return None
+        ahead = Run.objects.filter(status=self.Status.QUEUED, target_config__queue=self.queue).filter(
+            models.Q(created__lt=self.created) | models.Q(created=self.created, pk__lt=self.pk))
+        return ahead.count() + 1
+
+    def queue_text(self) -> str:
+        """'Waiting for a worker on queue “q”: 3rd in line (2 runs ahead).' for a queued run, else ''."""
+        position = self.queue_position()
+        if position is None:
+            return ""
+        ahead = position - 1
+        line = "next in line" if ahead == 0 else f"{ahead} run{'s' if ahead != 1 else ''} ahead of it"
+        return f"Waiting for a worker on queue “{self.queue}”: position {position}, {line}."
 
     @property
     def level_key(self) -> str:

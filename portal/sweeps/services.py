@@ -6,7 +6,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from portal.sweeps.bounds import plan_field_errors, sweep_seconds
-from portal.sweeps.models import Level, Plan, Run, Target
+from portal.sweeps.models import Level, Plan, QueueGrant, Run, Target
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,20 @@ def sweep_time_limits(plan: Plan | dict) -> tuple[int, int]:
     return soft, soft + HARD_LIMIT_GRACE_S
 
 
+def queue_refusal(team, queue: str) -> str:
+    """Why a team's target may not name this queue, with the queues it may name."""
+    allowed = ", ".join(QueueGrant.objects.queues_for(team))
+    return (f"The queue “{queue}” is not granted to {team.name}; this team's targets may use: {allowed}. "
+            "An administrator grants queues (admin: Queue grants).")
+
+
+def target_queue_error(target: Target) -> str | None:
+    """Why this target's sweeps and probes may not go to its queue (its grant was withdrawn), or None."""
+    if QueueGrant.objects.allows(target.team, target.queue):
+        return None
+    return queue_refusal(target.team, target.queue) + " Edit the target to pick one of those."
+
+
 PLAN_OUT_OF_BOUNDS = "This plan is outside this installation's bounds; edit it before starting it: "
 
 
@@ -162,6 +176,11 @@ def request_probe(target: Target) -> None:
     from workers.tasks import probe_target
 
     now = timezone.now()
+    refusal = target_queue_error(target)
+    if refusal:
+        target.last_probe = {"ok": False, "error": refusal, "hint": None, "at": now.isoformat()}
+        Target.objects.filter(pk=target.pk).update(last_probe=target.last_probe)
+        return
     Target.objects.filter(pk=target.pk).update(probe_requested_at=now)
     target.probe_requested_at = now
     try:
