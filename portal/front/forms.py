@@ -172,6 +172,7 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
         }
         help_texts = {
             "dimensions": "Leave blank for the model's default vector length.",
+            "max_in_flight": "Leave blank for this installation's maximum (EMBPERF_MAX_CONCURRENCY).",
             "abort_error_rate": "0 to 1; 0.5 stops a level when half the requests fail.",
             "corpus_text": "One text per line; used when Inputs is Corpus.",
             "slo_p99_ms": "Optional; the summary reports the highest level that met it.",
