@@ -6,7 +6,8 @@ import pytest
 from django.urls import reverse
 
 from benchmarks.cli import main
-from benchmarks.plan import PLAN_BOUNDS, PLAN_DEFAULTS, PlanLimits, normalize_plan, plan_errors
+from benchmarks.plan import PLAN_BOUNDS, PLAN_DEFAULTS, FieldErrors, PlanLimits, normalize_plan, plan_errors
+from portal.front.presets import PLAN_PRESETS
 from portal.sweeps.models import Plan, Run, Target
 from tests.api_support import document, fresh_throttles, token_client  # noqa: F401  (fixture)
 
@@ -93,29 +94,45 @@ def test_every_bound_is_refused_by_form_api_and_ingest_with_the_same_message(cli
     assert not Plan.objects.filter(name="bounded").exists() and not Run.objects.exists()
 
 
-def test_abort_window_and_error_rate_give_one_message_at_every_door(client, owner, team, target, capsys):
-    window = "The abort window must be at least 1 s; 0.5 is too low."
-    rate = "The abort error rate may be at most 1; 1.5 is too high."
-    change = {"abort_window_s": 0.5, "abort_error_rate": 1.5}
-    # form
-    errors = form_errors(client, owner, change)
-    assert (errors["abort_window_s"], errors["abort_error_rate"]) == ([window], [rate])
-    # API
-    api = token_client(owner)
-    errors = api_errors(api, change)
-    assert (errors["abort_window_s"], errors["abort_error_rate"]) == ([window], [rate])
-    # ingest
-    errors = ingest_errors(api, change)
-    assert (errors["plan.abort_window_s"], errors["plan.abort_error_rate"]) == ([window], [rate])
-    # CLI
+# The abort policy, where the copies of the rule used to disagree (the engine wanted a window of at
+# least 1 s, the form only above 0; the CLI took an error rate of 0): one message at each door.
+WINDOW = "The abort window must be at least 1 s; 0.5 is too low."
+RATE = "The abort error rate may be at most 1; 1.5 is too high."
+ABORT = {"abort_window_s": 0.5, "abort_error_rate": 1.5}
+
+
+def test_abort_policy_door_form(client, owner, team):
+    errors = form_errors(client, owner, ABORT)
+    assert (errors["abort_window_s"], errors["abort_error_rate"]) == ([WINDOW], [RATE])
+
+
+def test_abort_policy_door_api(owner, team):
+    errors = api_errors(token_client(owner), ABORT)
+    assert (errors["abort_window_s"], errors["abort_error_rate"]) == ([WINDOW], [RATE])
+
+
+def test_abort_policy_door_ingest(owner, team):
+    errors = ingest_errors(token_client(owner), ABORT)
+    assert (errors["plan.abort_window_s"], errors["plan.abort_error_rate"]) == ([WINDOW], [RATE])
+
+
+def test_abort_policy_door_cli(capsys):
     assert main(["run", "--url", "http://127.0.0.1:9/v1", "--model", "m", "--abort-window", "0.5",
                  "--abort-error-rate", "1.5"]) == 2
     err = capsys.readouterr().err
-    assert f"--abort-window: {window}" in err and f"--abort-error-rate: {rate}" in err
-    # the engine (the worker's door) raises the same words
-    with pytest.raises(Exception) as info:
-        normalize_plan({"levels": [1], **change})
-    assert info.value.errors == {"abort_error_rate": [rate], "abort_window_s": [window]}
+    assert f"--abort-window: {WINDOW}" in err and f"--abort-error-rate: {RATE}" in err
+
+
+def test_abort_policy_door_engine():
+    # What the worker calls: the same words, by field.
+    with pytest.raises(FieldErrors) as info:
+        normalize_plan({"levels": [1], **ABORT})
+    assert info.value.errors == {"abort_error_rate": [RATE], "abort_window_s": [WINDOW]}
+
+
+@pytest.mark.parametrize("preset", sorted(PLAN_PRESETS))
+def test_presets_are_within_the_bounds(preset):
+    assert plan_errors(PLAN_PRESETS[preset])[1] == {}
 
 
 def test_target_lists_are_bounded_at_every_door(client, owner, team):
