@@ -5,9 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PORT ?= 8000
-export PORT
+HOST ?= 127.0.0.1
+export PORT HOST
 
-.PHONY: run test bench lint venv test-deps assets setup clean-var
+.PHONY: run test bench lint venv test-deps assets setup clean-var check-deploy
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,9 +32,11 @@ setup: venv assets
 	$(PY) manage.py migrate --noinput -v0
 	$(PY) manage.py embperf_bootstrap
 
-# Web server, Celery worker and simulator together; Ctrl-C stops all three.
+# gunicorn (static files hashed and compressed by collectstatic, served by whitenoise), Celery worker
+# and simulator together; Ctrl-C stops all three. HOST=0.0.0.0 to listen beyond this machine.
 run: setup
-	@echo "embperf: open http://127.0.0.1:$(PORT)/ (sign in as admin; PORT=... make run to change the port)"
+	$(PY) manage.py collectstatic --noinput -v0
+	@echo "embperf: open http://$(HOST):$(PORT)/ (sign in as admin; PORT=... make run to change the port)"
 	$(VENV)/bin/honcho start -f Procfile
 
 # Browser tests drive Debian's chromium; install it where it is missing (needs root, as on CI).
@@ -44,7 +47,14 @@ test-deps: $(VENV)/.installed-test assets /usr/bin/chromium
 
 test: test-deps
 	$(VENV)/bin/ruff check .
+	$(MAKE) --no-print-directory check-deploy
 	$(PY) -m pytest
+
+# Django's deployment checks with the production environment of docs/production.env: no warning allowed.
+check-deploy: venv
+	set -a && . docs/production.env && set +a && \
+	SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+	EMBPERF_VAR_DIR="$$(mktemp -d)" $(PY) manage.py check --deploy --fail-level WARNING
 
 bench: test-deps
 	$(PY) scripts/bench.py

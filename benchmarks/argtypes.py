@@ -43,3 +43,19 @@ def fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
     return value
+
+
+def number(text: str) -> float:
+    """Any number; which ones a plan may hold is the plan rule's to say (benchmarks.plan)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def whole_number(text: str) -> int:
+    """Any whole number; the plan rule (benchmarks.plan) checks its range."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None

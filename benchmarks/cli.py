@@ -19,10 +19,23 @@ from rich.table import Table
 from rich.text import Text
 
 from benchmarks import __version__, push
-from benchmarks.argtypes import fraction, non_negative, positive_float, positive_int
+from benchmarks.argtypes import fraction, number, whole_number
 from benchmarks.control import CancelToken
 from benchmarks.errors import ConfigError, SweepError
 from benchmarks.flavors import FLAVORS
+from benchmarks.plan import PLAN_DEFAULTS, FieldErrors, PlanLimits, normalize_plan
+
+D = PLAN_DEFAULTS  # the plan rule's defaults are the command line's defaults
+
+# Plan field -> the option that sets it, so a refused value names what the user typed.
+PLAN_OPTIONS = {
+    "mode": "--mode", "levels": "--levels", "arrival": "--arrival", "max_in_flight": "--max-in-flight",
+    "warmup_s": "--warmup", "duration_s": "--duration", "tokens": "--tokens", "batch": "--batch",
+    "dimensions": "--dimensions", "encoding": "--encoding", "timeout_s": "--timeout",
+    "abort_error_rate": "--abort-error-rate", "abort_window_s": "--abort-window", "slo_p99_ms": "--slo-p99-ms",
+    "input": "--repeat-input", "corpus": "--corpus", "processes": "--processes", "seed": "--seed",
+    "base_urls": "--url", "metrics_urls": "--metrics-url",
+}
 
 EXIT_FLAWED = 3  # the sweep ran, but was stopped by the abort policy or failed too often
 DEFAULT_MAX_ERROR_RATE = 0.01
@@ -73,10 +86,11 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
                             "ollama (POST {url}/api/embed); default openai")
     group.add_argument("--api-key", default=os.environ.get("EMBPERF_API_KEY"),
                        help="Bearer key (default: $EMBPERF_API_KEY)")
-    group.add_argument("--dimensions", type=positive_int, help="request this many dimensions (matryoshka)")
+    group.add_argument("--dimensions", type=whole_number, help="request this many dimensions (matryoshka)")
     group.add_argument("--encoding", choices=("float", "base64"), default="float",
                        help="response encoding (base64 for the openai flavor only); default float")
-    group.add_argument("--timeout", type=positive_float, default=30.0, help="per-request timeout, s (default 30)")
+    group.add_argument("--timeout", type=number, default=D["timeout_s"],
+                       help=f"per-request timeout, s (default {D['timeout_s']:g})")
 
 
 def _add_run_parser(sub) -> argparse.ArgumentParser:
@@ -86,21 +100,28 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
     plan = run.add_argument_group("plan")
     plan.add_argument("--levels", type=_levels, default=[1],
                       help="concurrencies (closed loop) or rates in requests/s (open loop), e.g. 1,4,8,16")
-    plan.add_argument("--mode", choices=("closed", "open"), default="closed",
+    plan.add_argument("--mode", choices=("closed", "open"), default=D["mode"],
                       help="closed: fixed requests in flight; open: fixed arrival rate (default closed)")
-    plan.add_argument("--arrival", choices=("constant", "poisson"), default="poisson",
+    plan.add_argument("--arrival", choices=("constant", "poisson"), default=D["arrival"],
                       help="open loop arrivals (default poisson)")
-    plan.add_argument("--max-in-flight", type=positive_int, help="open loop: cap on requests in flight")
-    plan.add_argument("--duration", type=positive_float, default=120.0, help="measured seconds per level")
-    plan.add_argument("--warmup", type=non_negative, default=5.0, help="warm-up seconds per level (excluded)")
-    plan.add_argument("--tokens", type=positive_int, default=512, help="input tokens per text (default 512)")
-    plan.add_argument("--batch", type=positive_int, default=1, help="texts per request (default 1)")
-    plan.add_argument("--processes", type=positive_int, default=1, help="load processes (default 1)")
-    plan.add_argument("--slo-p99-ms", type=positive_float, help="p99 latency objective, ms")
-    plan.add_argument("--abort-error-rate", type=fraction, default=0.5,
-                      help="stop a level when the error rate stays above this (0..1, default 0.5) ...")
-    plan.add_argument("--abort-window", type=positive_float, default=10.0,
-                      help="... for this many seconds (default 10)")
+    plan.add_argument("--max-in-flight", type=whole_number,
+                      help="open loop: cap on requests in flight (default: EMBPERF_MAX_CONCURRENCY)")
+    plan.add_argument("--duration", type=number, default=D["duration_s"],
+                      help=f"measured seconds per level (default {D['duration_s']:g})")
+    plan.add_argument("--warmup", type=number, default=D["warmup_s"],
+                      help=f"warm-up seconds per level, excluded (default {D['warmup_s']:g})")
+    plan.add_argument("--tokens", type=whole_number, default=D["tokens"],
+                      help=f"input tokens per text (default {D['tokens']})")
+    plan.add_argument("--batch", type=whole_number, default=D["batch"],
+                      help=f"texts per request (default {D['batch']})")
+    plan.add_argument("--processes", type=whole_number, default=D["processes"],
+                      help=f"load processes (default {D['processes']})")
+    plan.add_argument("--slo-p99-ms", type=number, help="p99 latency objective, ms")
+    plan.add_argument("--abort-error-rate", type=number, default=D["abort_error_rate"],
+                      help="stop a level when the error rate stays above this "
+                           f"(0..1, default {D['abort_error_rate']:g}) ...")
+    plan.add_argument("--abort-window", type=number, default=D["abort_window_s"],
+                      help=f"... for this many seconds (default {D['abort_window_s']:g})")
     plan.add_argument("--max-error-rate", type=fraction, default=DEFAULT_MAX_ERROR_RATE,
                       help="exit with status 3 when a level's error rate is above this (0..1, default 0.01; "
                            "1 never)")
@@ -288,12 +309,13 @@ def write_document(path: str, document: dict) -> None:
 def command_run(args, out: Console, err: Console) -> int:
     """`run`: sweep, show progress, print the table; exit 0 on success, 1 when the sweep failed,
     130 when it was stopped with Ctrl-C (the finished levels are still printed and written)."""
-    from benchmarks.sweep import check_combination, normalize_plan, normalize_target, run_sweep
+    from benchmarks.sweep import check_combination, normalize_target, run_sweep
 
     target = target_from_args(args)
     plan = plan_from_args(args)
     push.apply_names(args, target, plan)
-    check_combination(normalize_target(target), normalize_plan(plan))
+    limits = PlanLimits.from_environ()
+    check_combination(normalize_target(target), normalize_plan(plan, limits))
     telemetry = _build_telemetry(args)
     token = CancelToken()
     interrupts = []
@@ -311,7 +333,7 @@ def command_run(args, out: Console, err: Console) -> int:
         with view:
             document = run_sweep(target, plan, cancel=token, on_progress=view.progress,
                                  on_level=None if args.quiet else view.level, telemetry=telemetry,
-                                 run_info={"label": args.label})
+                                 run_info={"label": args.label}, limits=limits)
     except ConfigError:
         raise
     except SweepError as exc:
@@ -361,7 +383,10 @@ def command_probe(args, out: Console, err: Console) -> int:
     from benchmarks.probe import probe
 
     target = target_from_args(args)
-    result = probe(target, dimensions=args.dimensions, encoding=args.encoding, timeout_s=args.timeout)
+    checked = normalize_plan({"dimensions": args.dimensions, "encoding": args.encoding, "timeout_s": args.timeout},
+                             PlanLimits.from_environ())
+    result = probe(target, dimensions=checked["dimensions"], encoding=checked["encoding"],
+                   timeout_s=checked["timeout_s"])
     if args.json:
         out.print_json(json.dumps(result))
         return 0 if result["ok"] else 1
@@ -387,6 +412,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "probe":
             return command_probe(args, out, err)
         raise UsageError(f"unknown command {args.command!r}")
+    except FieldErrors as exc:
+        print(f"embperf: error: {option_errors(exc)}", file=sys.stderr)
+        return 2
     except (UsageError, ConfigError) as exc:
         print(f"embperf: error: {exc}", file=sys.stderr)
         return 2
+
+
+def option_errors(exc: FieldErrors) -> str:
+    """The plan rule's messages, each after the option that set the refused value."""
+    return " ".join(f"{PLAN_OPTIONS.get(field, field)}: {' '.join(messages)}"
+                     for field, messages in exc.errors.items())

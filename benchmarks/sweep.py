@@ -6,12 +6,12 @@ progress callback, applies the abort policy, watches the cancel token, drives te
 assembles each level. A finished level is handed to `on_level` before anything else can go wrong.
 """
 import logging
-import math
 import secrets
 import time
 import uuid
 from collections.abc import Callable
 
+from benchmarks import plan as plan_rule
 from benchmarks.control import CancelToken
 from benchmarks.document import (
     SCHEMA,
@@ -24,10 +24,10 @@ from benchmarks.document import (
     utc_now,
 )
 from benchmarks.errors import ConfigError, SweepError
-from benchmarks.flavors import ENCODINGS, FLAVORS, make_flavor
-from benchmarks.inputs import MODES as INPUT_MODES
+from benchmarks.flavors import FLAVORS, make_flavor
 from benchmarks.inputs import InputSource, fit_length
 from benchmarks.outbound import OutboundPolicy
+from benchmarks.plan import PlanLimits
 from benchmarks.probe import probe_texts
 
 logger = logging.getLogger(__name__)
@@ -35,92 +35,9 @@ logger = logging.getLogger(__name__)
 POLL_S = 0.1  # how often the controller looks at cancel, telemetry and the runners' messages
 CHARS_PER_TOKEN_GUESS = 4.0  # starting point of calibration, and the estimate when no usage comes back
 
-PLAN_DEFAULTS = {
-    "name": "",
-    "mode": "closed",
-    "levels": [1],
-    "arrival": "poisson",
-    "max_in_flight": None,
-    "warmup_s": 5.0,
-    "duration_s": 120.0,
-    "tokens": 512,
-    "batch": 1,
-    "dimensions": None,
-    "encoding": "float",
-    "timeout_s": 30.0,
-    "abort_error_rate": 0.5,
-    "abort_window_s": 10.0,
-    "slo_p99_ms": None,
-    "input": "unique",
-    "corpus": None,
-    "processes": 1,
-    "keep_samples": False,
-    "seed": None,
-}
-
-
-def _number(plan: dict, key: str, *, minimum: float, integer: bool = False, allow_none: bool = False,
-            strictly: bool = False):
-    value = plan.get(key)
-    if value is None and allow_none:
-        return None
-    try:
-        number = int(value) if integer else float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"plan {key} must be a number, not {value!r}") from None
-    if integer and float(value) != number:
-        raise ConfigError(f"plan {key} must be a whole number, not {value!r}")
-    if number < minimum or (strictly and number == minimum):
-        raise ConfigError(f"plan {key} must be {'above' if strictly else 'at least'} {minimum:g}, not {value!r}")
-    return number
-
-
-def normalize_plan(plan: dict) -> dict:
-    """The plan with defaults filled in and every value checked (ConfigError names the bad one)."""
-    out = dict(PLAN_DEFAULTS)
-    out.update({k: v for k, v in plan.items() if v is not None or k in ("dimensions", "max_in_flight",
-                                                                         "slo_p99_ms", "seed", "corpus")})
-    if out["mode"] not in ("closed", "open"):
-        raise ConfigError(f"plan mode must be 'closed' or 'open', not {out['mode']!r}")
-    if out["arrival"] not in ("constant", "poisson"):
-        raise ConfigError(f"plan arrival must be 'constant' or 'poisson', not {out['arrival']!r}")
-    if out["encoding"] not in ENCODINGS:
-        raise ConfigError(f"plan encoding must be 'float' or 'base64', not {out['encoding']!r}")
-    if out["input"] not in INPUT_MODES:
-        raise ConfigError(f"plan input must be one of {', '.join(INPUT_MODES)}, not {out['input']!r}")
-    levels = out["levels"]
-    if not isinstance(levels, list | tuple) or not levels:
-        raise ConfigError("plan levels must be a non-empty list of numbers")
-    checked = []
-    for value in levels:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"plan level {value!r} is not a number") from None
-        if number <= 0 or not math.isfinite(number):
-            raise ConfigError(f"plan level {value!r} must be above 0")
-        if out["mode"] == "closed":
-            if number != int(number):
-                raise ConfigError(f"closed-loop level {value!r} must be a whole number of requests in flight")
-            number = int(number)
-        checked.append(number)
-    out["levels"] = checked
-    out["warmup_s"] = _number(out, "warmup_s", minimum=0)
-    out["duration_s"] = _number(out, "duration_s", minimum=0, strictly=True)
-    out["tokens"] = _number(out, "tokens", minimum=1, integer=True)
-    out["batch"] = _number(out, "batch", minimum=1, integer=True)
-    out["dimensions"] = _number(out, "dimensions", minimum=1, integer=True, allow_none=True)
-    out["max_in_flight"] = _number(out, "max_in_flight", minimum=1, integer=True, allow_none=True)
-    out["timeout_s"] = _number(out, "timeout_s", minimum=0, strictly=True)
-    out["abort_error_rate"] = _number(out, "abort_error_rate", minimum=0)
-    out["abort_window_s"] = _number(out, "abort_window_s", minimum=1)
-    out["slo_p99_ms"] = _number(out, "slo_p99_ms", minimum=0, strictly=True, allow_none=True)
-    out["processes"] = _number(out, "processes", minimum=1, integer=True)
-    out["seed"] = _number(out, "seed", minimum=0, integer=True, allow_none=True)
-    out["keep_samples"] = bool(out["keep_samples"])
-    if out["input"] == "corpus" and not out["corpus"]:
-        raise ConfigError("plan input 'corpus' needs corpus texts")
-    return out
+def normalize_plan(plan: dict, limits: PlanLimits | None = None) -> dict:
+    """The plan with defaults filled in and every value checked (benchmarks.plan holds the rule)."""
+    return plan_rule.normalize_plan(plan, limits)
 
 
 def normalize_target(target: dict) -> dict:
@@ -138,6 +55,9 @@ def normalize_target(target: dict) -> dict:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError(f"base URL {url!r} must start with http:// or https://")
     out["base_urls"] = list(urls)
+    errors = plan_rule.target_list_errors(out)
+    if errors:
+        raise plan_rule.FieldErrors("target", errors)
     if not out.get("model") and out["flavor"] != "tei":
         raise ConfigError("the target needs a model name")
     return out
@@ -152,10 +72,10 @@ class Sweep:
     """One run of a plan against a target (use `run_sweep`)."""
 
     def __init__(self, target, plan, *, cancel, on_progress, on_level, telemetry, samples_sink, run_info,
-                 outbound=None):
+                 outbound=None, limits=None):
         self.target = normalize_target(target)
         self.outbound = outbound if outbound is not None else OutboundPolicy.from_environment()
-        self.plan = normalize_plan(plan)
+        self.plan = normalize_plan(plan, limits)
         check_combination(self.target, self.plan)
         self.cancel = cancel or CancelToken()
         self.on_progress = on_progress
@@ -493,7 +413,8 @@ def run_sweep(target: dict, plan: dict, *, cancel: CancelToken | None = None,
               on_level: Callable[[dict], None] | None = None,
               telemetry=None,
               samples_sink: Callable[[int, list[tuple]], None] | None = None,
-              run_info: dict | None = None, outbound: OutboundPolicy | None = None) -> dict:
+              run_info: dict | None = None, outbound: OutboundPolicy | None = None,
+              limits: PlanLimits | None = None) -> dict:
     """Run a plan against a target and return the full `embperf.run/1` document.
 
     Synchronous: the load runs in its own thread (one process) or spawned processes, this thread
@@ -502,8 +423,10 @@ def run_sweep(target: dict, plan: dict, *, cancel: CancelToken | None = None,
     `on_level` before an exception or a cancellation ends the sweep; a cancelled sweep returns
     its document with `run.status` "cancelled" and the levels that finished.
     Every address the sweep contacts passes `outbound` (default: the policy of $EMBPERF_ALLOWED_TARGETS,
-    benchmarks/outbound.py); telemetry carries its own (`build_telemetry(outbound=...)`).
+    benchmarks/outbound.py); telemetry carries its own (`build_telemetry(outbound=...)`). `limits` are
+    the installation's bounds for the plan (benchmarks.plan; the defaults when not given).
     """
     sweep = Sweep(target, plan, cancel=cancel, on_progress=on_progress, on_level=on_level,
-                  telemetry=telemetry, samples_sink=samples_sink, run_info=run_info, outbound=outbound)
+                  telemetry=telemetry, samples_sink=samples_sink, run_info=run_info, outbound=outbound,
+                  limits=limits)
     return sweep.run()

@@ -48,3 +48,16 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None or raw.strip() == "":
         return list(default)
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_header(name: str) -> tuple[str, str] | None:
+    """'HTTP_X_FORWARDED_PROTO,https' -> ('HTTP_X_FORWARDED_PROTO', 'https'); unset -> None."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    parts = [part.strip() for part in raw.split(",")]
+    if len(parts) != 2 or not all(parts) or not parts[0].startswith("HTTP_"):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a header and a value; use e.g. HTTP_X_FORWARDED_PROTO,https"
+        )
+    return parts[0], parts[1]

@@ -1,21 +1,29 @@
 """embperf settings: every value comes from an environment variable.
 
 The defaults give the embedded set-up (SQLite and a file-system Celery broker under
-var/), so `make run` needs no external service. Production sets DATABASE_URL,
-CELERY_BROKER_URL, SECRET_KEY, ALLOWED_HOSTS and DEBUG=false (see docs/deploy.md).
+var/), so `make run` needs no external service, with production's safety: DEBUG is off unless
+DEBUG=true. Production sets DATABASE_URL, CELERY_BROKER_URL, SECRET_KEY, ALLOWED_HOSTS and the
+HTTPS settings (docs/deploy.md, docs/production.env).
 """
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from benchmarks.outbound import parse_rules
-from portal.envconf import env_bool, env_float, env_int, env_list, env_str
+from benchmarks.plan import PlanLimits
+from portal.envconf import env_bool, env_float, env_header, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("EMBPERF_VAR_DIR", str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+# The database, broker queue and secret key live here: readable by the portal's own user only.
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+try:
+    VAR_DIR.chmod(0o700)
+except PermissionError:  # a folder the operator made for us and owns: their permissions stand
+    pass
 
 
 def _secret_key() -> str:
@@ -31,9 +39,21 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
-DEBUG = env_bool("DEBUG", True)
+# Off unless asked for: the debug page shows settings (database and broker URLs) to anyone.
+DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# HTTPS: off by default so `make run` works on http://127.0.0.1; production turns them on
+# (docs/production.env) and `manage.py check --deploy` then has nothing to warn about.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Behind a TLS-terminating proxy: the header (and value) by which it says the request came over HTTPS.
+SECURE_PROXY_SSL_HEADER = env_header("SECURE_PROXY_SSL_HEADER")
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -44,6 +64,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "axes",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -63,6 +84,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -96,6 +119,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    _sqlite_file = Path(DATABASES["default"]["NAME"])
+    if DATABASES["default"]["NAME"] != ":memory:" and _sqlite_file.parent.is_dir():
+        # SQLite creates its file (and its -wal and -shm files, alike) with the umask's permissions;
+        # made here first, the database is the portal user's alone.
+        _sqlite_file.touch(mode=0o600, exist_ok=True)
+        try:
+            _sqlite_file.chmod(0o600)
+        except PermissionError:
+            pass
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -103,6 +135,27 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# Sign-in throttling (django-axes): after EMBPERF_LOGIN_FAILURE_LIMIT wrong passwords for one user
+# name, or from one address, that user name or address may not sign in (not even with the right
+# password) for EMBPERF_LOGIN_LOCKOUT_MINUTES. API tokens never go through this (they are not passwords).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("EMBPERF_LOGIN_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("EMBPERF_LOGIN_LOCKOUT_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False  # no banner on every start; lockouts are still logged
+# The client's address: the connection's, unless EMBPERF_PROXY_COUNT trusted proxies stand in front
+# (then the address they add to X-Forwarded-For). Never the header alone: a client could write it.
+EMBPERF_PROXY_COUNT = env_int("EMBPERF_PROXY_COUNT", 0)
+AXES_IPWARE_PROXY_COUNT = EMBPERF_PROXY_COUNT or None
+AXES_IPWARE_PROXY_ORDER = "right-most"
+AXES_IPWARE_META_PRECEDENCE_ORDER = (
+    ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if EMBPERF_PROXY_COUNT else ["REMOTE_ADDR"]
+)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
@@ -117,17 +170,21 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 if (BASE_DIR / "node_modules" / "chart.js" / "dist").is_dir():  # installed by `npm ci` (make assets)
     STATICFILES_DIRS.append(("vendor/chart.js", BASE_DIR / "node_modules" / "chart.js" / "dist"))
+# Static files: hashed and compressed by `collectstatic` into staticfiles/ (make run and production
+# do it), or, with EMBPERF_STATIC_FROM_SOURCE=true (tests, DEBUG), served by whitenoise straight
+# from the source folders and picked up as they change.
+STATIC_FROM_SOURCE = env_bool("EMBPERF_STATIC_FROM_SOURCE", DEBUG)
+WHITENOISE_USE_FINDERS = STATIC_FROM_SOURCE
+WHITENOISE_AUTOREFRESH = STATIC_FROM_SOURCE
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-        if DEBUG
+        if STATIC_FROM_SOURCE
         else "whitenoise.storage.CompressedManifestStaticFilesStorage"
     },
 }
 
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
-CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 
 # Celery (namespace CELERY_ in this module, see workers/celery.py).
 BROKER_DIR = VAR_DIR / "broker"
@@ -157,13 +214,18 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = env_str("EMBPERF_DEFAULT_QUEUE", "sweeps")
+# Queues every team's targets may name; any other queue must be granted to the team (admin: Queue grants).
+EMBPERF_OPEN_QUEUES = env_list("EMBPERF_OPEN_QUEUES", [CELERY_TASK_DEFAULT_QUEUE])
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
 
-# Limits a plan may ask for; forms and the API enforce them.
-EMBPERF_MAX_LEVELS = env_int("EMBPERF_MAX_LEVELS", 32)
-EMBPERF_MAX_CONCURRENCY = env_int("EMBPERF_MAX_CONCURRENCY", 4096)
-EMBPERF_MAX_LEVEL_SECONDS = env_int("EMBPERF_MAX_LEVEL_SECONDS", 3600)
+# Limits a plan may ask for; the plan rule (benchmarks.plan) enforces them at every door.
+EMBPERF_MAX_LEVELS = env_int("EMBPERF_MAX_LEVELS", PlanLimits.max_levels)
+EMBPERF_MAX_CONCURRENCY = env_int("EMBPERF_MAX_CONCURRENCY", PlanLimits.max_concurrency)
+EMBPERF_MAX_RATE = env_float("EMBPERF_MAX_RATE", PlanLimits.max_rate)
+EMBPERF_MAX_LEVEL_SECONDS = env_float("EMBPERF_MAX_LEVEL_SECONDS", PlanLimits.max_level_seconds)
+# A whole run's planned time; the sweep task's time limits are sized from it.
+EMBPERF_MAX_RUN_SECONDS = env_float("EMBPERF_MAX_RUN_SECONDS", PlanLimits.max_run_seconds)
 # Outbound policy (docs/security.md): what the engine may contact, as CIDRs and host names with
 # optional ports. Blank: loopback and private ranges. Link-local, cloud metadata, unspecified,
 # multicast and broadcast addresses and this portal's own services are refused unless listed.

@@ -190,7 +190,9 @@ def test_export_markdown_table(api, finished):
     assert response["Content-Type"].startswith("text/markdown")
     text = response.content.decode()
     assert "| Concurrency | req/s |" in text
-    assert len([line for line in text.splitlines() if line.startswith("| ")]) == 3
+    # header, alignment rule, one row per level
+    assert len([line for line in text.splitlines() if line.startswith("| ")]) == 4
+    assert "| ---: | ---: |" in text
 
 
 def test_samples_stream_as_csv(api, finished):

@@ -26,9 +26,11 @@ CREATE_USER = """
 import django; django.setup()
 from django.contrib.auth.models import User
 from portal.accounts.models import Membership, Team
+from portal.sweeps.models import QueueGrant
 user = User.objects.create_user("walter", password={password!r})
 team = Team.objects.create(name="Perf team")
 Membership.objects.create(team=team, user=user, role="owner")
+QueueGrant.objects.create(team=team, queue={queue!r})  # the operator lends the team this worker's queue
 """
 
 # Number of painted pixels on a canvas: a chart that drew has many, a blank canvas none.
@@ -87,13 +89,13 @@ def portal(tmp_path_factory):
     var_dir = tmp_path_factory.mktemp("browser")
     queue = e2e.unique_name("browser_sweeps")
     env = e2e.base_env(var_dir, database_url=f"sqlite:///{var_dir / 'portal.sqlite3'}", broker_url="filesystem://")
-    env["DEBUG"] = "true"  # static files straight from the source tree, as under `make run`
+    env["EMBPERF_STATIC_FROM_SOURCE"] = "true"  # static files straight from the source tree; DEBUG stays off
     worker = web = None
     with running_simulator() as sim:
         try:
             e2e.migrate(env)
-            subprocess.run([e2e.PYTHON, "-c", CREATE_USER.format(password=PASSWORD)], cwd=e2e.ROOT, env=env,
-                           check=True, timeout=120)
+            setup_script = CREATE_USER.format(password=PASSWORD, queue=queue)
+            subprocess.run([e2e.PYTHON, "-c", setup_script], cwd=e2e.ROOT, env=env, check=True, timeout=120)
             worker = e2e.Worker(env, queue, var_dir / "worker.log")
             web = WebServer(env, var_dir / "web.log")
             url = web.wait_url()

@@ -72,7 +72,7 @@ def test_run_against_a_broken_target_exits_1(capsys):
     [
         (["run", "--model", "m"], "the following arguments are required: --url"),
         (["run", "--url", "http://h/v1", "--model", "m", "--levels", "1,x"], "levels must be numbers"),
-        (["run", "--url", "http://h/v1", "--model", "m", "--duration", "-1"], "-1 must be above 0"),
+        (["run", "--url", "http://h/v1", "--model", "m", "--duration", "-1"], "--duration: The measured duration"),
         (["run", "--url", "http://h/v1", "--model", "m", "--flavor", "grpc"], "invalid choice: 'grpc'"),
         (["run", "--url", "http://h/v1"], "the target needs a model name"),
         (["run", "--url", "h:8000", "--model", "m"], "must start with http:// or https://"),

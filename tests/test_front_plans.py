@@ -72,27 +72,27 @@ def test_smoke_preset_is_short(client, owner, team):
     "field, value, message",
     [
         ("levels", "1,4,abc", "“abc” is not a number"),
-        ("levels", "0", "greater than zero; “0” is not"),
-        ("levels", "-4", "greater than zero; “-4” is not"),
+        ("levels", "0", "Levels must be greater than zero; 0 is not."),
+        ("levels", "-4", "Levels must be greater than zero; -4 is not."),
         ("levels", "", "Enter at least one level"),
         ("levels", "   ", "Enter at least one level"),
         ("levels", "1, 4, 4", "Level 4 appears twice"),
-        ("levels", "1, 2.5", "whole number; “2.5” is not"),
+        ("levels", "1, 2.5", "whole number; 2.5 is not"),
         ("levels", "1, 5000", "above this installation's maximum of 4096"),
         ("levels", ", ".join(str(i) for i in range(1, 40)), "At most 32 levels"),
         ("levels", "1, nan", "not a finite number"),
-        ("duration_s", "0", "The duration must be greater than zero"),
-        ("duration_s", "-5", "The duration must be greater than zero"),
-        ("duration_s", "99999", "At most 3600 s per level"),
-        ("warmup_s", "-1", "zero or more"),
-        ("tokens", "0", "Tokens per text must be greater than zero"),
-        ("dimensions", "0", "Dimensions must be greater than zero"),
-        ("batch", "0", "Texts per request must be greater than zero"),
-        ("timeout_s", "0", "The timeout must be greater than zero"),
-        ("abort_error_rate", "1.5", "between 0 and 1"),
-        ("slo_p99_ms", "-3", "The SLO must be greater than zero"),
-        ("max_in_flight", "99999", "At most 4096"),
-        ("input_mode", "corpus", "Paste the corpus"),
+        ("duration_s", "0", "The measured duration must be greater than 0 s"),
+        ("duration_s", "-5", "The measured duration must be greater than 0 s"),
+        ("duration_s", "99999", "may be at most 3600 s on this installation (EMBPERF_MAX_LEVEL_SECONDS)"),
+        ("warmup_s", "-1", "The warm-up must be at least 0 s"),
+        ("tokens", "0", "Tokens per text must be at least 1"),
+        ("dimensions", "0", "Dimensions must be at least 1"),
+        ("batch", "0", "Texts per request must be at least 1"),
+        ("timeout_s", "0", "The request timeout must be greater than 0 s"),
+        ("abort_error_rate", "1.5", "The abort error rate may be at most 1"),
+        ("slo_p99_ms", "-3", "The latency SLO must be greater than 0 ms"),
+        ("max_in_flight", "99999", "may be at most 4096 on this installation"),
+        ("input_mode", "corpus", "The corpus input needs texts"),
         ("name", "", "This field is required"),
     ],
 )
@@ -115,7 +115,7 @@ def test_limits_follow_settings(client, owner, team, settings):
     errors = post_plan(client, owner, {**GOOD, "levels": "1, 64"}).context["form"].errors
     assert "maximum of 32" in errors["levels"][0]
     errors = post_plan(client, owner, {**GOOD, "levels": "1, 2, 3"}).context["form"].errors
-    assert "At most 2 levels" in errors["levels"][0]
+    assert "At most 2 levels per plan" in errors["levels"][0]
     assert not Plan.objects.filter(name="my sweep").exists()
 
 

@@ -26,7 +26,8 @@ from benchmarks.document import level_load
 from benchmarks.errors import SweepError
 from benchmarks.sweep import run_sweep as engine_run_sweep
 from portal.api.samples import writer_for_run
-from portal.sweeps.models import Level, Plan, Run, Target, new_servers
+from portal.sweeps.bounds import plan_limits
+from portal.sweeps.models import Level, Run, Target, new_servers
 from portal.sweeps.outbound import outbound_policy
 from portal.sweeps.services import store_level, sweep_time_limits
 from workers import recovery
@@ -113,10 +114,7 @@ def target_busy_with(run: Run) -> int | None:
 
 
 def planned_soft_limit(run: Run) -> int:
-    plan = run.plan_config or {}
-    sizing = Plan(levels=list(plan.get("levels") or []), warmup_s=plan.get("warmup_s") or 0,
-                  duration_s=plan.get("duration_s") or 0, timeout_s=plan.get("timeout_s") or 0)
-    return sweep_time_limits(sizing)[0]
+    return sweep_time_limits(dict(run.plan_config or {}))[0]
 
 
 def internal_error_reason(exc: BaseException, node: str) -> str:
@@ -154,6 +152,7 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
             target_spec, plan_spec, cancel=token, on_progress=recorder.on_progress, on_level=recorder.on_level,
             telemetry=telemetry, samples_sink=recorder.on_samples if samples_writer else None, run_info=run_info,
             outbound=outbound,
+            limits=plan_limits(),
         )
         status = Run.Status.CANCELLED if token.cancelled else Run.Status.SUCCEEDED
     except SweepError as exc:

@@ -3,10 +3,8 @@
 The column names of the CSV are a public contract (docs/api.md): add columns at the end,
 never rename or drop one.
 """
-import csv
-import io
-
 from benchmarks.document import SCHEMA, public_target
+from benchmarks.tables import csv_text, markdown_table, md_escape
 from portal.sweeps.models import Run
 from portal.sweeps.services import gpu_totals
 
@@ -125,26 +123,13 @@ LEVEL_COLUMNS = (
 LEVEL_COLUMN_NAMES = tuple(name for name, _ in LEVEL_COLUMNS)
 
 
-def _cell(value) -> str:
-    # repr() of a float round-trips exactly, so the CSV carries the JSON document's figures unchanged.
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 def levels_csv(runs: list[Run]) -> str:
-    """One CSV row per level of each run, header first."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(LEVEL_COLUMN_NAMES)
+    """One CSV row per level of each run, header first (floats exact, text cells formula-safe)."""
+    rows = [LEVEL_COLUMN_NAMES]
     for run in runs:
         for level in run.levels.order_by("index"):
-            writer.writerow([_cell(fn(run, level.data)) for _, fn in LEVEL_COLUMNS])
-    return out.getvalue()
+            rows.append([fn(run, level.data) for _, fn in LEVEL_COLUMNS])
+    return csv_text(rows)
 
 
 def _fmt(value, unit: str = "") -> str:
@@ -157,29 +142,25 @@ def _fmt(value, unit: str = "") -> str:
     return text + unit
 
 
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def levels_markdown(run: Run) -> str:
     """The run's levels as a Markdown table, with a title line naming target, plan and status."""
     load_name = "Rate (req/s)" if run.level_key == "rate" else "Concurrency"
     title = (
-        f"**Run {run.pk}** {_md_escape(run.label) + ' ' if run.label else ''}"
-        f"– target {_md_escape(run.target_config.get('name', '?'))}, "
-        f"plan {_md_escape(run.plan_config.get('name', '?'))}, {run.status}"
+        f"**Run {run.pk}** {md_escape(run.label) + ' ' if run.label else ''}"
+        f"– target {md_escape(run.target_config.get('name', '?'))}, "
+        f"plan {md_escape(run.plan_config.get('name', '?'))}, {run.status}"
     )
     header = [load_name, "req/s", "texts/s", "tokens/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
               "GPU util", "power W"]
-    lines = [title, ""]
+    preamble = []
     if run.aborted_at_level is not None:
-        lines += [f"**Stopped by the abort policy at level {_fmt(run.aborted_at_level)}**: the levels after it "
-                  "were not measured.", ""]
+        preamble += [f"**Stopped by the abort policy at level {_fmt(run.aborted_at_level)}**: the levels after it "
+                     "were not measured.", ""]
     if run.resumed_from_id is not None:
         loads = ", ".join(_fmt(level.load) for _, level in run.earlier_levels())
-        lines += [f"Resumed from run {run.resumed_from_id}, which measured {loads or 'no level'}; "
-                  "this table holds only the levels measured in this run.", ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+        preamble += [f"Resumed from run {run.resumed_from_id}, which measured {loads or 'no level'}; "
+                     "this table holds only the levels measured in this run.", ""]
+    rows = []
     notes = []
     for level in run.levels.order_by("index"):
         lv = level.data
@@ -205,7 +186,8 @@ def levels_markdown(run: Run) -> str:
             _fmt(gpu["gpu_util_mean"], " %"),
             _fmt(gpu["power_mean_w"]),
         ]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    lines = [title, "", *preamble, *markdown_table(header, rows, ["right"] * len(header))]
     if notes:
         lines += ["", notes[0]]
     return "\n".join(lines) + "\n"

@@ -17,8 +17,11 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from benchmarks import stats
 from benchmarks.document import public_target
+from portal.accounts.models import Team
 from portal.front.fields import URLListField
+from portal.sweeps.bounds import plan_document_errors, target_field_errors
 from portal.sweeps.models import Plan, Run, Target
 from portal.sweeps.outbound import outbound_policy, validate_outbound_url
 from portal.sweeps.services import store_level
@@ -118,6 +121,35 @@ def _parse_time(value, field: str, errors: dict):
     return parsed.replace(tzinfo=UTC) if timezone.is_naive(parsed) else parsed
 
 
+# Level figures that history, comparison and charts compute with, and the largest value each may hold:
+# far above anything a server serves, low enough that sums, differences and squares stay finite.
+FIGURE_MAX = 1e12
+LEVEL_FIGURES = ("duration_s", "qps", "texts_per_s", "tokens_per_s", "error_rate")
+
+
+def _check_histogram(value, field: str, errors: dict) -> None:
+    if not value:
+        return
+    try:
+        stats.decode(value)
+    except Exception:  # the decoder raises whatever its input makes it (binascii, zlib, struct, ...)
+        errors.setdefault(field, []).append(
+            f"{_short(value)} is not an encoded HDR histogram (base64 of the compressed V2 format, "
+            "as the engine writes it)."
+        )
+
+
+def _check_figures(level: dict, where: str, errors: dict) -> None:
+    figures = [(key, level.get(key)) for key in LEVEL_FIGURES]
+    figures += [(f"latency_ms.{key}", value) for key, value in (level.get("latency_ms") or {}).items()]
+    figures += [(f"service_ms.{key}", value) for key, value in (level.get("service_ms") or {}).items()]
+    for key, value in figures:
+        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > FIGURE_MAX:
+            errors.setdefault(f"{where}.{key}", []).append(
+                f"{_short(value)} is not a plausible figure (at most {FIGURE_MAX:g})."
+            )
+
+
 def validate_document(doc) -> dict:
     """Check a parsed document; returns the parsed times. Raises IngestError naming each bad field."""
     errors: dict[str, list[str]] = {}
@@ -142,6 +174,11 @@ def validate_document(doc) -> dict:
         except ValueError:
             errors.setdefault("run.uuid", []).append(f"{_short(doc['run']['uuid'])} is not a UUID.")
     _check_target_urls(doc["target"], errors)
+    # The plan rule, with this installation's limits: a plan that could not be started here is refused.
+    for field, messages in plan_document_errors(doc["plan"]).items():
+        errors.setdefault(f"plan.{field}", []).extend(messages)
+    for field, messages in target_field_errors(doc["target"]).items():
+        errors.setdefault(f"target.{field}", []).extend(messages)
     load_key = "rate" if doc["plan"]["mode"] == "open" else "concurrency"
     seen: set[int] = set()
     for i, level in enumerate(doc["levels"]):
@@ -153,6 +190,8 @@ def validate_document(doc) -> dict:
                 f"Required: a {doc['plan']['mode']}-loop plan's levels give their {load_key}."
             )
         _parse_time(level.get("started_at"), f"levels[{i}].started_at", errors)
+        _check_histogram(level.get("histogram"), f"levels[{i}].histogram", errors)
+        _check_figures(level, f"levels[{i}]", errors)
     if errors:
         raise IngestError(errors)
     return times
@@ -229,7 +268,10 @@ def ingest_document(doc, *, team, user=None) -> Run:
     times = validate_document(doc)
     run_spec = doc["run"]
     if run_spec.get("uuid"):
-        existing = Run.objects.filter(uuid=run_spec["uuid"]).first()
+        # Only the caller's own teams are looked in: another team's run is neither found nor named.
+        visible = Run.objects.filter(team__in=Team.objects.for_user(user)) if user is not None else Run.objects.none()
+        existing = visible.filter(uuid=run_spec["uuid"]).first() or Run.objects.filter(
+            team=team, uuid=run_spec["uuid"]).first()
         if existing is not None:
             raise AlreadyIngested(existing)
     with transaction.atomic():

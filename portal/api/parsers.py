@@ -8,6 +8,10 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# Deepest nesting of arrays and objects a body may have: a result document needs about 6, and every
+# reader after the parser (validation, storage) walks the value recursively.
+MAX_JSON_DEPTH = 64
+TOO_DEEP = f"The JSON in the request body is nested deeper than {MAX_JSON_DEPTH} levels."
 
 
 def _reject_constant(name: str):
@@ -36,9 +40,29 @@ def parse_json_body(body: bytes, encoding: str = "utf-8"):
     except (UnicodeDecodeError, LookupError) as exc:
         raise ParseError({"body": [f"The request body is not valid {encoding} text: {exc}"]}) from None
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except ValueError as exc:
         raise ParseError({"body": [f"Malformed JSON in the request body: {exc}"]}) from None
+    except RecursionError:
+        # Thousands of nested brackets exhaust the decoder's stack: a bad body, not a server fault.
+        raise ParseError({"body": [TOO_DEEP]}) from None
+    if _deeper_than(value, MAX_JSON_DEPTH):
+        raise ParseError({"body": [TOO_DEEP]})
+    return value
+
+
+def _deeper_than(value, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 class LimitedJSONParser(BaseParser):

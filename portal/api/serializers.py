@@ -15,6 +15,7 @@ from portal.api.access import api_teams, plans_for, targets_for
 from portal.front.fields import _KEY_RE
 from portal.front.forms import PlanForm, TargetForm
 from portal.sweeps.models import Level, Plan, Run, Target
+from portal.sweeps.services import PLAN_OUT_OF_BOUNDS, plan_start_errors, target_queue_error
 
 
 class StrictMixin:
@@ -145,7 +146,8 @@ class TargetSerializer(FormBackedSerializer):
     team = VisibleTeamField(required=False, help_text="Team id; optional when you can write to one team only.")
     name = serializers.CharField(max_length=100)
     flavor = serializers.ChoiceField(choices=Target.Flavor.choices, required=False)
-    base_urls = serializers.ListField(child=serializers.CharField(max_length=500), min_length=1, max_length=32)
+    # How many URLs a target may list is the plan rule's (benchmarks.plan.TARGET_LISTS), through TargetForm.
+    base_urls = serializers.ListField(child=serializers.CharField(max_length=500))
     model_name = serializers.CharField(max_length=200)
     api_key = serializers.CharField(
         write_only=True, required=False, allow_blank=True, max_length=1000, trim_whitespace=True,
@@ -158,8 +160,7 @@ class TargetSerializer(FormBackedSerializer):
                                           required=False)
     gpu_source = serializers.ChoiceField(choices=Target.GpuSource.choices, required=False)
     gpu_indices = serializers.CharField(max_length=50, required=False, allow_blank=True)
-    metrics_urls = serializers.ListField(child=serializers.CharField(max_length=500), required=False,
-                                         max_length=32)
+    metrics_urls = serializers.ListField(child=serializers.CharField(max_length=500), required=False)
     queue = serializers.CharField(max_length=50, required=False)
     last_probe = serializers.JSONField(read_only=True)
     created = serializers.DateTimeField(read_only=True)
@@ -197,23 +198,25 @@ class PlanSerializer(FormBackedSerializer):
     name = serializers.CharField(max_length=100)
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     mode = serializers.ChoiceField(choices=Plan.Mode.choices, required=False)
-    levels = serializers.ListField(child=serializers.FloatField(), min_length=1, max_length=1000,
+    # Numbers are only read here; their ranges are the plan rule's (benchmarks.plan, through PlanForm),
+    # so the API refuses a value with the same message as the page.
+    levels = serializers.ListField(child=serializers.FloatField(),
                                    help_text="Concurrencies (closed loop) or rates in requests/s (open loop).")
     arrival = serializers.ChoiceField(choices=Plan.Arrival.choices, required=False)
-    max_in_flight = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1_000_000)
-    warmup_s = serializers.FloatField(required=False, min_value=0, max_value=1e6)
-    duration_s = serializers.FloatField(required=False, min_value=0, max_value=1e6)
-    tokens = serializers.IntegerField(required=False, min_value=1, max_value=1_000_000)
-    batch = serializers.IntegerField(required=False, min_value=1, max_value=100_000)
-    dimensions = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1_000_000)
+    max_in_flight = serializers.IntegerField(required=False, allow_null=True)
+    warmup_s = serializers.FloatField(required=False)
+    duration_s = serializers.FloatField(required=False)
+    tokens = serializers.IntegerField(required=False)
+    batch = serializers.IntegerField(required=False)
+    dimensions = serializers.IntegerField(required=False, allow_null=True)
     encoding = serializers.ChoiceField(choices=Plan.Encoding.choices, required=False)
-    timeout_s = serializers.FloatField(required=False, min_value=0, max_value=1e6)
-    abort_error_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
-    abort_window_s = serializers.FloatField(required=False, min_value=0, max_value=1e6)
-    slo_p99_ms = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1e9)
+    timeout_s = serializers.FloatField(required=False)
+    abort_error_rate = serializers.FloatField(required=False)
+    abort_window_s = serializers.FloatField(required=False)
+    slo_p99_ms = serializers.FloatField(required=False, allow_null=True)
     input_mode = serializers.ChoiceField(choices=Plan.Input.choices, required=False)
     corpus_text = serializers.CharField(required=False, allow_blank=True, max_length=10_000_000, trim_whitespace=False)
-    processes = serializers.IntegerField(required=False, min_value=1, max_value=1024)
+    processes = serializers.IntegerField(required=False)
     keep_samples = serializers.BooleanField(required=False)
     created = serializers.DateTimeField(read_only=True)
     updated = serializers.DateTimeField(read_only=True)
@@ -335,6 +338,15 @@ class RunStartSerializer(StrictMixin, serializers.Serializer):
                 {"plan": [f"This plan belongs to {plan.team.name}; pick a plan of {target.team.name}, "
                           "the target's team."]}
             )
+        errors = {}
+        problems = plan_start_errors(plan)
+        if problems:
+            errors["plan"] = [PLAN_OUT_OF_BOUNDS + "; ".join(problems)]
+        queue_error = target_queue_error(target)
+        if queue_error:
+            errors["target"] = [queue_error]
+        if errors:
+            raise serializers.ValidationError(errors)
         return attrs
 
 

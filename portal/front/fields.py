@@ -18,10 +18,10 @@ def format_number(value: float) -> str:
 
 
 class LevelsField(forms.CharField):
-    """'1, 4, 8, 16' -> [1, 4, 8, 16]: positive, distinct numbers, in the order given.
+    """'1, 4, 8, 16' -> [1, 4, 8, 16]: numbers, in the order given.
 
-    Whether a level must be a whole number (concurrency) or may be fractional (arrival rate),
-    and the installation's limits, depend on the plan's mode; PlanForm checks those.
+    Which numbers a plan may hold (positive, distinct, whole for concurrency, within the
+    installation's limits) is the plan rule's to say (benchmarks.plan, through PlanForm.clean).
     """
 
     def __init__(self, **kwargs):
@@ -47,12 +47,6 @@ class LevelsField(forms.CharField):
                 raise ValidationError(
                     f"“{token}” is not a number. Separate levels with commas, e.g. 1, 4, 8, 16."
                 ) from None
-            if number != number or number in (float("inf"), float("-inf")):
-                raise ValidationError(f"“{token}” is not a finite number.")
-            if number <= 0:
-                raise ValidationError(f"Levels must be greater than zero; “{token}” is not.")
-            if number in levels:
-                raise ValidationError(f"Level {format_number(number)} appears twice; each level must be different.")
             levels.append(int(number) if number.is_integer() else number)
         return levels
 

@@ -2,14 +2,25 @@
 import re
 
 from django import forms
-from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 
 from portal.front.access import teams_for_user
-from portal.front.fields import KeyValueField, LevelsField, URLListField, format_number
-from portal.sweeps.models import Plan, Run, Target, new_servers
+from portal.front.fields import KeyValueField, LevelsField, URLListField
+from portal.sweeps.bounds import plan_field_errors, target_field_errors
+from portal.sweeps.models import Plan, QueueGrant, Run, Target, new_servers
 from portal.sweeps.outbound import outbound_policy, validate_outbound_url
+from portal.sweeps.services import PLAN_OUT_OF_BOUNDS, plan_start_errors, queue_refusal, target_queue_error
 
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+# Engine plan field -> PlanForm field, for the fields the plan rule checks.
+PLAN_SPEC_FIELDS = {
+    "mode": "mode", "levels": "levels", "arrival": "arrival", "max_in_flight": "max_in_flight",
+    "warmup_s": "warmup_s", "duration_s": "duration_s", "tokens": "tokens", "batch": "batch",
+    "dimensions": "dimensions", "encoding": "encoding", "timeout_s": "timeout_s",
+    "abort_error_rate": "abort_error_rate", "abort_window_s": "abort_window_s", "slo_p99_ms": "slo_p99_ms",
+    "input": "input_mode", "processes": "processes", "keep_samples": "keep_samples",
+}
 
 
 class TeamChoiceMixin:
@@ -83,6 +94,11 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
             self.fields.pop("clear_api_key")
         # The model's value must never travel back to the browser.
         self.initial["api_key"] = ""
+        team = self.instance.team if not creating else getattr(self, "_default_team", None)
+        if team is not None:
+            self.fields["queue"].help_text = (
+                "Celery queue whose workers run this target's sweeps; open to this team: "
+                + ", ".join(QueueGrant.objects.queues_for(team)) + ".")
 
     def _clean_outbound(self, name):
         # The outbound policy (docs/security.md), the same the worker applies when it connects.
@@ -123,6 +139,14 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        team = cleaned.get("team") if self.instance.pk is None else self.instance.team
+        queue = cleaned.get("queue")
+        if team is not None and queue and not QueueGrant.objects.allows(team, queue):
+            self.add_error("queue", queue_refusal(team, queue))
+        lists = {name: cleaned[name] for name in ("base_urls", "metrics_urls") if name in cleaned}
+        for field, messages in target_field_errors(lists).items():
+            if field in lists:
+                self.add_error(field, messages)
         if cleaned.get("gpu_source") == Target.GpuSource.PROMETHEUS and not cleaned.get("metrics_urls"):
             self.add_error("metrics_urls", "GPU telemetry from Prometheus needs at least one metrics URL.")
         self._check_key_binding(cleaned)
@@ -183,6 +207,7 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
         }
         help_texts = {
             "dimensions": "Leave blank for the model's default vector length.",
+            "max_in_flight": "Leave blank for this installation's maximum (EMBPERF_MAX_CONCURRENCY).",
             "abort_error_rate": "0 to 1; 0.5 stops a level when half the requests fail.",
             "corpus_text": "One text per line; used when Inputs is Corpus.",
             "slo_p99_ms": "Optional; the summary reports the highest level that met it.",
@@ -197,101 +222,31 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._setup_team(user, self.instance.pk is None)
+        for name in PLAN_SPEC_FIELDS.values():
+            field = self.fields.get(name)
+            if isinstance(field, forms.IntegerField | forms.FloatField):
+                # The plan rule owns the ranges (and their messages); the form field only reads a number.
+                field.validators = [v for v in field.validators
+                                    if not isinstance(v, MinValueValidator | MaxValueValidator)]
         # Short labels fit the form's column; the help text says what each mode holds fixed.
         self.fields["mode"].choices = [(Plan.Mode.CLOSED, "Closed loop"), (Plan.Mode.OPEN, "Open loop")]
         self.fields["mode"].help_text = "Closed: fixed concurrency. Open: fixed arrival rate (req/s)."
 
-    def _positive(self, name, what, *, allow_zero=False):
-        value = self.cleaned_data.get(name)
-        if value is None:
-            return value
-        if value < 0 or (value == 0 and not allow_zero):
-            raise forms.ValidationError(f"{what} must be {'zero or more' if allow_zero else 'greater than zero'}.")
-        return value
-
-    def clean_duration_s(self):
-        value = self._positive("duration_s", "The duration")
-        limit = settings.EMBPERF_MAX_LEVEL_SECONDS
-        if value is not None and value > limit:
-            raise forms.ValidationError(
-                f"At most {limit} s per level on this installation (EMBPERF_MAX_LEVEL_SECONDS)."
-            )
-        return value
-
-    def clean_warmup_s(self):
-        return self._positive("warmup_s", "The warm-up", allow_zero=True)
-
-    def clean_timeout_s(self):
-        return self._positive("timeout_s", "The timeout")
-
-    def clean_tokens(self):
-        return self._positive("tokens", "Tokens per text")
-
-    def clean_batch(self):
-        return self._positive("batch", "Texts per request")
-
-    def clean_dimensions(self):
-        value = self.cleaned_data.get("dimensions")
-        if value is not None and value <= 0:
-            raise forms.ValidationError("Dimensions must be greater than zero, or blank for the model's default.")
-        return value
-
-    def clean_processes(self):
-        return self._positive("processes", "Client processes")
-
-    def clean_abort_window_s(self):
-        return self._positive("abort_window_s", "The abort window")
-
-    def clean_abort_error_rate(self):
-        value = self.cleaned_data.get("abort_error_rate")
-        if value is not None and not 0 < value <= 1:
-            raise forms.ValidationError("Give a fraction between 0 and 1, e.g. 0.5 for half the requests failing.")
-        return value
-
-    def clean_slo_p99_ms(self):
-        value = self.cleaned_data.get("slo_p99_ms")
-        if value is not None and value <= 0:
-            raise forms.ValidationError("The SLO must be greater than zero milliseconds, or blank for none.")
-        return value
-
-    def clean_max_in_flight(self):
-        value = self.cleaned_data.get("max_in_flight")
-        if value is not None:
-            if value <= 0:
-                raise forms.ValidationError("Max in flight must be greater than zero, or blank for no cap.")
-            if value > settings.EMBPERF_MAX_CONCURRENCY:
-                raise forms.ValidationError(
-                    f"At most {settings.EMBPERF_MAX_CONCURRENCY} on this installation (EMBPERF_MAX_CONCURRENCY)."
-                )
-        return value
-
     def clean(self):
+        """Every plan value is checked by the plan rule (benchmarks.plan), so the API, ingest, the CLI
+        and the worker refuse the same values with the same messages."""
         cleaned = super().clean()
-        levels = cleaned.get("levels")
-        mode = cleaned.get("mode")
-        if levels:
-            max_levels = settings.EMBPERF_MAX_LEVELS
-            if len(levels) > max_levels:
-                self.add_error(
-                    "levels", f"At most {max_levels} levels per plan (you entered {len(levels)}; EMBPERF_MAX_LEVELS)."
-                )
-            elif mode == Plan.Mode.CLOSED:
-                fractional = [v for v in levels if not float(v).is_integer()]
-                too_high = [v for v in levels if v > settings.EMBPERF_MAX_CONCURRENCY]
-                if fractional:
-                    self.add_error(
-                        "levels",
-                        f"Concurrency is a number of requests in flight, so a whole number; "
-                        f"“{format_number(fractional[0])}” is not.",
-                    )
-                elif too_high:
-                    self.add_error(
-                        "levels",
-                        f"Concurrency {format_number(too_high[0])} is above this installation's maximum of "
-                        f"{settings.EMBPERF_MAX_CONCURRENCY} (EMBPERF_MAX_CONCURRENCY).",
-                    )
-        if cleaned.get("input_mode") == Plan.Input.CORPUS and not cleaned.get("corpus_text", "").strip():
-            self.add_error("corpus_text", "Paste the corpus, one text per line, or choose another input mode.")
+        spec = {}
+        for engine_name, model_name in PLAN_SPEC_FIELDS.items():
+            if model_name in cleaned:
+                spec[engine_name] = cleaned[model_name]
+        if cleaned.get("input_mode") == Plan.Input.CORPUS:
+            spec["corpus"] = [line for line in (cleaned.get("corpus_text") or "").splitlines() if line.strip()]
+        for field, messages in plan_field_errors(spec).items():
+            # A field that could not even be read already says so; the rule speaks about values only.
+            if field in self.fields and field not in self.errors:
+                for message in messages:
+                    self.add_error(field, message)
         return cleaned
 
 
@@ -326,6 +281,12 @@ class RunForm(forms.Form):
             self.add_error(
                 "plan", f"This plan belongs to {plan.team.name}; pick a plan of {target.team.name}, the target's team."
             )
+        elif plan:
+            problems = plan_start_errors(plan)
+            if problems:
+                self.add_error("plan", PLAN_OUT_OF_BOUNDS + "; ".join(problems))
+        if target and target_queue_error(target):
+            self.add_error("target", target_queue_error(target))
         return cleaned
 
 

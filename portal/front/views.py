@@ -277,6 +277,7 @@ def run_detail(request, pk):
     context["levels_total"] = len(run.plan_config.get("levels") or [])
     context["elapsed_s"] = (run.finished - run.started).total_seconds() if run.started and run.finished else None
     context.update(_continuation_context(request.user, run))
+    context["queue_text"] = run.queue_text()
     return render(request, "sweeps/run_detail.html", context)
 
 
@@ -318,6 +319,8 @@ def run_progress(request, pk):
         "worker_host": run.worker_host,
         "levels_total": len(run.plan_config.get("levels") or []),
         "levels_done": run.levels.count(),
+        "queue_position": run.queue_position(),
+        "queue_text": run.queue_text(),
         "progress": run.progress or {},
         "levels": None,
         "results_html": None,

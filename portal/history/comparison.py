@@ -6,9 +6,8 @@ and Markdown.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
+import math
 from collections import defaultdict
 
 from django.db.models import F, Q, Window
@@ -22,6 +21,7 @@ from benchmarks.compare import (
     compare_values,
     run_figures,
 )
+from benchmarks.tables import csv_text, markdown_table
 from portal.history.models import LevelStats
 from portal.sweeps.models import Level, Run
 
@@ -259,8 +259,11 @@ class Comparison:
         return {"changed": changed, "same": same}
 
     def to_dict(self) -> dict:
-        """JSON-ready comparison: runs, metrics, rows (one per level and metric), config diff."""
-        return {
+        """JSON-ready comparison: runs, metrics, rows (one per level and metric), config diff.
+
+        A figure that overflows (a huge stored value, a difference of two) becomes null: JSON has no
+        infinity, and one bad figure must not cost the whole comparison."""
+        return _finite({
             "baseline": self.baseline.pk,
             "k_sigma": K_SIGMA,
             "load_key": self.load_key,
@@ -285,18 +288,16 @@ class Comparison:
             ],
             "rows": self.rows,
             "config_diff": self.config_diff(),
-        }
+        })
 
     def to_csv(self) -> str:
         """One line per level and metric: each run's value, and each candidate's diff, % and significance."""
-        out = io.StringIO()
-        writer = csv.writer(out)
         header = [self.load_key, "metric", "unit"]
         for r in self.runs:
             header.append(f"run {r.pk} value")
             if r.pk != self.baseline.pk:
                 header += [f"run {r.pk} diff", f"run {r.pk} pct", f"run {r.pk} significant"]
-        writer.writerow(header)
+        lines = [header]
         for row in self.rows:
             metric = METRICS[row["metric"]]
             line = [_load_text(row["load"]), metric.key, metric.unit if metric.key != "error_rate" else "fraction"]
@@ -308,8 +309,8 @@ class Comparison:
                         d["diff"], "" if d["pct"] is None else round(d["pct"], 3),
                         "" if d["significant"] is None else str(d["significant"]).lower(),
                     ]
-            writer.writerow(line)
-        return out.getvalue()
+            lines.append(line)
+        return csv_text(lines)
 
     def to_markdown(self) -> str:
         """A Markdown table (the form pasted into reports): level, metric, each run, diff and % change.
@@ -318,11 +319,11 @@ class Comparison:
         """
         load_title = {"concurrency": "Concurrency", "rate": "Rate (req/s)"}.get(self.load_key, "Load")
         header = [load_title, "Metric", f"{run_title(self.baseline)} (baseline)"]
-        align = ["---:", "---", "---:"]
+        align = ["right", "left", "right"]
         for r in self.candidates:
             header += [run_title(r), "Δ", "Δ %"]
-            align += ["---:", "---:", "---:"]
-        lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+            align += ["right", "right", "right"]
+        table = []
         base_index = self.runs.index(self.baseline)
         for row in self.rows:
             metric = METRICS[row["metric"]]
@@ -335,13 +336,21 @@ class Comparison:
                 d = cell["delta"]
                 line += [_fmt_value(metric.key, cell["value"]),
                          "–" if d is None else _fmt_diff(metric.key, d["diff"]), _fmt_pct(d)]
-            lines.append("| " + " | ".join(line) + " |")
-        lines += ["", f"\\* beyond the noise ({K_SIGMA:g} standard errors of the difference, and 2 % of the baseline)."]
+            table.append(line)
+        note = f"\\* beyond the noise ({K_SIGMA:g} standard errors of the difference, and 2 % of the baseline)."
+        lines = [*markdown_table(header, table, align), "", note]
         return "\n".join(lines) + "\n"
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+def _finite(value):
+    """The value with every infinite or NaN float inside it replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def build_comparison(runs: list[Run], baseline: Run) -> Comparison:

@@ -1,6 +1,13 @@
 from django.contrib import admin
 
-from portal.sweeps.models import Level, Plan, Run, Target
+from portal.sweeps.models import Level, Plan, QueueGrant, Run, Target
+
+
+@admin.register(QueueGrant)
+class QueueGrantAdmin(admin.ModelAdmin):
+    list_display = ["queue", "team", "created"]
+    list_filter = ["queue"]
+    search_fields = ["queue", "team__name"]
 
 
 @admin.register(Target)

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from benchmarks.plan import PLAN_DEFAULTS, planned_seconds
 from portal.accounts.models import Team
 from portal.sweeps.fields import EncryptedTextField
 
@@ -43,6 +44,37 @@ def new_servers(old_urls, new_urls) -> list[str]:
         if server not in known and server not in added:
             added.append(server)
     return added
+
+
+class QueueGrantQuerySet(models.QuerySet):
+    def queues_for(self, team) -> list[str]:
+        """The worker queues a team's targets may name: the open ones, then those granted to it."""
+        open_queues = list(settings.EMBPERF_OPEN_QUEUES)
+        granted = self.filter(team=team).order_by("queue").values_list("queue", flat=True) if team else []
+        return open_queues + [q for q in granted if q not in open_queues]
+
+    def allows(self, team, queue: str) -> bool:
+        """Whether a target of this team may send its sweeps and probes to this queue."""
+        return queue in settings.EMBPERF_OPEN_QUEUES or self.filter(team=team, queue=queue).exists()
+
+
+class QueueGrant(models.Model):
+    """An operator lets a team's targets use a worker queue (say, the queue of the team's GPU host).
+
+    Queues in EMBPERF_OPEN_QUEUES (the default queue unless set) are open to every team without one."""
+
+    team = models.ForeignKey(Team, models.CASCADE, related_name="queue_grants")
+    queue = models.CharField(max_length=50, help_text="Celery queue name, e.g. gpu-host-1.")
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = QueueGrantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["queue", "team"]
+        constraints = [models.UniqueConstraint(fields=["team", "queue"], name="unique_queue_grant")]
+
+    def __str__(self) -> str:
+        return f"{self.queue} for {self.team}"
 
 
 class Target(models.Model):
@@ -141,24 +173,26 @@ class Plan(models.Model):
     team = models.ForeignKey(Team, models.CASCADE, related_name="plans")
     name = models.CharField(max_length=100)
     description = models.TextField(blank=True, default="")
-    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.CLOSED)
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=PLAN_DEFAULTS["mode"])
     levels = models.JSONField(default=list, help_text="Concurrencies (closed loop) or rates in requests/s (open loop).")
-    arrival = models.CharField(max_length=10, choices=Arrival.choices, default=Arrival.POISSON)
+    arrival = models.CharField(max_length=10, choices=Arrival.choices, default=PLAN_DEFAULTS["arrival"])
     max_in_flight = models.PositiveIntegerField(null=True, blank=True)
-    warmup_s = models.FloatField(default=5)
-    duration_s = models.FloatField(default=120)
-    tokens = models.PositiveIntegerField(default=512, help_text="Input tokens per text.")
-    batch = models.PositiveIntegerField(default=1, help_text="Texts per request.")
+    warmup_s = models.FloatField(default=PLAN_DEFAULTS["warmup_s"])
+    duration_s = models.FloatField(default=PLAN_DEFAULTS["duration_s"])
+    tokens = models.PositiveIntegerField(default=PLAN_DEFAULTS["tokens"], help_text="Input tokens per text.")
+    batch = models.PositiveIntegerField(default=PLAN_DEFAULTS["batch"], help_text="Texts per request.")
     dimensions = models.PositiveIntegerField(null=True, blank=True)
-    encoding = models.CharField(max_length=10, choices=Encoding.choices, default=Encoding.FLOAT)
-    timeout_s = models.FloatField(default=30)
-    abort_error_rate = models.FloatField(default=0.5)
-    abort_window_s = models.FloatField(default=10)
+    encoding = models.CharField(max_length=10, choices=Encoding.choices, default=PLAN_DEFAULTS["encoding"])
+    timeout_s = models.FloatField(default=PLAN_DEFAULTS["timeout_s"])
+    abort_error_rate = models.FloatField(default=PLAN_DEFAULTS["abort_error_rate"])
+    abort_window_s = models.FloatField(default=PLAN_DEFAULTS["abort_window_s"])
     slo_p99_ms = models.FloatField(null=True, blank=True)
-    input_mode = models.CharField(max_length=10, choices=Input.choices, default=Input.UNIQUE)
+    input_mode = models.CharField(max_length=10, choices=Input.choices, default=PLAN_DEFAULTS["input"])
     corpus_text = models.TextField(blank=True, default="")
-    processes = models.PositiveIntegerField(default=1)
-    keep_samples = models.BooleanField(default=False, help_text="Keep every request's timing (raw samples).")
+    processes = models.PositiveIntegerField(default=PLAN_DEFAULTS["processes"])
+    keep_samples = models.BooleanField(
+        default=PLAN_DEFAULTS["keep_samples"], help_text="Keep every request's timing (raw samples)."
+    )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -198,7 +232,8 @@ class Plan(models.Model):
         }
 
     def expected_seconds(self) -> float:
-        return len(self.levels) * (self.warmup_s + self.duration_s + self.timeout_s)
+        """The longest this plan may take (every level's warm-up, duration and a last timeout)."""
+        return planned_seconds(self.to_spec())
 
 
 class RunQuerySet(TeamOwnedQuerySet):
@@ -222,7 +257,8 @@ class Run(models.Model):
 
     FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.INTERRUPTED)
 
-    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # Unique within a team: a document ingested by two teams is two runs, and neither learns of the other.
+    uuid = models.UUIDField(default=uuid.uuid4, editable=False, db_index=True)
     team = models.ForeignKey(Team, models.CASCADE, related_name="runs")
     target = models.ForeignKey(Target, models.SET_NULL, null=True, blank=True, related_name="runs")
     plan = models.ForeignKey(Plan, models.SET_NULL, null=True, blank=True, related_name="runs")
@@ -261,6 +297,7 @@ class Run(models.Model):
             models.Index(fields=["target", "plan", "-created"]),
             models.Index(fields=["status"]),
         ]
+        constraints = [models.UniqueConstraint(fields=["team", "uuid"], name="unique_run_uuid_per_team")]
 
     def __str__(self) -> str:
         return f"Run {self.pk} ({self.label or self.target_config.get('name', '')})"
@@ -304,6 +341,30 @@ class Run(models.Model):
         for run in reversed(chain):
             earlier += [(run, level) for level in run.finished_levels()]
         return earlier
+
+    @property
+    def queue(self) -> str:
+        """The worker queue the run was sent to (from its target snapshot)."""
+        return self.target_config.get("queue") or settings.CELERY_TASK_DEFAULT_QUEUE
+
+    def queue_position(self) -> int | None:
+        """1 when the run is next in its queue, 2 when one run is ahead, ...; None unless queued.
+
+        Counts queued runs of every team on the same queue: a shared queue is shared in order."""
+        if self.status != self.Status.QUEUED:
+            return None
+        ahead = Run.objects.filter(status=self.Status.QUEUED, target_config__queue=self.queue).filter(
+            models.Q(created__lt=self.created) | models.Q(created=self.created, pk__lt=self.pk))
+        return ahead.count() + 1
+
+    def queue_text(self) -> str:
+        """'Waiting for a worker on queue “q”: 3rd in line (2 runs ahead).' for a queued run, else ''."""
+        position = self.queue_position()
+        if position is None:
+            return ""
+        ahead = position - 1
+        line = "next in line" if ahead == 0 else f"{ahead} run{'s' if ahead != 1 else ''} ahead of it"
+        return f"Waiting for a worker on queue “{self.queue}”: position {position}, {line}."
 
     @property
     def level_key(self) -> str:

@@ -6,7 +6,8 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework.throttling import UserRateThrottle
 
-from portal.sweeps.models import Level, Plan, Run, Target
+from portal.sweeps.bounds import plan_field_errors, sweep_seconds
+from portal.sweeps.models import Level, Plan, QueueGrant, Run, Target
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +90,37 @@ def store_level(run: Run, doc: dict) -> Level:
     return level
 
 
-def sweep_time_limits(plan: Plan) -> tuple[int, int]:
-    """(soft, hard) Celery time limits in seconds for a sweep of this plan."""
-    soft = int(plan.expected_seconds() * TIME_LIMIT_FACTOR + TIME_LIMIT_MARGIN_S)
+def sweep_time_limits(plan: Plan | dict) -> tuple[int, int]:
+    """(soft, hard) Celery time limits in seconds for a sweep of this plan (a Plan or its spec).
+
+    Sized from the planned time, which never counts above EMBPERF_MAX_RUN_SECONDS: a plan saved
+    before the bounds existed still gets a finite limit."""
+    spec = plan.to_spec() if isinstance(plan, Plan) else plan
+    soft = int(sweep_seconds(spec) * TIME_LIMIT_FACTOR + TIME_LIMIT_MARGIN_S)
     return soft, soft + HARD_LIMIT_GRACE_S
+
+
+def queue_refusal(team, queue: str) -> str:
+    """Why a team's target may not name this queue, with the queues it may name."""
+    allowed = ", ".join(QueueGrant.objects.queues_for(team))
+    return (f"The queue “{queue}” is not granted to {team.name}; this team's targets may use: {allowed}. "
+            "An administrator grants queues (admin: Queue grants).")
+
+
+def target_queue_error(target: Target) -> str | None:
+    """Why this target's sweeps and probes may not go to its queue (its grant was withdrawn), or None."""
+    if QueueGrant.objects.allows(target.team, target.queue):
+        return None
+    return queue_refusal(target.team, target.queue) + " Edit the target to pick one of those."
+
+
+PLAN_OUT_OF_BOUNDS = "This plan is outside this installation's bounds; edit it before starting it: "
+
+
+def plan_start_errors(plan: Plan) -> list[str]:
+    """Why this plan cannot be started as it stands (saved before today's bounds, or limits lowered
+    since), one message per field; empty when it can."""
+    return [f"{field}: {' '.join(messages)}" for field, messages in plan_field_errors(plan.to_spec()).items()]
 
 
 def _broker_failure(exc: Exception) -> str:
@@ -233,6 +261,11 @@ def request_probe(target: Target) -> None:
     from workers.tasks import probe_target
 
     now = timezone.now()
+    refusal = target_queue_error(target)
+    if refusal:
+        target.last_probe = {"ok": False, "error": refusal, "hint": None, "at": now.isoformat()}
+        Target.objects.filter(pk=target.pk).update(last_probe=target.last_probe)
+        return
     Target.objects.filter(pk=target.pk).update(probe_requested_at=now)
     target.probe_requested_at = now
     try:

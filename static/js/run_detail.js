@@ -106,7 +106,9 @@
     var phase = state.status === "queued" ? null : (PHASES[p.phase] || p.phase || "");
     if (phase) $("progress-phase").textContent = state.cancel_requested ? "cancelling…" : phase;
     // A queued run can be waiting for another run of the same target; the worker says so in the reason.
-    if (state.status === "queued" && state.status_reason) $("progress-phase").textContent = state.status_reason;
+    if (state.status === "queued") {
+      $("progress-phase").textContent = state.status_reason || state.queue_text || "";
+    }
     var elapsed = p.run_elapsed_s;
     if ((elapsed === undefined || elapsed === null) && state.started) {
       elapsed = (Date.now() - Date.parse(state.started)) / 1000;

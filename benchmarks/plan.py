@@ -1,0 +1,278 @@
+"""The plan rule: one table of defaults and bounds for every plan and target field, and the one
+function that checks a plan against it.
+
+Every door that takes a plan (the plan form and the API through it, ingest, the CLI, the worker
+through the engine) calls `normalize_plan` and shows its messages under the field they name, so a
+value is refused everywhere with the same words. The operator's limits (`PlanLimits`) come in as
+a parameter: the portal passes its settings, the CLI reads the same environment variables.
+"""
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from benchmarks.errors import ConfigError
+from benchmarks.flavors import ENCODINGS
+from benchmarks.inputs import MODES as INPUT_MODES
+
+
+@dataclass(frozen=True)
+class PlanLimits:
+    """What this installation lets a plan ask for; each has an environment variable (LIMIT_SETTINGS)."""
+
+    max_levels: int = 32
+    max_concurrency: int = 4096
+    max_rate: float = 100_000.0
+    max_level_seconds: float = 3600.0
+    max_run_seconds: float = 12 * 3600.0
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "PlanLimits":
+        """The limits set in the environment (EMBPERF_MAX_*), the defaults for those not set."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in fields(cls):
+            name = LIMIT_SETTINGS[field.name]
+            raw = (environ.get(name) or "").strip()
+            if not raw:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r} is not a number") from None
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name}={raw!r} must be a number above 0")
+            values[field.name] = int(value) if field.type in (int, "int") else value
+        return cls(**values)
+
+
+# The environment variable (and portal setting) that sets each limit.
+LIMIT_SETTINGS = {
+    "max_levels": "EMBPERF_MAX_LEVELS",
+    "max_concurrency": "EMBPERF_MAX_CONCURRENCY",
+    "max_rate": "EMBPERF_MAX_RATE",
+    "max_level_seconds": "EMBPERF_MAX_LEVEL_SECONDS",
+    "max_run_seconds": "EMBPERF_MAX_RUN_SECONDS",
+}
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One numeric plan field: its default and its range. `maximum` is a number, or the name of a
+    PlanLimits attribute when the operator sets it."""
+
+    label: str
+    default: float | int | None
+    minimum: float
+    maximum: float | str
+    unit: str = ""
+    integer: bool = False
+    optional: bool = False  # None is a valid value (it means "none" or "the server's default")
+    above: bool = False  # the minimum itself is not allowed
+
+
+# Plan fields that are not numbers, with their defaults.
+PLAN_CHOICES = {
+    "mode": ("closed", ("closed", "open")),
+    "arrival": ("poisson", ("constant", "poisson")),
+    "encoding": ("float", ENCODINGS),
+    "input": ("unique", INPUT_MODES),
+}
+
+PLAN_BOUNDS = {
+    "max_in_flight": Bound("Max in flight", None, 1, "max_concurrency", integer=True, optional=True),
+    "warmup_s": Bound("The warm-up", 5.0, 0, 3600, unit="s"),
+    "duration_s": Bound("The measured duration", 120.0, 0, "max_level_seconds", unit="s", above=True),
+    "tokens": Bound("Tokens per text", 512, 1, 32_768, integer=True),
+    "batch": Bound("Texts per request", 1, 1, 2_048, integer=True),
+    "dimensions": Bound("Dimensions", None, 1, 16_384, integer=True, optional=True),
+    "timeout_s": Bound("The request timeout", 30.0, 0, 600, unit="s", above=True),
+    "abort_error_rate": Bound("The abort error rate", 0.5, 0, 1, above=True),
+    "abort_window_s": Bound("The abort window", 10.0, 1, 3600, unit="s"),
+    "slo_p99_ms": Bound("The latency SLO", None, 0, 600_000, unit="ms", optional=True, above=True),
+    "processes": Bound("Client processes", 1, 1, 64, integer=True),
+    "seed": Bound("The seed", None, 0, 2**63 - 1, integer=True, optional=True),
+}
+
+# Every plan field with its default: the one home of plan defaults (model, CLI and engine read it).
+PLAN_DEFAULTS = {
+    "name": "",
+    "mode": PLAN_CHOICES["mode"][0],
+    "levels": [1],
+    "arrival": PLAN_CHOICES["arrival"][0],
+    **{name: bound.default for name, bound in PLAN_BOUNDS.items()},
+    "encoding": PLAN_CHOICES["encoding"][0],
+    "input": PLAN_CHOICES["input"][0],
+    "corpus": None,
+    "keep_samples": False,
+}
+
+# Lists on a target: (label, fewest, most).
+TARGET_LISTS = {
+    "base_urls": ("base URLs", 1, 32),
+    "metrics_urls": ("metrics URLs", 0, 8),
+}
+
+
+class FieldErrors(ConfigError):
+    """A plan or target refused; `errors` maps each field (engine names) to its messages."""
+
+    def __init__(self, section: str, errors: dict[str, list[str]]):
+        self.section = section
+        self.errors = errors
+        super().__init__(" ".join(f"{section} {field}: {' '.join(messages)}" for field, messages in errors.items()))
+
+
+def show(value) -> str:
+    """A value the way a person types it: 1.0 -> '1', 0.5 -> '0.5', 1e300 -> '1e+300'."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:g}" if abs(value) >= 1e15 else repr(float(value))
+
+
+def _maximum(bound: Bound, limits: PlanLimits) -> tuple[float, str]:
+    if isinstance(bound.maximum, str):
+        return getattr(limits, bound.maximum), f" on this installation ({LIMIT_SETTINGS[bound.maximum]})"
+    return bound.maximum, ""
+
+
+def check_number(bound: Bound, value, limits: PlanLimits):
+    """(the checked value, None) or (None, the message saying what is wrong with it)."""
+    unit = f" {bound.unit}" if bound.unit else ""
+    if value is None or value == "":
+        if bound.optional:
+            return None, None
+        return None, f"{bound.label} is required."
+    if isinstance(value, bool):
+        return None, f"{bound.label} must be a number, not {show(value)}."
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None, f"{bound.label} must be a number, not {show(value)}."
+    if not math.isfinite(number):
+        return None, f"{bound.label} must be a finite number, not {show(value)}."
+    if bound.integer and not number.is_integer():
+        return None, f"{bound.label} must be a whole number, not {show(number)}."
+    if number < bound.minimum or (bound.above and number == bound.minimum):
+        word = "greater than" if bound.above else "at least"
+        return None, f"{bound.label} must be {word} {show(bound.minimum)}{unit}; {show(number)} is too low."
+    maximum, where = _maximum(bound, limits)
+    if number > maximum:
+        return None, f"{bound.label} may be at most {show(maximum)}{unit}{where}; {show(number)} is too high."
+    return (int(number) if bound.integer else number), None
+
+
+def _check_levels(levels, mode: str, limits: PlanLimits) -> tuple[list, str | None]:
+    if not isinstance(levels, list | tuple) or not levels:
+        return [], "Enter at least one level, e.g. 1, 4, 8, 16."
+    if len(levels) > limits.max_levels:
+        return [], (f"At most {limits.max_levels} levels per plan on this installation (EMBPERF_MAX_LEVELS); "
+                    f"{len(levels)} were given.")
+    checked: list = []
+    for value in levels:
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            return [], f"Level {show(value)} is not a number."
+        if not math.isfinite(number):
+            return [], f"Level {show(value)} is not a finite number."
+        if number <= 0:
+            return [], f"Levels must be greater than zero; {show(number)} is not."
+        if mode == "closed":
+            if not number.is_integer():
+                return [], (f"Concurrency is a number of requests in flight, so a whole number; "
+                            f"{show(number)} is not.")
+            if number > limits.max_concurrency:
+                return [], (f"Concurrency {show(number)} is above this installation's maximum of "
+                            f"{limits.max_concurrency} (EMBPERF_MAX_CONCURRENCY).")
+            number = int(number)
+        elif number > limits.max_rate:
+            return [], (f"Rate {show(number)} req/s is above this installation's maximum of "
+                        f"{show(limits.max_rate)} req/s (EMBPERF_MAX_RATE).")
+        if number in checked:
+            return [], f"Level {show(number)} appears twice; each level must be different."
+        checked.append(number)
+    return checked, None
+
+
+def planned_seconds(plan: Mapping) -> float:
+    """The longest a plan may take: every level's warm-up, measured duration and a last timeout."""
+    per_level = sum(float(plan.get(key) or 0) for key in ("warmup_s", "duration_s", "timeout_s"))
+    return len(plan.get("levels") or []) * per_level
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.3g} h" if seconds >= 3600 else f"{seconds:.0f} s"
+
+
+def plan_errors(plan: Mapping, limits: PlanLimits | None = None) -> tuple[dict, dict[str, list[str]]]:
+    """(the plan with defaults filled in and values checked, {field: [messages]}); no errors when valid."""
+    limits = limits or PlanLimits()
+    out = dict(PLAN_DEFAULTS)
+    # None keeps the default, except where None is a value of its own ("no cap", "server's default").
+    optional = {name for name, bound in PLAN_BOUNDS.items() if bound.optional} | {"corpus"}
+    out.update({k: v for k, v in plan.items() if v is not None or k in optional})
+    errors: dict[str, list[str]] = {}
+    for name, (_, choices) in PLAN_CHOICES.items():
+        if out[name] not in choices:
+            errors[name] = [f"Choose one of {', '.join(choices)}; {show(out[name])} is not one of them."]
+    for name, bound in PLAN_BOUNDS.items():
+        out[name], message = check_number(bound, out[name], limits)
+        if message:
+            errors[name] = [message]
+    out["levels"], message = _check_levels(out["levels"], out["mode"], limits)
+    if message:
+        errors["levels"] = [message]
+    out["keep_samples"] = bool(out["keep_samples"])
+    if out["input"] == "corpus" and not out["corpus"]:
+        errors["corpus"] = ["The corpus input needs texts: give one per line, or choose another input mode."]
+    if out["mode"] == "open" and out["max_in_flight"] is None and "mode" not in errors:
+        # An open loop always has a cap: a stalled server must not make the client open sockets without end.
+        out["max_in_flight"] = limits.max_concurrency
+    if not errors:
+        total = planned_seconds(out)
+        if total > limits.max_run_seconds:
+            errors["levels"] = [
+                f"This plan may take up to {_hours(total)} ({len(out['levels'])} levels × (warm-up + duration + "
+                f"timeout)), above this installation's limit of {_hours(limits.max_run_seconds)} "
+                "(EMBPERF_MAX_RUN_SECONDS); use fewer or shorter levels."
+            ]
+    return out, errors
+
+
+def normalize_plan(plan: Mapping, limits: PlanLimits | None = None) -> dict:
+    """The plan with defaults filled in and every value checked; FieldErrors names each bad field."""
+    out, errors = plan_errors(plan, limits)
+    if errors:
+        raise FieldErrors("plan", errors)
+    return out
+
+
+def target_list_errors(target: Mapping) -> dict[str, list[str]]:
+    """{field: [message]} for a target's lists outside their bounds (base URLs, metrics URLs)."""
+    errors = {}
+    for name, (label, fewest, most) in TARGET_LISTS.items():
+        values = target.get(name) or []
+        if isinstance(values, str):
+            values = [values]
+        if len(values) > most:
+            errors[name] = [f"At most {most} {label} per target; {len(values)} were given."]
+        elif len(values) < fewest:
+            errors[name] = [f"Give at least {fewest} of the {label}."]
+    return errors
+
+
+def time_limit_seconds(plan: Mapping, limits: PlanLimits | None = None) -> float:
+    """The planned time of a plan, never more than the installation's run limit (for task time limits)."""
+    limits = limits or PlanLimits()
+    try:
+        total = planned_seconds(plan)
+    except (TypeError, ValueError):
+        total = limits.max_run_seconds
+    if not math.isfinite(total) or total < 0:
+        return limits.max_run_seconds
+    return min(total, limits.max_run_seconds)
