@@ -44,6 +44,7 @@ test-deps: $(VENV)/.installed-test assets /usr/bin/chromium
 
 test: test-deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 bench: test-deps
@@ -51,6 +52,7 @@ bench: test-deps
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean-var:
 	rm -rf var/

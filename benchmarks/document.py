@@ -5,11 +5,14 @@ import platform
 import socket
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from benchmarks import __version__, stats
 from benchmarks.errors import ERROR_CLASSES, OK
 
 SCHEMA = "embperf.run/1"
+# The JSON Schema of that format: the contract the engine writes to and the portal checks ingests against.
+SCHEMA_PATH = Path(__file__).with_name("result-schema.json")
 
 # A level is labelled client-bound when the busiest load process used this much of one core, or
 # its event loop fell behind by more than both CLIENT_LAG_BOUND_MS and CLIENT_LAG_BOUND_SHARE of the

@@ -170,7 +170,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # API tokens for scripts and CI, the session for the browser (browsable API, docs page).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "portal.api.authentication.ApiTokenAuthentication",
+        "portal.accounts.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

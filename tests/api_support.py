@@ -5,7 +5,7 @@ from rest_framework.test import APIClient
 
 def token_client(user, **kwargs) -> APIClient:
     """An APIClient that sends `Authorization: Bearer <new token of user>`."""
-    from portal.api.models import ApiToken
+    from portal.accounts.models import ApiToken
 
     _, raw = ApiToken.issue(user, "tests", **kwargs)
     client = APIClient()

@@ -9,6 +9,17 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture
+def enqueued(monkeypatch):
+    """The tasks the portal hands to the workers, recorded instead of sent: [{"name", "args", **options}]."""
+    from portal.taskqueue import app
+
+    calls = []
+    monkeypatch.setattr(app, "send_task", lambda name, args=None, **options: calls.append(
+        {"name": name, "args": args, **options}))
+    return calls
+
+
+@pytest.fixture
 def team(db):
     from portal.accounts.models import Team
 

@@ -285,7 +285,7 @@ def test_soft_time_limit_fails_the_run_with_a_reason(transactional_db, sim_targe
 
 
 def test_raw_samples_are_stored_when_the_plan_keeps_them(transactional_db, sim_target, team):
-    from portal.api.samples import sample_count
+    from portal.sweeps.samples import sample_count
 
     plan = Plan.objects.create(team=team, name="samples", levels=[1], warmup_s=0, duration_s=1, tokens=32,
                                dimensions=64, timeout_s=5, keep_samples=True)

@@ -4,7 +4,7 @@ import re
 from django import forms
 from django.conf import settings
 
-from portal.front.access import teams_for_user
+from portal.accounts.access import teams_for_user
 from portal.front.fields import KeyValueField, LevelsField, URLListField, format_number
 from portal.sweeps.models import Plan, Run, Target
 

@@ -13,12 +13,7 @@ from django.utils.dateformat import format as date_format
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
-from portal.front.access import (
-    get_plan_for_user,
-    get_run_for_user,
-    get_target_for_user,
-    teams_for_user,
-)
+from portal.accounts.access import get_owned_or_404, teams_for_user
 from portal.front.forms import PlanForm, RunFilterForm, RunForm, TargetForm
 from portal.front.presets import PLAN_PRESETS, PRESET_LABELS
 from portal.sweeps.models import Plan, Run, Target
@@ -56,7 +51,7 @@ def target_create(request):
 
 @login_required
 def target_detail(request, pk):
-    target = get_target_for_user(request.user, pk)
+    target = get_owned_or_404(Target, request.user, pk)
     runs = target.runs.select_related("target", "plan")[:10]
     context = {"target": target, "runs": runs, "probe": probe_state(target)}
     return render(request, "sweeps/target_detail.html", context)
@@ -64,7 +59,7 @@ def target_detail(request, pk):
 
 @login_required
 def target_edit(request, pk):
-    target = get_target_for_user(request.user, pk, write=True)
+    target = get_owned_or_404(Target, request.user, pk, write=True)
     form = TargetForm(request.POST or None, instance=target, user=request.user)
     if request.method == "POST" and form.is_valid():
         form.save()
@@ -75,7 +70,7 @@ def target_edit(request, pk):
 
 @login_required
 def target_delete(request, pk):
-    target = get_target_for_user(request.user, pk, write=True)
+    target = get_owned_or_404(Target, request.user, pk, write=True)
     if request.method == "POST":
         name = target.name
         target.delete()
@@ -104,11 +99,11 @@ def probe_state(target: Target) -> dict:
 def target_probe(request, pk):
     """POST: ask a worker on the target's queue to probe it. GET: the probe's state as JSON."""
     if request.method != "POST":
-        target = get_target_for_user(request.user, pk)
+        target = get_owned_or_404(Target, request.user, pk)
         state = probe_state(target)
         state["html"] = render_to_string("sweeps/_probe_result.html", {"target": target, "probe": state})
         return JsonResponse(state)
-    target = get_target_for_user(request.user, pk, write=True)
+    target = get_owned_or_404(Target, request.user, pk, write=True)
     request_probe(target)
     target.refresh_from_db()
     if "application/json" in request.headers.get("Accept", ""):
@@ -145,14 +140,14 @@ def plan_create(request):
 
 @login_required
 def plan_detail(request, pk):
-    plan = get_plan_for_user(request.user, pk)
+    plan = get_owned_or_404(Plan, request.user, pk)
     runs = plan.runs.select_related("target", "plan")[:10]
     return render(request, "sweeps/plan_detail.html", {"plan": plan, "runs": runs})
 
 
 @login_required
 def plan_edit(request, pk):
-    plan = get_plan_for_user(request.user, pk, write=True)
+    plan = get_owned_or_404(Plan, request.user, pk, write=True)
     form = PlanForm(request.POST or None, instance=plan, user=request.user)
     if request.method == "POST" and form.is_valid():
         form.save()
@@ -246,7 +241,7 @@ def _results_context(run: Run) -> dict:
 
 @login_required
 def run_detail(request, pk):
-    run = get_run_for_user(request.user, pk)
+    run = get_owned_or_404(Run, request.user, pk)
     context = _results_context(run)
     context["levels_total"] = len(run.plan_config.get("levels") or [])
     context["elapsed_s"] = (run.finished - run.started).total_seconds() if run.started and run.finished else None
@@ -260,7 +255,7 @@ def run_progress(request, pk):
     `?levels=N` says how many finished levels the page already shows; the levels and the results
     table are sent only when that number changed, so a poll stays small while a level runs.
     """
-    run = get_run_for_user(request.user, pk)
+    run = get_owned_or_404(Run, request.user, pk)
     state = {
         "id": run.pk,
         "status": run.status,
@@ -289,7 +284,7 @@ def run_progress(request, pk):
 @require_POST
 def run_cancel(request, pk):
     """Ask the worker to stop the run; a run no worker has picked up yet is cancelled at once."""
-    run = get_run_for_user(request.user, pk, write=True)
+    run = get_owned_or_404(Run, request.user, pk, write=True)
     if run.is_final:
         messages.info(request, f"This run has already finished ({run.get_status_display().lower()}).")
         return redirect(run)

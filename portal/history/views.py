@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from portal.front.access import get_plan_for_user, get_run_for_user, get_target_for_user
+from portal.accounts.access import get_owned_or_404
 from portal.history import charts
 from portal.history.comparison import (
     MAX_RUNS,
@@ -21,7 +21,7 @@ from portal.history.comparison import (
     parse_run_ids,
 )
 from portal.history.timeline import build_history, dashboard_regressions, history_pairs, last_two_per_pair
-from portal.sweeps.models import Run
+from portal.sweeps.models import Plan, Run, Target
 
 # Rows of the history table shown unless ?all=1 (the charts always show every run).
 HISTORY_TABLE_ROWS = 50
@@ -120,8 +120,8 @@ def history(request):
         if target_id or plan_id:
             messages.error(request, "Pick a target and a plan to see their history.")
         return render(request, "history/history.html", {"pairs": history_pairs(runs)})
-    target = get_target_for_user(request.user, int(target_id))
-    plan = get_plan_for_user(request.user, int(plan_id))
+    target = get_owned_or_404(Target, request.user, int(target_id))
+    plan = get_owned_or_404(Plan, request.user, int(plan_id))
     hist = build_history(runs.filter(target=target, plan=plan))
     newest_first = list(reversed(hist.points))
     show_all = request.GET.get("all") == "1"
@@ -146,7 +146,7 @@ def _history_chart_context(hist) -> dict:
 @login_required
 def mark_baseline(request, pk: int):
     """Make this run the baseline of its target and plan (or, with clear=1, stop it being one)."""
-    run = get_run_for_user(request.user, pk, write=True)
+    run = get_owned_or_404(Run, request.user, pk, write=True)
     with transaction.atomic():
         if request.POST.get("clear") == "1":
             Run.objects.filter(pk=run.pk).update(is_baseline=False)

@@ -5,6 +5,7 @@ apply, a Run one execution of a plan against a target, a Level one load step of 
 The `to_spec()` methods produce the dictionaries the engine (`benchmarks`) takes; a Run
 keeps copies of both so that editing a target or plan never rewrites history.
 """
+import re
 import uuid
 
 from django.conf import settings
@@ -14,13 +15,15 @@ from django.urls import reverse
 from portal.accounts.models import Team
 from portal.sweeps.fields import EncryptedTextField
 
+# A key of a launch or server configuration (`--max-running-requests`, `tp_size`): what the pages and
+# the API accept, so a key saved through one is valid through the other.
+CONFIG_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-/:]+$")
+
 
 class TeamOwnedQuerySet(models.QuerySet):
     def for_user(self, user):
         """Rows of the teams the user belongs to; another team's rows are simply not found."""
-        if not user.is_authenticated:
-            return self.none()
-        return self.filter(team__memberships__user=user)
+        return self.filter(team__in=Team.objects.for_user(user))
 
 
 class Target(models.Model):
@@ -293,3 +296,23 @@ class Level(models.Model):
     @property
     def load(self) -> float | None:
         return self.concurrency if self.concurrency is not None else self.rate
+
+
+class RawSampleChunk(models.Model):
+    """A zlib-compressed block of raw-sample CSV lines of one level (see samples.py).
+
+    Kept apart from Level so that the main tables stay small; read back in id order.
+    """
+
+    run = models.ForeignKey(Run, models.CASCADE, related_name="sample_chunks")
+    level_index = models.PositiveIntegerField()
+    count = models.PositiveIntegerField()
+    data = models.BinaryField()
+
+    class Meta:
+        # Table and index keep the names they were created with, so moving the model lost no sample.
+        db_table = "api_rawsamplechunk"
+        indexes = [models.Index(fields=["run", "level_index", "id"], name="api_rawsamp_run_id_1181e2_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.level_index}: {self.count} samples"

@@ -6,6 +6,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from portal.sweeps.models import Level, Plan, Run, Target
+from portal.taskqueue import PROBE_TARGET, RUN_SWEEP, enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -108,16 +109,14 @@ def start_run(*, target: Target, plan: Plan, user=None, label: str = "", notes: 
               server_config: dict | None = None, source: str = Run.Source.PORTAL) -> Run:
     """Create a queued run and hand it to the workers of the target's queue, with time limits sized
     from the plan. When the broker cannot be reached the run is marked failed with the reason."""
-    from workers.tasks import run_sweep
-
     run = create_run(target=target, plan=plan, user=user, label=label, notes=notes,
                      server_config=server_config, source=source)
     soft, hard = sweep_time_limits(plan)
     queue = target.queue or "sweeps"
 
-    def enqueue():
+    def send():
         try:
-            run_sweep.apply_async(args=[run.pk], queue=queue, soft_time_limit=soft, time_limit=hard)
+            enqueue(RUN_SWEEP, args=[run.pk], queue=queue, soft_time_limit=soft, time_limit=hard)
         except Exception as exc:
             logger.exception("run %s: could not enqueue", run.pk)
             Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
@@ -126,7 +125,7 @@ def start_run(*, target: Target, plan: Plan, user=None, label: str = "", notes: 
             run.refresh_from_db()
 
     # The worker must find the row: publish only once the transaction that created it commits.
-    transaction.on_commit(enqueue)
+    transaction.on_commit(send)
     return run
 
 
@@ -145,14 +144,12 @@ def request_cancel(run: Run) -> Run:
 
 def request_probe(target: Target) -> None:
     """Ask a worker of the target's queue to probe it; the answer lands on Target.last_probe."""
-    from workers.tasks import probe_target
-
     now = timezone.now()
     Target.objects.filter(pk=target.pk).update(probe_requested_at=now)
     target.probe_requested_at = now
     try:
-        probe_target.apply_async(args=[target.pk], queue=target.queue or "sweeps", expires=PROBE_EXPIRES_S,
-                                 soft_time_limit=PROBE_SOFT_LIMIT_S, time_limit=PROBE_SOFT_LIMIT_S + 30)
+        enqueue(PROBE_TARGET, args=[target.pk], queue=target.queue or "sweeps", expires=PROBE_EXPIRES_S,
+                soft_time_limit=PROBE_SOFT_LIMIT_S, time_limit=PROBE_SOFT_LIMIT_S + 30)
     except Exception as exc:
         logger.exception("target %s: could not enqueue the probe", target.pk)
         target.last_probe = {"ok": False, "error": _broker_failure(exc), "hint": None, "at": now.isoformat()}

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.db import close_old_connections, connection, transaction
 
-from portal.api.models import RawSampleChunk
+from portal.sweeps.models import RawSampleChunk
 
 # Columns of the raw-sample CSV, in order. Documented in docs/api.md; names are stable.
 SAMPLE_COLUMNS = (
