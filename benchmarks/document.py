@@ -196,6 +196,17 @@ def summarize(levels: list[dict], slo_p99_ms: float | None) -> dict:
     }
 
 
+# The run-wide figures history and comparison show, as `summarize` stores them.
+KEY_FIGURES = ("peak_qps", "peak_level", "knee_level", "slo_max_level")
+
+
+def key_figures(summary: dict | None) -> dict:
+    """Peak requests/s, its level, the knee and the highest level within the SLO, read from a stored
+    summary (None for each figure the summary lacks, e.g. a run that failed before finishing)."""
+    summary = summary or {}
+    return {key: summary.get(key) for key in KEY_FIGURES}
+
+
 def public_target(target: dict) -> dict:
     """The target as stored in a document: everything except the API key."""
     return {k: v for k, v in target.items() if k != "api_key"}

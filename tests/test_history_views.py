@@ -54,7 +54,7 @@ def test_markdown_and_csv_are_tables(three):
     assert "%*" in comparison.to_markdown()  # the tuned run's gain is beyond the noise
     csv_lines = comparison.to_csv().splitlines()
     assert csv_lines[0].startswith("concurrency,metric,unit,run ")
-    assert len(csv_lines) == 1 + 12
+    assert len(csv_lines) == 1 + 12 + 4  # a line per level and metric, then the run-wide figures
 
 
 def test_compare_page(client, owner, three):

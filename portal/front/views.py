@@ -200,7 +200,7 @@ def level_rows(run: Run) -> list[dict]:
             {
                 "index": level.index,
                 "load": level.load,
-                "status": data.get("status", "completed"),
+                "status": level.status,
                 "abort_reason": data.get("abort_reason"),
                 "duration_s": level.duration_s,
                 "requests_ok": level.requests_ok,

@@ -20,7 +20,6 @@ from benchmarks.compare import (
     between_run_noise,
     combine_noise,
     compare_values,
-    run_figures,
 )
 from portal.history.models import LevelStats
 from portal.sweeps.models import Level, Run
@@ -236,10 +235,8 @@ class Comparison:
         return rows
 
     def figures(self, run: Run) -> dict:
-        """Peak, knee and SLO figures of one run, from its levels."""
-        levels = [{"load": lv.load, "qps": lv.qps, "p99_ms": lv.latency_p99_ms}
-                  for lv in self._levels[run.pk].values()]
-        return run_figures(levels, (run.plan_config or {}).get("slo_p99_ms"))
+        """Peak, knee and SLO figures of one run, as the engine summarised it."""
+        return run.figures
 
     def config_diff(self) -> dict:
         """{"changed": [{"field", "values"}], "same": [{"field", "value"}]}: identical fields folded apart."""
@@ -288,7 +285,8 @@ class Comparison:
         }
 
     def to_csv(self) -> str:
-        """One line per level and metric: each run's value, and each candidate's diff, % and significance."""
+        """One line per level and metric: each run's value, and each candidate's diff, % and significance;
+        then one line per run-wide figure (peak, knee, SLO level, as each run's summary has them)."""
         out = io.StringIO()
         writer = csv.writer(out)
         header = [self.load_key, "metric", "unit"]
@@ -308,6 +306,16 @@ class Comparison:
                         d["diff"], "" if d["pct"] is None else round(d["pct"], 3),
                         "" if d["significant"] is None else str(d["significant"]).lower(),
                     ]
+            writer.writerow(line)
+        units = {"peak_qps": "req/s", "peak_level": self.load_key, "knee_level": self.load_key,
+                 "slo_max_level": self.load_key}
+        for key, unit in units.items():
+            line = ["run", key, unit]
+            for run in self.runs:
+                value = self.figures(run)[key]
+                line.append("" if value is None else value)
+                if run.pk != self.baseline.pk:
+                    line += ["", "", ""]
             writer.writerow(line)
         return out.getvalue()
 

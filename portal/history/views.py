@@ -183,7 +183,8 @@ def dashboard(request):
         else:
             r["percent"] = round(100 * done / total) if total else 0
     recent = list(runs.exclude(status__in=[Run.Status.QUEUED, Run.Status.RUNNING]).values(
-        *RUN_LIST_FIELDS, peak_qps=F("summary__peak_qps"))[:10])
+        *RUN_LIST_FIELDS, peak_qps=F("summary__peak_qps"), knee_level=F("summary__knee_level"),
+        slo_max_level=F("summary__slo_max_level"))[:10])
     return render(request, "history/dashboard.html", {
         "running": running,
         "recent": recent,

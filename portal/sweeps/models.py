@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from benchmarks.document import key_figures, level_load
 from portal.accounts.models import Team
 from portal.sweeps.fields import EncryptedTextField
 
@@ -252,6 +253,11 @@ class Run(models.Model):
         return self.status in self.FINAL
 
     @property
+    def figures(self) -> dict:
+        """Peak, knee and SLO level, as the engine summarised the run (see benchmarks.document.summarize)."""
+        return key_figures(self.summary)
+
+    @property
     def level_key(self) -> str:
         """'concurrency' for closed-loop plans, 'rate' for open-loop ones."""
         return "rate" if self.plan_config.get("mode") == "open" else "concurrency"
@@ -261,7 +267,13 @@ class Level(models.Model):
     """One load step of a run: the headline figures as columns, the full level document in `data`."""
 
     run = models.ForeignKey(Run, models.CASCADE, related_name="levels")
+    class Status(models.TextChoices):
+        COMPLETED = "completed", "Completed"
+        ABORTED = "aborted", "Aborted"  # the error-abort policy stopped it
+        CANCELLED = "cancelled", "Cancelled"  # a person stopped the run during this level
+
     index = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.COMPLETED)
     concurrency = models.FloatField(null=True, blank=True)
     rate = models.FloatField(null=True, blank=True)
     duration_s = models.FloatField(default=0)
@@ -295,7 +307,8 @@ class Level(models.Model):
 
     @property
     def load(self) -> float | None:
-        return self.concurrency if self.concurrency is not None else self.rate
+        """Concurrency (closed loop) or arrival rate (open loop)."""
+        return level_load({"concurrency": self.concurrency, "rate": self.rate})
 
 
 class RawSampleChunk(models.Model):

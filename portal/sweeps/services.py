@@ -57,6 +57,7 @@ def level_columns(doc: dict) -> dict:
     client = doc.get("client") or {}
     energy = doc.get("energy") or {}
     return {
+        "status": doc.get("status") or Level.Status.COMPLETED,
         "concurrency": doc.get("concurrency"),
         "rate": doc.get("rate"),
         "duration_s": doc.get("duration_s") or 0,
