@@ -30,8 +30,6 @@ LEVELS = [1, 8, 32, 64]
 BATCH = 10_000
 
 
-
-
 def rss_mb() -> float:
     """Current resident set size of this process (Linux /proc), MB."""
     with open("/proc/self/statm") as fh:

@@ -33,8 +33,6 @@ LEVELS = [1, 4, 8, 16, 32, 64]
 TEMPLATES = 12  # distinct simulated runs whose level documents are reused across the 1,000
 
 
-
-
 def fill(n_runs: int, seconds: int):
     """One team with `n_runs` runs of one target and plan; a second team with 10. Returns both users."""
     from django.contrib.auth.models import User

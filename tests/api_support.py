@@ -1,5 +1,4 @@
 """Shared pieces of the API tests: a DRF client signed in with a fresh API token."""
-import pytest
 from rest_framework.test import APIClient
 
 
@@ -37,13 +36,3 @@ def document(**overrides) -> dict:
     }
     doc.update(overrides)
     return doc
-
-
-@pytest.fixture(autouse=False)
-def fresh_throttles():
-    """Throttle history lives in the cache and user ids repeat across tests: start each test clean."""
-    from django.core.cache import cache
-
-    cache.clear()
-    yield
-    cache.clear()

@@ -9,6 +9,16 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture
+def fresh_throttles():
+    """Throttle history lives in the cache and user ids repeat across tests: start each test clean."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
 def enqueued(monkeypatch):
     """The tasks the portal hands to the workers, recorded instead of sent: [{"name", "args", **options}]."""
     from portal.taskqueue import app

@@ -8,7 +8,7 @@ import pytest
 
 from portal.sweeps import samples
 from portal.sweeps.models import Run
-from tests.api_support import fresh_throttles, token_client  # noqa: F401  (fixture)
+from tests.api_support import token_client
 from tests.factories import level_docs, stored_run
 
 pytestmark = pytest.mark.usefixtures("fresh_throttles")

@@ -61,7 +61,7 @@ def page(live_server, client, owner):
         context.add_cookies([{"name": "sessionid", "value": session, "url": live_server.url}])
         try:
             context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
-        except Exception:  # noqa: BLE001 - clipboard permissions are optional; #copied-text is checked anyway
+        except Exception:  # clipboard permissions are optional; #copied-text is checked anyway
             pass
         pg = context.new_page()
         pg.errors = []
@@ -115,7 +115,7 @@ def test_run_compare_and_history_pages(page, live_server, runs):
     assert len(table) == 2 + 6 * 6 and f"#{made[2].pk}" in table[0]
     try:
         clipboard = page.evaluate("() => navigator.clipboard.readText()")
-    except Exception:  # noqa: BLE001 - headless clipboard may be unavailable; the mirrored text was checked
+    except Exception:  # headless clipboard may be unavailable; the mirrored text was checked
         clipboard = None
     if clipboard:
         assert clipboard == copied

@@ -195,7 +195,7 @@ class Scraper:
             raise ScrapeError(f"the page is compressed (Content-Encoding: {encoding[:40]}) although asked for none")
         try:
             return parse_metrics(body.decode("utf-8", "replace"), source=self.url, t=t)
-        except Exception as exc:  # noqa: BLE001 - the parser's errors on garbage are not all ValueError
+        except Exception as exc:  # the parser's errors on garbage are not all ValueError
             raise ScrapeError(f"not Prometheus text ({_reason(exc)[:200]})") from exc
 
     def close(self) -> None:

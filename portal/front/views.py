@@ -1,6 +1,4 @@
 """Pages for targets, plans and runs. Views stay thin: access checks, a form, a template."""
-import logging
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -18,8 +16,6 @@ from portal.front.forms import PlanForm, RunFilterForm, RunForm, TargetForm
 from portal.front.presets import PLAN_PRESETS, PRESET_LABELS
 from portal.sweeps.models import Plan, Run, Target
 from portal.sweeps.services import request_cancel, request_probe, start_run
-
-log = logging.getLogger(__name__)
 
 RUNS_PER_PAGE = 25
 

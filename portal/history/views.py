@@ -29,8 +29,6 @@ HISTORY_TABLE_ROWS = 50
 RUN_LIST_FIELDS = ("id", "label", "status", "created", "target_id", "plan_id", "target__name", "plan__name")
 
 
-
-
 def _compare_url(ids: list[int], baseline: int | None) -> str:
     url = reverse("compare") + "?runs=" + ",".join(str(i) for i in ids)
     return url + (f"&baseline={baseline}" if baseline else "")

@@ -1,6 +1,6 @@
 """Targets, plans, runs and levels.
 
-Vocabulary (../docs and DESIGN): a Target is one embedding service, a Plan the load to
+Vocabulary (docs/architecture.md): a Target is one embedding service, a Plan the load to
 apply, a Run one execution of a plan against a target, a Level one load step of a run.
 The `to_spec()` methods produce the dictionaries the engine (`benchmarks`) takes; a Run
 keeps copies of both so that editing a target or plan never rewrites history.

@@ -136,12 +136,6 @@ def writer_for_run(run) -> Callable[[int, list[tuple]], None]:
     return sink
 
 
-def delete_samples(run) -> int:
-    """Forget a run's raw samples (e.g. before a retried run writes them again)."""
-    deleted, _ = RawSampleChunk.objects.filter(run=run).delete()
-    return deleted
-
-
 def sample_count(run) -> int:
     """How many raw samples are stored for a run."""
     from django.db.models import Sum
