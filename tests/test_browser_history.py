@@ -72,7 +72,8 @@ def page(live_server, client, owner):
 
 
 def _charts_drawn(page, ids):
-    page.wait_for_function("() => window.EmbperfHistory && Object.keys(window.EmbperfHistory.charts).length > 0")
+    page.wait_for_function("() => window.EmbperfResultCharts"
+                           " && Object.keys(window.EmbperfResultCharts.charts).length > 0")
     for chart_id in ids:
         inked = page.evaluate(INKED_PIXELS, f"{chart_id}-canvas")
         assert inked > 500, f"chart {chart_id} looks blank ({inked} inked pixels)"

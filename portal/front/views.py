@@ -12,6 +12,7 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
 from portal.accounts.access import get_owned_or_404, teams_for_user
+from portal.front.charts import run_charts
 from portal.front.forms import PlanForm, RunFilterForm, RunForm, TargetForm
 from portal.front.presets import PLAN_PRESETS, PRESET_LABELS
 from portal.sweeps.models import Plan, Run, Target
@@ -241,6 +242,8 @@ def run_detail(request, pk):
     context = _results_context(run)
     context["levels_total"] = len(run.plan_config.get("levels") or [])
     context["elapsed_s"] = (run.finished - run.started).total_seconds() if run.started and run.finished else None
+    # A finished run gets its full charts; while it runs, run_detail.js grows two charts as levels finish.
+    context["charts"] = run_charts(run) if run.is_final else []
     return render(request, "sweeps/run_detail.html", context)
 
 

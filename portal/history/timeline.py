@@ -148,7 +148,7 @@ class History:
         return [p for p in self.points if p.regressions]
 
     def chart_data(self) -> dict:
-        """What history.js draws: one point per run, series per load."""
+        """What the history charts are built from: one point per run, series per load."""
         return {
             "runs": [
                 {"id": p.id, "created": p.created.isoformat(), "label": p.label, "notes": p.notes,
