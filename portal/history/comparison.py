@@ -21,6 +21,7 @@ from benchmarks.compare import (
     combine_noise,
     compare_values,
 )
+from benchmarks.numbers import MISSING, figure
 from portal.history.models import LevelStats
 from portal.sweeps.models import Level, Run
 
@@ -122,12 +123,10 @@ def run_title(run: Run) -> str:
 
 def _fmt_value(metric: str, value: float | None) -> str:
     if value is None:
-        return "–"
+        return MISSING
     if metric == "error_rate":
         return f"{value * 100:.2f} %"
-    if metric == "tokens_per_s":
-        return f"{value:,.0f}"
-    return f"{value:,.1f}"
+    return figure(value, decimals=0 if metric == "tokens_per_s" else 1)
 
 
 def _fmt_diff(metric: str, diff: float) -> str:
