@@ -103,9 +103,11 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
     window_ok = sum(p["window_ok"] for p in partials)
     window_texts = sum(p["window_texts"] for p in partials)
     window_tokens = sum(p["window_tokens"] for p in partials)
-    tpt_n = sum(p["tokens_per_text"]["n"] for p in partials)
-    tpt_mins = [p["tokens_per_text"]["min"] for p in partials if p["tokens_per_text"]["min"] is not None]
-    tpt_maxs = [p["tokens_per_text"]["max"] for p in partials if p["tokens_per_text"]["max"] is not None]
+    # Tokens per text over the measured requests whose tokens the server reported (usage.prompt_tokens).
+    requests_with_tokens = sum(p["tokens_per_text"]["n"] for p in partials)
+    tokens_per_text_sum = sum(p["tokens_per_text"]["sum"] for p in partials)
+    min_tokens_per_text = [p["tokens_per_text"]["min"] for p in partials if p["tokens_per_text"]["min"] is not None]
+    max_tokens_per_text = [p["tokens_per_text"]["max"] for p in partials if p["tokens_per_text"]["max"] is not None]
     latency = stats.merge(p["latency"] for p in partials)
     service = stats.merge(p["service"] for p in partials)
     latency_summary = stats.summary_ms(latency)
@@ -144,9 +146,9 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
         "tokens_per_s": per_s(window_tokens),
         "tokens_estimated": any(p["tokens_missing"] for p in partials),
         "tokens_per_text": {
-            "mean": round(sum(p["tokens_per_text"]["sum"] for p in partials) / tpt_n, 2) if tpt_n else None,
-            "min": round(min(tpt_mins), 2) if tpt_mins else None,
-            "max": round(max(tpt_maxs), 2) if tpt_maxs else None,
+            "mean": round(tokens_per_text_sum / requests_with_tokens, 2) if requests_with_tokens else None,
+            "min": round(min(min_tokens_per_text), 2) if min_tokens_per_text else None,
+            "max": round(max(max_tokens_per_text), 2) if max_tokens_per_text else None,
         },
         "latency_ms": latency_summary,
         "service_ms": stats.summary_ms(service),
