@@ -242,7 +242,7 @@ def run_detail(request, pk):
     context = _results_context(run)
     context["levels_total"] = len(run.plan_config.get("levels") or [])
     context["elapsed_s"] = (run.finished - run.started).total_seconds() if run.started and run.finished else None
-    # A finished run gets its full charts; while it runs, run_detail.js grows two charts as levels finish.
+    # A finished run gets its full charts; while it runs, run_progress.js grows two charts as levels finish.
     context["charts"] = run_charts(run) if run.is_final else []
     return render(request, "sweeps/run_detail.html", context)
 
