@@ -33,7 +33,6 @@ class RunPoint:
     notes: str
     status: str
     is_baseline: bool
-    slo_p99_ms: float | None
     target_id: int | None = None
     plan_id: int | None = None
     target_name: str = ""
@@ -55,10 +54,10 @@ def history_pairs(runs) -> list[dict]:
 
 def _run_points(runs) -> dict[int, RunPoint]:
     rows = runs.values("id", "created", "label", "notes", "status", "is_baseline", "target_id", "plan_id",
-                       "target__name", "plan__name", "summary", slo=F("plan_config__slo_p99_ms"))
+                       "target__name", "plan__name", "summary")
     return {
         r["id"]: RunPoint(id=r["id"], created=r["created"], label=r["label"], notes=r["notes"], status=r["status"],
-                          is_baseline=r["is_baseline"], slo_p99_ms=r["slo"], target_id=r["target_id"],
+                          is_baseline=r["is_baseline"], target_id=r["target_id"],
                           plan_id=r["plan_id"], target_name=r["target__name"] or "", plan_name=r["plan__name"] or "",
                           figures=key_figures(r["summary"]))
         for r in rows
