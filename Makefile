@@ -48,6 +48,7 @@ test-deps: $(VENV)/.installed-test assets /usr/bin/chromium
 test: test-deps
 	$(VENV)/bin/ruff check .
 	$(MAKE) --no-print-directory check-deploy
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 # Django's deployment checks with the production environment of docs/production.env: no warning allowed.
@@ -61,6 +62,7 @@ bench: test-deps
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean-var:
 	rm -rf var/

@@ -167,7 +167,7 @@ def run_blocking(make_coro):
     def target():
         try:
             box["value"] = asyncio.run(make_coro())
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread below
+        except BaseException as exc:  # handed back to the caller's thread below
             box["error"] = exc
 
     thread = threading.Thread(target=target, name="embperf-blocking-request", daemon=True)

@@ -17,8 +17,6 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from benchmarks.document import summarize
-
 # Three standard errors: with ~6 levels x 6 metrics compared at once, k=2 would flag about one
 # change in every comparison of identical set-ups by chance alone (5 % per figure); k=3 keeps
 # that near 0.3 % per figure and leaves margin for the error of the noise estimate itself.
@@ -248,24 +246,3 @@ def compare_values(metric: Metric, base: float, base_noise: float | None, value:
         threshold = max(threshold, MIN_RELATIVE_CHANGE * abs(base))
     significant = None if threshold is None else abs(diff) > threshold
     return Delta(diff=diff, pct=pct, better=metric.better(diff), significant=significant, threshold=threshold)
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures of a whole run
-
-
-def run_figures(levels: Sequence[dict], slo_p99_ms: float | None = None) -> dict:
-    """Key figures of a run from its levels' {"load", "qps", "p99_ms"} dicts (e.g. headline columns).
-
-    Returns {"peak_qps", "peak_level", "knee_level", "slo_max_level"} computed by the engine's own
-    summary (benchmarks.document.summarize), so the history, the comparison and the run's stored
-    summary always agree on what the knee and the SLO level are.
-    """
-    docs = [
-        {"concurrency": lv["load"], "rate": None, "qps": lv["qps"], "latency_ms": {"p99": lv.get("p99_ms")},
-         "status": "completed", "requests_ok": 1 if lv["qps"] else 0}
-        for lv in sorted(levels, key=lambda lv: lv["load"])
-        if lv.get("load") is not None and lv.get("qps") is not None
-    ]
-    summary = summarize(docs, slo_p99_ms)
-    return {key: summary[key] for key in ("peak_qps", "peak_level", "knee_level", "slo_max_level")}

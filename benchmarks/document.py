@@ -5,11 +5,14 @@ import platform
 import socket
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from benchmarks import __version__, stats
 from benchmarks.errors import ERROR_CLASSES, OK
 
 SCHEMA = "embperf.run/1"
+# The JSON Schema of that format: the contract the engine writes to and the portal checks ingests against.
+SCHEMA_PATH = Path(__file__).with_name("result-schema.json")
 
 # A level is labelled client-bound when the busiest load process used this much of one core, or
 # its event loop fell behind by more than both CLIENT_LAG_BOUND_MS and CLIENT_LAG_BOUND_SHARE of the
@@ -100,9 +103,11 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
     window_ok = sum(p["window_ok"] for p in partials)
     window_texts = sum(p["window_texts"] for p in partials)
     window_tokens = sum(p["window_tokens"] for p in partials)
-    tpt_n = sum(p["tokens_per_text"]["n"] for p in partials)
-    tpt_mins = [p["tokens_per_text"]["min"] for p in partials if p["tokens_per_text"]["min"] is not None]
-    tpt_maxs = [p["tokens_per_text"]["max"] for p in partials if p["tokens_per_text"]["max"] is not None]
+    # Tokens per text over the measured requests whose tokens the server reported (usage.prompt_tokens).
+    requests_with_tokens = sum(p["tokens_per_text"]["n"] for p in partials)
+    tokens_per_text_sum = sum(p["tokens_per_text"]["sum"] for p in partials)
+    min_tokens_per_text = [p["tokens_per_text"]["min"] for p in partials if p["tokens_per_text"]["min"] is not None]
+    max_tokens_per_text = [p["tokens_per_text"]["max"] for p in partials if p["tokens_per_text"]["max"] is not None]
     latency = stats.merge(p["latency"] for p in partials)
     service = stats.merge(p["service"] for p in partials)
     latency_summary = stats.summary_ms(latency)
@@ -146,9 +151,9 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
         "tokens_per_s": per_s(window_tokens),
         "tokens_estimated": any(p["tokens_missing"] for p in partials),
         "tokens_per_text": {
-            "mean": round(sum(p["tokens_per_text"]["sum"] for p in partials) / tpt_n, 2) if tpt_n else None,
-            "min": round(min(tpt_mins), 2) if tpt_mins else None,
-            "max": round(max(tpt_maxs), 2) if tpt_maxs else None,
+            "mean": round(tokens_per_text_sum / requests_with_tokens, 2) if requests_with_tokens else None,
+            "min": round(min(min_tokens_per_text), 2) if min_tokens_per_text else None,
+            "max": round(max(max_tokens_per_text), 2) if max_tokens_per_text else None,
         },
         "latency_ms": latency_summary,
         "service_ms": stats.summary_ms(service),
@@ -197,6 +202,17 @@ def summarize(levels: list[dict], slo_p99_ms: float | None) -> dict:
         "slo_max_level": slo_level,
         "client_bound_levels": [level_load(lv) for lv in levels if lv.get("client", {}).get("client_bound")],
     }
+
+
+# The run-wide figures history and comparison show, as `summarize` stores them.
+KEY_FIGURES = ("peak_qps", "peak_level", "knee_level", "slo_max_level")
+
+
+def key_figures(summary: dict | None) -> dict:
+    """Peak requests/s, its level, the knee and the highest level within the SLO, read from a stored
+    summary (None for each figure the summary lacks, e.g. a run that failed before finishing)."""
+    summary = summary or {}
+    return {key: summary.get(key) for key in KEY_FIGURES}
 
 
 def public_target(target: dict) -> dict:

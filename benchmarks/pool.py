@@ -86,7 +86,7 @@ def serve(proc: int, config: dict, commands, out, stop_event, cpu_clock_name: st
         headers = request_headers(config.get("api_key"))
         cpu_clock = getattr(time, cpu_clock_name)
         factory = _loop_factory()
-    except Exception as exc:  # noqa: BLE001 - reported to the controller, which raises it
+    except Exception as exc:  # reported to the controller, which raises it
         out.put(("failed", proc, f"{type(exc).__name__}: {exc}"))
         return
     out.put(("ready", proc, None))
@@ -102,7 +102,7 @@ def serve(proc: int, config: dict, commands, out, stop_event, cpu_clock_name: st
                 partial = loop_runner.run(runner.run())
             partial["corpus_reused"] = inputs.corpus_reused
             out.put(("done", proc, partial))
-        except Exception as exc:  # noqa: BLE001 - reported to the controller, which raises it
+        except Exception as exc:  # reported to the controller, which raises it
             out.put(("failed", proc, f"{type(exc).__name__}: {exc}"))
 
 

@@ -80,12 +80,6 @@ def text_vector(text: str, dimensions: int, native_dimensions: int) -> np.ndarra
     return vector / norm if norm > 0 else vector
 
 
-
-
-
-
-
-
 @dataclass
 class SimulatorConfig:
     """Everything that shapes the simulator's behaviour.

@@ -7,6 +7,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("portal.api.urls")),
+    path("", include("portal.accounts.urls")),
     path("", include("portal.history.urls")),  # before front: the history app serves the dashboard at "/"
     path("", include("portal.front.urls")),
 ]

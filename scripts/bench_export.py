@@ -2,7 +2,7 @@
 
 Fills a fresh SQLite database (a temporary file, migrated from scratch) with one run whose plan
 kept raw samples: 1,000,000 requests over 4 levels, handed to the raw-sample writer in batches of
-10,000 as the worker does (portal.api.samples). That happens in a child process, so the exporting
+10,000 as the worker does (portal.sweeps.samples). That happens in a child process, so the exporting
 process starts clean. A second child process then downloads GET /api/v1/runs/<id>/samples/ through
 Django's test client with an API token (no network), reading the stream chunk by chunk, and prints:
   - rows and bytes exported, time taken, rows/s
@@ -30,8 +30,6 @@ LEVELS = [1, 8, 32, 64]
 BATCH = 10_000
 
 
-
-
 def rss_mb() -> float:
     """Current resident set size of this process (Linux /proc), MB."""
     with open("/proc/self/statm") as fh:
@@ -50,9 +48,8 @@ def fill(n_samples: int) -> None:
     from django.contrib.auth.models import User
 
     from portal.accounts.models import Membership, Team
-    from portal.api.models import RawSampleChunk
-    from portal.api.samples import writer_for_run
-    from portal.sweeps.models import Plan, Target
+    from portal.sweeps.models import Plan, RawSampleChunk, Target
+    from portal.sweeps.samples import writer_for_run
     from portal.sweeps.services import create_run
 
     user = User.objects.create_user("bench")
@@ -92,7 +89,7 @@ def export(n_samples: int) -> int:
     from django.contrib.auth.models import User
     from django.test import Client
 
-    from portal.api.models import ApiToken
+    from portal.accounts.models import ApiToken
     from portal.sweeps.models import Run
 
     user = User.objects.get(username="bench")

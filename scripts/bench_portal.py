@@ -33,14 +33,12 @@ LEVELS = [1, 4, 8, 16, 32, 64]
 TEMPLATES = 12  # distinct simulated runs whose level documents are reused across the 1,000
 
 
-
-
 def fill(n_runs: int, seconds: int):
     """One team with `n_runs` runs of one target and plan; a second team with 10. Returns both users."""
     from django.contrib.auth.models import User
     from django.db import transaction
 
-    from benchmarks.compare import run_figures
+    from benchmarks.document import summarize
     from portal.accounts.models import Membership, Team
     from portal.history.models import LevelStats
     from portal.sweeps.models import Level, Plan, Run, Target
@@ -53,9 +51,7 @@ def fill(n_runs: int, seconds: int):
         docs = level_docs(LEVELS, seed=i, duration_s=seconds, gpu=i % 3 == 0,
                           capacity_qps=260 if slow else 380 + 4 * i, base_ms=24 if slow else 20)
         stats = [LevelStats.fields_from_level(Level(run_id=0, data=d)) for d in docs]
-        figures = run_figures([{"load": d["concurrency"], "qps": d["qps"], "p99_ms": d["latency_ms"]["p99"]}
-                               for d in docs], 250.0)
-        templates.append((docs, stats, figures))
+        templates.append((docs, stats, summarize(docs, 250.0)))
 
     def team_with_runs(name: str, username: str, count: int, baseline_at: int | None):
         team = Team.objects.create(name=name)

@@ -1,11 +1,10 @@
 """Shared pieces of the API tests: a DRF client signed in with a fresh API token."""
-import pytest
 from rest_framework.test import APIClient
 
 
 def token_client(user, **kwargs) -> APIClient:
     """An APIClient that sends `Authorization: Bearer <new token of user>`."""
-    from portal.api.models import ApiToken
+    from portal.accounts.models import ApiToken
 
     _, raw = ApiToken.issue(user, "tests", **kwargs)
     client = APIClient()
@@ -37,13 +36,3 @@ def document(**overrides) -> dict:
     }
     doc.update(overrides)
     return doc
-
-
-@pytest.fixture(autouse=False)
-def fresh_throttles():
-    """Throttle history lives in the cache and user ids repeat across tests: start each test clean."""
-    from django.core.cache import cache
-
-    cache.clear()
-    yield
-    cache.clear()

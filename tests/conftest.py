@@ -17,6 +17,27 @@ def _fresh_cache():
 
 
 @pytest.fixture
+def fresh_throttles():
+    """Throttle history lives in the cache and user ids repeat across tests: start each test clean."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def enqueued(monkeypatch):
+    """The tasks the portal hands to the workers, recorded instead of sent: [{"name", "args", **options}]."""
+    from portal.taskqueue import app
+
+    calls = []
+    monkeypatch.setattr(app, "send_task", lambda name, args=None, **options: calls.append(
+        {"name": name, "args": args, **options}))
+    return calls
+
+
+@pytest.fixture
 def team(db):
     from portal.accounts.models import Team
 

@@ -1,4 +1,4 @@
-"""Real processes for the end-to-end tests: a Celery worker, a database, a broker, and a driver.
+"""Real processes for the end-to-end tests: a Celery worker, a web server, a database, a broker, and a driver.
 
 The worker is another process, so the test cannot use pytest-django's test database. Each stack
 gets its own database (a SQLite file in a temporary var dir, or a uniquely named PostgreSQL
@@ -11,6 +11,7 @@ render the run page with Django's test client). The test process itself only run
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -121,6 +122,42 @@ class Worker:
                 raise RuntimeError(f"the Celery worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             time.sleep(0.2)
         raise RuntimeError(f"the Celery worker was not ready within {timeout} s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+
+
+class WebServer:
+    """gunicorn on 127.0.0.1, port 0; the port is read from its log."""
+
+    def __init__(self, env: dict, log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # closed in stop()
+        gunicorn = str(Path(PYTHON).parent / "gunicorn")
+        self.proc = subprocess.Popen(
+            [gunicorn, "-b", "127.0.0.1:0", "-w", "1", "--threads", "8", "--access-logfile", "-",
+             "portal.wsgi"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_url(self, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            match = re.search(r"Listening at: (http://127\.0\.0\.1:\d+)", text)
+            if match and "Booting worker" in text:
+                return match.group(1)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{text[-4000:]}")
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn did not start within {timeout} s")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

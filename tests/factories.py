@@ -132,7 +132,7 @@ def stored_run(*, target, plan, docs: list[dict] | None = None, label: str = "",
                server_config: dict | None = None, created: dt.datetime | None = None,
                status: str = "succeeded", **level_kwargs):
     """A finished Run in the database with its levels stored through services.store_level."""
-    from benchmarks.compare import run_figures
+    from benchmarks.document import summarize
     from portal.sweeps.models import Run
     from portal.sweeps.services import create_run, store_level
 
@@ -140,9 +140,8 @@ def stored_run(*, target, plan, docs: list[dict] | None = None, label: str = "",
     docs = docs if docs is not None else level_docs(plan.levels or (1, 4, 8, 16, 32, 64), **level_kwargs)
     for doc in docs:
         store_level(run, doc)
-    figures = run_figures([{"load": d["concurrency"], "qps": d["qps"], "p99_ms": d["latency_ms"]["p99"]}
-                           for d in docs], plan.slo_p99_ms)
-    run.summary = {**figures, "slo_p99_ms": plan.slo_p99_ms}
+    # The summary the engine writes at the end of a sweep.
+    run.summary = summarize(docs, plan.slo_p99_ms)
     run.status = status
     run.worker_host = "bench-01"
     run.client_version = "0.1.0"

@@ -7,8 +7,8 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from portal.api.models import ApiToken, hash_token
-from tests.api_support import fresh_throttles, token_client  # noqa: F401  (fixture)
+from portal.accounts.models import ApiToken, hash_token
+from tests.api_support import token_client
 
 pytestmark = pytest.mark.usefixtures("fresh_throttles")
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from portal.sweeps.models import Level, Plan, Run, Target
-from tests.api_support import document, fresh_throttles, token_client  # noqa: F401  (fixture)
+from tests.api_support import document, token_client
 
 pytestmark = pytest.mark.usefixtures("fresh_throttles")
 

@@ -3,7 +3,7 @@ import pytest
 
 from portal.accounts.models import Membership
 from portal.sweeps.models import Plan, Target
-from tests.api_support import fresh_throttles, token_client  # noqa: F401  (fixture)
+from tests.api_support import token_client
 
 NEW_TARGET = {"name": "tei-a", "flavor": "tei", "base_urls": ["http://127.0.0.1:8080"], "model_name": "bge-large"}
 

@@ -10,9 +10,8 @@ import pytest
 
 from benchmarks.push import PushError, push_document
 from benchmarks.simulator import running_simulator
-from portal.api.models import ApiToken
+from portal.accounts.models import ApiToken
 from portal.sweeps.models import Run
-from tests.api_support import fresh_throttles  # noqa: F401  (fixture)
 from tests.factories import level_docs, stored_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("fresh_throttles")]

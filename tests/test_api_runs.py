@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from portal.api import samples
+from portal.sweeps import samples
 from portal.sweeps.models import Run
-from tests.api_support import fresh_throttles, token_client  # noqa: F401  (fixture)
+from tests.api_support import token_client
 from tests.factories import level_docs, stored_run
 
 pytestmark = pytest.mark.usefixtures("fresh_throttles")
@@ -69,11 +69,7 @@ def test_outsider_gets_404_for_every_run_endpoint(outsider, finished):
     assert response.status_code == 404
 
 
-def test_start_run_enqueues_and_returns_its_url(api, target, plan, monkeypatch, django_capture_on_commit_callbacks):
-    from workers import tasks
-
-    sent = []
-    monkeypatch.setattr(tasks.run_sweep, "apply_async", lambda **kw: sent.append(kw))
+def test_start_run_enqueues_and_returns_its_url(api, target, plan, enqueued, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = api.post("/api/v1/runs/", {"target": target.pk, "plan": plan.pk, "label": "ci-42",
                                               "server_config": {"--max-running-requests": 128}})
@@ -83,7 +79,7 @@ def test_start_run_enqueues_and_returns_its_url(api, target, plan, monkeypatch, 
     assert body["url"] == f"/api/v1/runs/{run.pk}/" and response["Location"] == body["url"]
     assert (run.status, run.source, run.label) == ("queued", "api", "ci-42")
     assert run.server_config == {"--max-running-requests": "128"}
-    assert sent and sent[0]["args"] == [run.pk] and sent[0]["queue"] == target.queue
+    assert enqueued and enqueued[0]["args"] == [run.pk] and enqueued[0]["queue"] == target.queue
 
 
 @pytest.mark.parametrize(

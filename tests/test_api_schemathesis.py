@@ -4,7 +4,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.api_support import fresh_throttles, token_client  # noqa: F401  (fixture)
+from tests.api_support import token_client
 from tests.factories import level_docs, stored_run
 
 pytestmark = pytest.mark.usefixtures("fresh_throttles")
@@ -16,7 +16,7 @@ MAX_EXAMPLES = 12
 @pytest.fixture
 def auth_headers(owner, target, plan):
     # Something for the generated ids to find: a finished run of the owner's team with raw samples.
-    from portal.api.samples import writer_for_run
+    from portal.sweeps.samples import writer_for_run
 
     run = stored_run(target=target, plan=plan, docs=level_docs((1, 4), duration_s=3))
     writer_for_run(run)(0, [(0.0, 0.0, 0.01, "ok", 200, 8, 1, 100)])

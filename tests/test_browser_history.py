@@ -61,7 +61,7 @@ def page(live_server, client, owner):
         context.add_cookies([{"name": "sessionid", "value": session, "url": live_server.url}])
         try:
             context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
-        except Exception:  # noqa: BLE001 - clipboard permissions are optional; #copied-text is checked anyway
+        except Exception:  # clipboard permissions are optional; #copied-text is checked anyway
             pass
         pg = context.new_page()
         pg.errors = []
@@ -72,7 +72,8 @@ def page(live_server, client, owner):
 
 
 def _charts_drawn(page, ids):
-    page.wait_for_function("() => window.EmbperfHistory && Object.keys(window.EmbperfHistory.charts).length > 0")
+    page.wait_for_function("() => window.EmbperfResultCharts"
+                           " && Object.keys(window.EmbperfResultCharts.charts).length > 0")
     for chart_id in ids:
         inked = page.evaluate(INKED_PIXELS, f"{chart_id}-canvas")
         assert inked > 500, f"chart {chart_id} looks blank ({inked} inked pixels)"
@@ -115,7 +116,7 @@ def test_run_compare_and_history_pages(page, live_server, runs):
     assert len(table) == 2 + 6 * 6 and f"#{made[2].pk}" in table[0]
     try:
         clipboard = page.evaluate("() => navigator.clipboard.readText()")
-    except Exception:  # noqa: BLE001 - headless clipboard may be unavailable; the mirrored text was checked
+    except Exception:  # headless clipboard may be unavailable; the mirrored text was checked
         clipboard = None
     if clipboard:
         assert clipboard == copied

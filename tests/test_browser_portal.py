@@ -5,17 +5,15 @@ results table and charts that drew, cancel a second run and see it cancelled; no
 
 Screenshots go to var/screenshots/ (git-ignored) for a person to look at.
 """
-import os
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from benchmarks.simulator import running_simulator
 from tests import e2e_support as e2e
-from tests.prerequisites import launch_chromium, require_chromium
+from tests.prerequisites import INKED_PIXELS, launch_chromium, require_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -33,55 +31,6 @@ Membership.objects.create(team=team, user=user, role="owner")
 QueueGrant.objects.create(team=team, queue={queue!r})  # the operator lends the team this worker's queue
 """
 
-# Number of painted pixels on a canvas: a chart that drew has many, a blank canvas none.
-PAINTED_PIXELS = """(id) => {
-  const canvas = document.getElementById(id);
-  if (!canvas || !canvas.width || !canvas.height) return 0;
-  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-  let painted = 0;
-  for (let i = 3; i < data.length; i += 4) if (data[i] > 0) painted++;
-  return painted;
-}"""
-
-
-
-
-class WebServer:
-    """gunicorn on 127.0.0.1, port 0; the port is read from its log."""
-
-    def __init__(self, env: dict, log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # closed in stop()
-        gunicorn = str(Path(e2e.PYTHON).parent / "gunicorn")
-        self.proc = subprocess.Popen(
-            [gunicorn, "-b", "127.0.0.1:0", "-w", "1", "--threads", "8", "--access-logfile", "-",
-             "portal.wsgi"],
-            cwd=e2e.ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def wait_url(self, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            match = re.search(r"Listening at: (http://127\.0\.0\.1:\d+)", text)
-            if match and "Booting worker" in text:
-                return match.group(1)
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{text[-4000:]}")
-            time.sleep(0.2)
-        raise RuntimeError(f"gunicorn did not start within {timeout} s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait(5)
-        self._log.close()
-
-
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory):
     """Simulator, migrated SQLite database, file-system broker, Celery worker and web server."""
@@ -97,7 +46,7 @@ def portal(tmp_path_factory):
             setup_script = CREATE_USER.format(password=PASSWORD, queue=queue)
             subprocess.run([e2e.PYTHON, "-c", setup_script], cwd=e2e.ROOT, env=env, check=True, timeout=120)
             worker = e2e.Worker(env, queue, var_dir / "worker.log")
-            web = WebServer(env, var_dir / "web.log")
+            web = e2e.WebServer(env, var_dir / "web.log")
             url = web.wait_url()
             worker.wait_ready()
             yield {"url": url, "sim_url": sim.base_url, "queue": queue, "worker": worker, "web": web}
@@ -132,7 +81,7 @@ def shot(page, name: str) -> None:
 
 
 def painted(page, canvas_id: str) -> int:
-    return page.evaluate(PAINTED_PIXELS, canvas_id)
+    return page.evaluate(INKED_PIXELS, canvas_id)
 
 
 def progress_width(page) -> float | None:

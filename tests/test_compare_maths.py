@@ -12,7 +12,6 @@ from benchmarks.compare import (
     compare_values,
     level_noise,
     quantile_standard_error,
-    run_figures,
     significance_threshold,
     standard_error_of_mean,
 )
@@ -128,27 +127,3 @@ def test_level_noise_from_timeseries_and_histogram():
     # Without a histogram, p90 has no estimate and p99 falls back to the per-second spread (0 here).
     bare = level_noise(doc)
     assert bare["p90_ms"] is None and bare["p99_ms"] == 0.0
-
-
-def _levels(rows):
-    return [{"load": load, "qps": qps, "p99_ms": p99} for load, qps, p99 in rows]
-
-
-def test_knee_is_last_level_before_throughput_stops_growing_while_p99_grows():
-    # 8 -> 16: +5.6 % requests/s (< 10 %) while p99 grows: the knee is 8.
-    rows = [(1, 50, 40), (4, 190, 60), (8, 360, 90), (16, 380, 200), (32, 385, 400)]
-    assert run_figures(_levels(rows))["knee_level"] == 8
-    assert run_figures(_levels(list(reversed(rows))))["knee_level"] == 8  # order does not matter
-
-
-def test_no_knee_while_throughput_scales():
-    assert run_figures(_levels([(1, 10, 20), (2, 20, 21), (4, 40, 22)]))["knee_level"] is None
-
-
-def test_slo_level_and_peak():
-    rows = [(1, 50, 40.0), (4, 190, 60.0), (8, 360, 120.0), (16, 400, 300.0)]
-    figures = run_figures(_levels(rows), slo_p99_ms=150)
-    assert figures == {"peak_qps": 400, "peak_level": 16, "knee_level": None, "slo_max_level": 8}
-    assert run_figures(_levels(rows), slo_p99_ms=120)["slo_max_level"] == 8  # met means p99 <= SLO
-    assert run_figures(_levels(rows), slo_p99_ms=10)["slo_max_level"] is None
-    assert run_figures(_levels(rows))["slo_max_level"] is None

@@ -22,8 +22,6 @@ pytestmark = pytest.mark.e2e
 STACKS = ["embedded", "postgres-redis"]
 
 
-
-
 @pytest.fixture(scope="module")
 def simulator():
     with running_simulator() as sim:

@@ -18,6 +18,14 @@ def test_peak_knee_and_slo():
     assert summary["client_bound_levels"] == []
 
 
+def test_slo_level_is_the_highest_level_whose_p99_meets_it():
+    levels = [level(1, 50, 40.0), level(4, 190, 60.0), level(8, 360, 120.0), level(16, 400, 300.0)]
+    assert summarize(levels, slo_p99_ms=150)["slo_max_level"] == 8
+    assert summarize(levels, slo_p99_ms=120)["slo_max_level"] == 8  # met means p99 <= SLO
+    assert summarize(levels, slo_p99_ms=10)["slo_max_level"] is None
+    assert summarize(levels, slo_p99_ms=None)["slo_max_level"] is None
+
+
 def test_no_knee_while_throughput_keeps_growing():
     summary = summarize([level(1, 100, 10), level(2, 200, 11), level(4, 400, 12)], slo_p99_ms=None)
     assert summary["knee_level"] is None and summary["slo_max_level"] is None

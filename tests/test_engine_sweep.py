@@ -1,13 +1,13 @@
 """The sweep against the simulator: the numbers it reports are the numbers the server produced."""
 import json
 import threading
-from pathlib import Path
 
 import jsonschema
 import pytest
 
 from benchmarks import stats
 from benchmarks.control import CancelToken
+from benchmarks.document import SCHEMA_PATH
 from benchmarks.errors import ConfigError, SweepError
 from benchmarks.simulator import running_simulator
 from benchmarks.sweep import run_sweep
@@ -70,8 +70,7 @@ def test_document_shape_and_run_wide_sections():
 
 def assert_portal_accepts(doc):
     """The portal ingests exactly what the engine writes (its JSON Schema of embperf.run/1)."""
-    schema_file = Path(__file__).resolve().parent.parent / "portal" / "api" / "result-schema.json"
-    schema = json.loads(schema_file.read_text())
+    schema = json.loads(SCHEMA_PATH.read_text())
     errors = [f"{list(e.absolute_path)}: {e.message}" for e in
               jsonschema.Draft202012Validator(schema).iter_errors(json.loads(json.dumps(doc)))]
     assert errors == []

@@ -21,6 +21,14 @@ def test_ms_percent_duration_mib():
     assert mib(512) == "512 MiB" and mib(20480) == "20.0 GiB" and mib(None) == "–"
 
 
+def test_one_rule_for_figures_on_pages_and_in_exports():
+    from benchmarks.numbers import figure
+
+    assert figure(1234.56, decimals=1) == "1,234.6" and figure(98765.4, decimals=0) == "98,765"
+    assert figure(None, decimals=1) == num(None) == "–"
+    assert num(56.78) == figure(56.78) == "56.8"
+
+
 def test_seconds_until():
     from datetime import UTC, datetime, timedelta
 

@@ -6,23 +6,15 @@ from django.utils import timezone
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def sent(monkeypatch):
-    from workers import tasks
-
-    calls = []
-    monkeypatch.setattr(tasks.probe_target, "apply_async", lambda *a, **kw: calls.append((a, kw)))
-    return calls
-
-
-def test_probe_is_enqueued_on_the_targets_queue(client, owner, target, sent):
+def test_probe_is_enqueued_on_the_targets_queue(client, owner, target, enqueued):
     target.queue = "gpu-host-1"
     target.save()
     client.force_login(owner)
     response = client.post(reverse("target-probe", args=[target.pk]))
     assert response.status_code == 302
-    (args, kwargs), = sent
-    assert kwargs["args"] == [target.pk] and kwargs["queue"] == "gpu-host-1"
+    (call,) = enqueued
+    assert call["name"] == "workers.tasks.probe_target"
+    assert call["args"] == [target.pk] and call["queue"] == "gpu-host-1"
     state = client.get(reverse("target-probe", args=[target.pk])).json()
     assert state["pending"] is True and "Waiting for a worker on queue" in state["html"]
 
@@ -58,7 +50,7 @@ def test_an_older_result_does_not_hide_a_new_request(client, owner, target):
     assert client.get(reverse("target-probe", args=[target.pk])).json()["pending"] is True
 
 
-def test_outsider_cannot_probe(client, outsider, target, sent):
+def test_outsider_cannot_probe(client, outsider, target, enqueued):
     client.force_login(outsider)
     assert client.post(reverse("target-probe", args=[target.pk])).status_code == 404
-    assert sent == []
+    assert enqueued == []

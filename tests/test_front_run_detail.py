@@ -39,7 +39,7 @@ def test_results_table(client, owner, finished):
     assert f'href="/api/v1/runs/{finished.pk}/export/?format=csv"' in html
     assert client.get(f"/api/v1/runs/{finished.pk}/export/?format=csv").status_code == 200
     # A finished run's charts come from the history app's partial; the live ones are gone.
-    assert 'id="run-history-charts"' in html and 'id="qps-chart"' not in html
+    assert 'id="run-charts"' in html and 'id="qps-chart"' not in html
     assert 'id="progress-card"' not in html and 'id="cancel-button"' not in html
 
 
@@ -150,3 +150,21 @@ def test_failed_run_shows_reason(client, owner, target, plan):
     client.force_login(owner)
     html = client.get(run.get_absolute_url()).content.decode()
     assert "connection refused at http://127.0.0.1:9100" in html and "This run finished no level" in html
+
+
+def test_finished_run_page_builds_its_charts(client, owner, target, plan):
+    from tests.factories import stored_run
+
+    run = stored_run(target=target, plan=plan, seed=4, duration_s=6, gpu=True)
+    client.force_login(owner)
+    response = client.get(reverse("run-detail", args=[run.pk]))
+    charts = {chart["id"]: chart for chart in response.context["charts"]}
+    assert list(charts) == ["run-throughput", "run-latency", "run-distribution", "run-timeline"]
+    html = response.content.decode()
+    for chart_id in charts:
+        assert f"{chart_id}-canvas" in html
+    assert "GPU utilization" in html and "js/result_charts.js" in html
+    # The timeline opens on the last level.
+    last = str(run.levels.order_by("index").last().index)
+    assert charts["run-timeline"]["variant"] == last
+    assert charts["run-timeline"]["datasets"] == charts["run-timeline"]["variants"][last]["datasets"]

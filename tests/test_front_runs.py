@@ -7,15 +7,6 @@ from portal.sweeps.models import Run
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def enqueued(monkeypatch):
-    from workers import tasks
-
-    calls = []
-    monkeypatch.setattr(tasks.run_sweep, "apply_async", lambda *a, **kw: calls.append(kw))
-    return calls
-
-
 def test_start_run(client, owner, target, plan, enqueued, django_capture_on_commit_callbacks):
     client.force_login(owner)
     data = {"target": target.pk, "plan": plan.pk, "label": "mrr-128", "notes": "first try",
@@ -29,6 +20,7 @@ def test_start_run(client, owner, target, plan, enqueued, django_capture_on_comm
     assert run.created_by == owner and run.team == target.team
     assert run.plan_config["levels"] == [1, 4] and run.target_config["name"] == "sim"
     (call,) = enqueued
+    assert call["name"] == "workers.tasks.run_sweep"
     assert call["args"] == [run.pk] and call["queue"] == target.queue
 
 
@@ -76,12 +68,12 @@ def test_plan_of_another_team_is_refused(client, owner, target, other_team, enqu
 
 def test_broker_down_marks_the_run_failed_with_reason(client, owner, target, plan, monkeypatch,
                                                       django_capture_on_commit_callbacks):
-    from workers import tasks
+    from portal.taskqueue import app
 
     def refuse(*args, **kwargs):
         raise ConnectionRefusedError("[Errno 111] Connection refused")
 
-    monkeypatch.setattr(tasks.run_sweep, "apply_async", refuse)
+    monkeypatch.setattr(app, "send_task", refuse)
     client.force_login(owner)
     with django_capture_on_commit_callbacks(execute=True):
         client.post(reverse("run-create"), {"target": target.pk, "plan": plan.pk})

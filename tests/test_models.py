@@ -35,3 +35,18 @@ def test_store_level_is_idempotent(target, plan):
     assert run.levels.count() == 1
     assert run.levels.get().qps == 110.0
     assert run.levels.get().latency_p99_ms == 12.5
+
+
+def test_level_keeps_its_status_and_its_load(target, plan):
+    run = create_run(target=target, plan=plan)
+    closed = store_level(run, {"index": 0, "concurrency": 4, "rate": None, "status": "aborted", "qps": 1.0})
+    opened = store_level(run, {"index": 1, "concurrency": None, "rate": 2.5, "qps": 1.0})
+    assert (closed.status, closed.load) == ("aborted", 4)
+    assert (opened.status, opened.load) == ("completed", 2.5)  # a document without a status completed
+
+
+def test_run_figures_come_from_its_stored_summary(target, plan):
+    run = create_run(target=target, plan=plan)
+    assert run.figures == {"peak_qps": None, "peak_level": None, "knee_level": None, "slo_max_level": None}
+    run.summary = {"peak_qps": 300.0, "peak_level": 8, "knee_level": 4, "slo_p99_ms": 50, "slo_max_level": 4}
+    assert run.figures == {"peak_qps": 300.0, "peak_level": 8, "knee_level": 4, "slo_max_level": 4}

@@ -347,10 +347,10 @@ def test_metrics_urls_never_get_the_key(transactional_db, team, plan, peers):
 def test_test_connection_is_throttled_per_user(db, owner, member, target, client, monkeypatch):
     from django.core.cache import cache
 
-    from workers import tasks
+    from portal import taskqueue
 
     sent = []
-    monkeypatch.setattr(tasks.probe_target, "apply_async", lambda *a, **kw: sent.append(kw))
+    monkeypatch.setattr(taskqueue.app, "send_task", lambda *a, **kw: sent.append(kw))
     cache.clear()
     url = reverse("target-probe", args=[target.pk])
     client.force_login(owner)

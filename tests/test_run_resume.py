@@ -19,21 +19,21 @@ def four_levels(team):
 
 @pytest.fixture
 def sent(monkeypatch):
-    from workers import tasks
+    from portal import taskqueue
 
     calls = []
-    monkeypatch.setattr(tasks.run_sweep, "apply_async", lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr(taskqueue.app, "send_task", lambda *a, **kw: calls.append(kw))
     return calls
 
 
 @pytest.fixture
 def refused(monkeypatch):
-    from workers import tasks
+    from portal import taskqueue
 
     def refuse(*args, **kwargs):
         raise ConnectionRefusedError("[Errno 111] Connection refused")
 
-    monkeypatch.setattr(tasks.run_sweep, "apply_async", refuse)
+    monkeypatch.setattr(taskqueue.app, "send_task", refuse)
 
 
 @pytest.fixture
@@ -172,13 +172,13 @@ def test_run_page_hides_resume_from_viewers(client, interrupted, team):
 # so the answer can tell whether the broker took it.
 def test_api_start_with_the_broker_down_is_503_and_the_run_can_be_queued_again(
         transactional_db, target, plan, owner, monkeypatch):
-    from workers import tasks
+    from portal import taskqueue
 
     def refuse(*args, **kwargs):
         raise ConnectionRefusedError("[Errno 111] Connection refused")
 
     api = token_client(owner)
-    monkeypatch.setattr(tasks.run_sweep, "apply_async", refuse)
+    monkeypatch.setattr(taskqueue.app, "send_task", refuse)
     response = api.post("/api/v1/runs/", {"target": target.pk, "plan": plan.pk})
     assert response.status_code == 503, response.json()
     body = response.json()
@@ -188,7 +188,7 @@ def test_api_start_with_the_broker_down_is_503_and_the_run_can_be_queued_again(
     assert body["links"]["enqueue"] == f"/api/v1/runs/{run.pk}/enqueue/"
 
     sent = []
-    monkeypatch.setattr(tasks.run_sweep, "apply_async", lambda *a, **kw: sent.append(kw))
+    monkeypatch.setattr(taskqueue.app, "send_task", lambda *a, **kw: sent.append(kw))
     response = api.post(f"/api/v1/runs/{run.pk}/enqueue/")
     assert response.status_code == 200, response.json()
     run.refresh_from_db()
@@ -219,10 +219,10 @@ def test_run_page_offers_queue_again_for_a_refused_run(client, owner, target, pl
     run = Run.objects.get()
     page = client.get(run.get_absolute_url()).content.decode()
     assert 'id="enqueue-form"' in page and 'id="resume-form"' not in page
-    from workers import tasks
+    from portal import taskqueue
 
     sent = []
-    monkeypatch.setattr(tasks.run_sweep, "apply_async", lambda *a, **kw: sent.append(kw))
+    monkeypatch.setattr(taskqueue.app, "send_task", lambda *a, **kw: sent.append(kw))
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(reverse("run-enqueue", args=[run.pk]))
     assert response.status_code == 302

@@ -109,8 +109,6 @@ def test_outsider_gets_404(client, outsider, telemetry_run):
     assert client.get(telemetry_run.get_absolute_url()).status_code == 404
 
 
-
-
 @pytest.mark.browser
 def test_charts_draw_in_a_browser(live_server, client, owner, telemetry_run):
     require_chromium()

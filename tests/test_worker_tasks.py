@@ -180,26 +180,27 @@ def test_worker_restart_interrupts_only_its_own_runs(db, target, plan):
     assert other.status == Run.Status.RUNNING  # its heartbeat is fresh
 
 
-def test_start_run_enqueues_on_the_target_queue_with_time_limits(db, target, plan, monkeypatch,
+def test_start_run_enqueues_on_the_target_queue_with_time_limits(db, target, plan, enqueued,
                                                                  django_capture_on_commit_callbacks):
-    sent = {}
-    monkeypatch.setattr(run_sweep, "apply_async", lambda **kwargs: sent.update(kwargs))
     target.queue = "gpu-host-7"
     target.save()
     with django_capture_on_commit_callbacks(execute=True):
         run = start_run(target=target, plan=plan, label="x", server_config={"--max-running-requests": "128"})
     soft, hard = sweep_time_limits(plan)
-    assert sent == {"args": [run.pk], "queue": "gpu-host-7", "soft_time_limit": soft, "time_limit": hard}
+    assert enqueued == [{"name": run_sweep.name, "args": [run.pk], "queue": "gpu-host-7", "soft_time_limit": soft,
+                         "time_limit": hard}]
     assert soft > plan.expected_seconds() and hard > soft
     assert run.status == Run.Status.QUEUED and run.server_config == {"--max-running-requests": "128"}
 
 
 def test_start_run_with_broker_down_fails_the_run_with_the_reason(db, target, plan, monkeypatch,
                                                                   django_capture_on_commit_callbacks):
-    def refuse(**kwargs):
+    from portal.taskqueue import app
+
+    def refuse(*args, **kwargs):
         raise ConnectionRefusedError("[Errno 111] Connection refused")
 
-    monkeypatch.setattr(run_sweep, "apply_async", refuse)
+    monkeypatch.setattr(app, "send_task", refuse)
     with django_capture_on_commit_callbacks(execute=True):
         run = start_run(target=target, plan=plan)
     run.refresh_from_db()
@@ -285,7 +286,7 @@ def test_soft_time_limit_fails_the_run_with_a_reason(transactional_db, sim_targe
 
 
 def test_raw_samples_are_stored_when_the_plan_keeps_them(transactional_db, sim_target, team):
-    from portal.api.samples import sample_count
+    from portal.sweeps.samples import sample_count
 
     plan = Plan.objects.create(team=team, name="samples", levels=[1], warmup_s=0, duration_s=1, tokens=32,
                                dimensions=64, timeout_s=5, keep_samples=True)

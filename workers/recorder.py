@@ -7,7 +7,7 @@ moment they arrive, writes progress at most about once a second, and polls
 `Run.cancel_requested` every half second to set the engine's CancelToken.
 
 Run.progress as written here (read by the run page and the API):
-    the engine's latest progress dict (see notes/contracts), plus
+    the engine's latest progress dict (built in benchmarks/sweep.py, `_progress`), plus
     "updated_at": ISO time of the write (the worker's heartbeat, refreshed at least every 10 s),
     "recent": up to 300 per-second points, oldest first, each the engine's "second" dict
               ({"t", "completed", "errors", "p50_ms", "p99_ms", "in_flight"}) plus

@@ -25,10 +25,10 @@ from benchmarks.control import CancelToken
 from benchmarks.document import level_load
 from benchmarks.errors import SweepError
 from benchmarks.sweep import run_sweep as engine_run_sweep
-from portal.api.samples import writer_for_run
 from portal.sweeps.bounds import plan_limits
 from portal.sweeps.models import Level, Run, Target, new_servers
 from portal.sweeps.outbound import outbound_policy
+from portal.sweeps.samples import writer_for_run
 from portal.sweeps.services import store_level, sweep_time_limits
 from workers import recovery
 from workers.recorder import RunRecorder

@@ -220,7 +220,7 @@ class Scraper:
             raise ScrapeError(f"the page is compressed (Content-Encoding: {encoding[:40]}) although asked for none")
         try:
             return parse_metrics(body.decode("utf-8", "replace"), source=self.url, t=t)
-        except Exception as exc:  # noqa: BLE001 - the parser's errors on garbage are not all ValueError
+        except Exception as exc:  # the parser's errors on garbage are not all ValueError
             # The parser's message quotes the offending line: say what the page was instead.
             raise ScrapeError(f"not Prometheus text ({describe_body(body, content_type)})") from exc
 

@@ -1,6 +1,6 @@
 """Ingest: add a result document produced elsewhere (the CLI's --json output) to a team's history.
 
-The document is checked against portal/api/result-schema.json and a few rules JSON Schema cannot
+The document is checked against benchmarks/result-schema.json and a few rules JSON Schema cannot
 say; every problem is reported with the path of the field (`levels[2].latency_ms.p99`). Nothing is
 saved unless the whole document is accepted. The target and plan are matched by name within the
 team (and created from the document when missing), so ingested runs sit in history beside runs
@@ -10,7 +10,6 @@ import json
 import uuid
 from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 
 import jsonschema
 from django.core.exceptions import ValidationError
@@ -18,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from benchmarks import stats
-from benchmarks.document import public_target
+from benchmarks.document import SCHEMA_PATH, public_target
 from portal.accounts.models import Team
 from portal.front.fields import URLListField
 from portal.sweeps.bounds import plan_document_errors, target_field_errors
@@ -26,7 +25,6 @@ from portal.sweeps.models import Plan, Run, Target
 from portal.sweeps.outbound import outbound_policy, validate_outbound_url
 from portal.sweeps.services import store_level
 
-SCHEMA_PATH = Path(__file__).with_name("result-schema.json")
 MAX_ERRORS = 20
 
 

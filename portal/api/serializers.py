@@ -10,11 +10,10 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from portal.accounts.access import api_teams, visible_to_request
 from portal.accounts.models import Membership, Team
-from portal.api.access import api_teams, plans_for, targets_for
-from portal.front.fields import _KEY_RE
 from portal.front.forms import PlanForm, TargetForm
-from portal.sweeps.models import Level, Plan, Run, Target
+from portal.sweeps.models import CONFIG_KEY_RE, Level, Plan, Run, Target
 from portal.sweeps.services import PLAN_OUT_OF_BOUNDS, plan_start_errors, target_queue_error
 
 
@@ -301,13 +300,13 @@ class RunDetailSerializer(RunSerializer):
 @extend_schema_field(OpenApiTypes.INT)
 class VisibleTargetField(serializers.PrimaryKeyRelatedField):
     def get_queryset(self):
-        return targets_for(self.context["request"])
+        return visible_to_request(Target, self.context["request"])
 
 
 @extend_schema_field(OpenApiTypes.INT)
 class VisiblePlanField(serializers.PrimaryKeyRelatedField):
     def get_queryset(self):
-        return plans_for(self.context["request"])
+        return visible_to_request(Plan, self.context["request"])
 
 
 class RunStartSerializer(StrictMixin, serializers.Serializer):
@@ -325,7 +324,7 @@ class RunStartSerializer(StrictMixin, serializers.Serializer):
     def validate_server_config(self, value):
         # The same key rule as the run form's KeyValueField; values are free text.
         for key in value:
-            if not _KEY_RE.match(key) or len(key) > 100:
+            if not CONFIG_KEY_RE.match(key) or len(key) > 100:
                 raise serializers.ValidationError(
                     f"“{key}” is not a key; keys use letters, digits and - _ . / : only (up to 100 characters)."
                 )

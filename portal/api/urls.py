@@ -1,9 +1,9 @@
-"""URLs of the API: /api/v1/..., the OpenAPI schema, its docs page, and the API-token settings page."""
+"""URLs of the API: /api/v1/..., the OpenAPI schema and its docs page."""
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from portal.api import pages, views
+from portal.api import views
 
 router = DefaultRouter()
 router.register("teams", views.TeamViewSet, basename="team")
@@ -21,6 +21,4 @@ urlpatterns = [
     path("api/v1/", include((api_v1, "api"))),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    path("settings/tokens/", pages.token_list, name="api-tokens"),
-    path("settings/tokens/<int:pk>/revoke/", pages.token_revoke, name="api-token-revoke"),
 ]

@@ -1,6 +1,6 @@
 """The REST API under /api/v1/: teams, targets, plans, runs, exports, compare, ingest.
 
-Every queryset comes from portal.api.access, so another team's object is a 404 and a token sees
+Every queryset comes from portal.accounts.access, so another team's object is a 404 and a token sees
 no more than its user. Writing needs an owner or member role in the object's team (403 otherwise).
 """
 from django.conf import settings
@@ -14,9 +14,9 @@ from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from portal.accounts.access import api_teams, check_write, visible_to_request
 from portal.accounts.models import Team
-from portal.api import export, samples
-from portal.api.access import api_teams, check_write, plans_for, runs_for, targets_for
+from portal.api import export
 from portal.api.ingest import AlreadyIngested, IngestError, ingest_document
 from portal.api.renderers import CSVRenderer, MarkdownRenderer
 from portal.api.serializers import (
@@ -29,7 +29,7 @@ from portal.api.serializers import (
     TargetSerializer,
     TeamSerializer,
 )
-from portal.sweeps import services
+from portal.sweeps import samples, services
 from portal.sweeps.models import Plan, Run, Target
 
 ERROR_400 = OpenApiResponse(description="Invalid input: the body names each field and what is wrong with it.")
@@ -77,7 +77,7 @@ class TargetViewSet(TeamOwnedViewSet):
     queryset = Target.objects.none()
 
     def get_queryset(self):
-        return targets_for(self.request).order_by("name", "id")
+        return visible_to_request(Target, self.request).order_by("name", "id")
 
 
 @extend_schema_view(
@@ -92,7 +92,7 @@ class PlanViewSet(TeamOwnedViewSet):
     queryset = Plan.objects.none()
 
     def get_queryset(self):
-        return plans_for(self.request).order_by("name", "id")
+        return visible_to_request(Plan, self.request).order_by("name", "id")
 
 
 READ_ONLY = OpenApiResponse(description="Read-only role.")
@@ -150,7 +150,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
         return super().get_throttles()
 
     def get_queryset(self):
-        runs = runs_for(self.request).select_related("created_by")
+        runs = visible_to_request(Run, self.request).select_related("created_by")
         if self.action == "retrieve":
             runs = runs.prefetch_related("levels")
         if self.action != "list":
@@ -307,7 +307,7 @@ class CompareView(APIView):
         baseline_id = params.validated_data.get("baseline") or ids[0]
         if baseline_id not in ids:
             ids.insert(0, baseline_id)
-        found = {run.pk: run for run in runs_for(request).filter(pk__in=ids)}
+        found = {run.pk: run for run in visible_to_request(Run, request).filter(pk__in=ids)}
         missing = [i for i in ids if i not in found]
         if missing:
             return Response({"detail": f"No run {missing[0]} among your teams' runs."},

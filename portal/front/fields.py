@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from django import forms
 from django.core.exceptions import ValidationError
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-/:]+$")
+from portal.sweeps.models import CONFIG_KEY_RE
 
 
 def format_number(value: float) -> str:
@@ -123,7 +123,7 @@ class KeyValueField(forms.CharField):
                 key, val = line, ""
             if not key:
                 raise ValidationError(f"Line {number} (“{line}”) has a value but no key.")
-            if not _KEY_RE.match(key):
+            if not CONFIG_KEY_RE.match(key):
                 raise ValidationError(
                     f"Line {number}: “{key}” is not a key; keys use letters, digits and - _ . / : only."
                 )

@@ -4,7 +4,7 @@ import re
 from django import forms
 from django.core.validators import MaxValueValidator, MinValueValidator
 
-from portal.front.access import teams_for_user
+from portal.accounts.access import teams_for_user
 from portal.front.fields import KeyValueField, LevelsField, URLListField
 from portal.sweeps.bounds import plan_field_errors, target_field_errors
 from portal.sweeps.models import Plan, QueueGrant, Run, Target, new_servers

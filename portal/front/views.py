@@ -1,5 +1,4 @@
 """Pages for targets, plans and runs. Views stay thin: access checks, a form, a template."""
-import logging
 import math
 
 from django.contrib import messages
@@ -14,13 +13,8 @@ from django.utils.dateformat import format as date_format
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
-from portal.front.access import (
-    can_write,
-    get_plan_for_user,
-    get_run_for_user,
-    get_target_for_user,
-    teams_for_user,
-)
+from portal.accounts.access import can_write, get_owned_or_404, teams_for_user
+from portal.front.charts import run_charts
 from portal.front.forms import PlanForm, RunFilterForm, RunForm, TargetForm
 from portal.front.presets import PLAN_PRESETS, PRESET_LABELS
 from portal.sweeps.models import Plan, Run, Target
@@ -34,8 +28,6 @@ from portal.sweeps.services import (
     resume_run,
     start_run,
 )
-
-log = logging.getLogger(__name__)
 
 RUNS_PER_PAGE = 25
 
@@ -67,7 +59,7 @@ def target_create(request):
 
 @login_required
 def target_detail(request, pk):
-    target = get_target_for_user(request.user, pk)
+    target = get_owned_or_404(Target, request.user, pk)
     runs = target.runs.select_related("target", "plan")[:10]
     context = {"target": target, "runs": runs, "probe": probe_state(target)}
     return render(request, "sweeps/target_detail.html", context)
@@ -75,7 +67,7 @@ def target_detail(request, pk):
 
 @login_required
 def target_edit(request, pk):
-    target = get_target_for_user(request.user, pk, write=True)
+    target = get_owned_or_404(Target, request.user, pk, write=True)
     form = TargetForm(request.POST or None, instance=target, user=request.user)
     if request.method == "POST" and form.is_valid():
         form.save()
@@ -86,7 +78,7 @@ def target_edit(request, pk):
 
 @login_required
 def target_delete(request, pk):
-    target = get_target_for_user(request.user, pk, write=True)
+    target = get_owned_or_404(Target, request.user, pk, write=True)
     if request.method == "POST":
         name = target.name
         target.delete()
@@ -115,11 +107,11 @@ def probe_state(target: Target) -> dict:
 def target_probe(request, pk):
     """POST: ask a worker on the target's queue to probe it. GET: the probe's state as JSON."""
     if request.method != "POST":
-        target = get_target_for_user(request.user, pk)
+        target = get_owned_or_404(Target, request.user, pk)
         state = probe_state(target)
         state["html"] = render_to_string("sweeps/_probe_result.html", {"target": target, "probe": state})
         return JsonResponse(state)
-    target = get_target_for_user(request.user, pk, write=True)
+    target = get_owned_or_404(Target, request.user, pk, write=True)
     throttle = ProbeThrottle()
     if not throttle.allow_request(request, None):
         wait = math.ceil(throttle.wait() or 1)
@@ -168,14 +160,14 @@ def plan_create(request):
 
 @login_required
 def plan_detail(request, pk):
-    plan = get_plan_for_user(request.user, pk)
+    plan = get_owned_or_404(Plan, request.user, pk)
     runs = plan.runs.select_related("target", "plan")[:10]
     return render(request, "sweeps/plan_detail.html", {"plan": plan, "runs": runs})
 
 
 @login_required
 def plan_edit(request, pk):
-    plan = get_plan_for_user(request.user, pk, write=True)
+    plan = get_owned_or_404(Plan, request.user, pk, write=True)
     form = PlanForm(request.POST or None, instance=plan, user=request.user)
     if request.method == "POST" and form.is_valid():
         form.save()
@@ -231,7 +223,7 @@ def level_rows(run: Run) -> list[dict]:
             {
                 "index": level.index,
                 "load": level.load,
-                "status": data.get("status", "completed"),
+                "status": level.status,
                 "abort_reason": data.get("abort_reason"),
                 "duration_s": level.duration_s,
                 "requests_ok": level.requests_ok,
@@ -272,12 +264,14 @@ def _results_context(run: Run) -> dict:
 
 @login_required
 def run_detail(request, pk):
-    run = get_run_for_user(request.user, pk)
+    run = get_owned_or_404(Run, request.user, pk)
     context = _results_context(run)
     context["levels_total"] = len(run.plan_config.get("levels") or [])
     context["elapsed_s"] = (run.finished - run.started).total_seconds() if run.started and run.finished else None
     context.update(_continuation_context(request.user, run))
     context["queue_text"] = run.queue_text()
+    # A finished run gets its full charts; while it runs, run_progress.js grows two charts as levels finish.
+    context["charts"] = run_charts(run) if run.is_final else []
     return render(request, "sweeps/run_detail.html", context)
 
 
@@ -305,7 +299,7 @@ def run_progress(request, pk):
     `?levels=N` says how many finished levels the page already shows; the levels and the results
     table are sent only when that number changed, so a poll stays small while a level runs.
     """
-    run = get_run_for_user(request.user, pk)
+    run = get_owned_or_404(Run, request.user, pk)
     state = {
         "id": run.pk,
         "status": run.status,
@@ -336,7 +330,7 @@ def run_progress(request, pk):
 @require_POST
 def run_cancel(request, pk):
     """Ask the worker to stop the run; a run no worker has picked up yet is cancelled at once."""
-    run = get_run_for_user(request.user, pk, write=True)
+    run = get_owned_or_404(Run, request.user, pk, write=True)
     if run.is_final:
         messages.info(request, f"This run has already finished ({run.get_status_display().lower()}).")
         return redirect(run)
@@ -352,7 +346,7 @@ def run_cancel(request, pk):
 @require_POST
 def run_resume(request, pk):
     """Continue an interrupted or failed run from its first unfinished level, as a new linked run."""
-    run = get_run_for_user(request.user, pk, write=True)
+    run = get_owned_or_404(Run, request.user, pk, write=True)
     try:
         new = resume_run(run, user=request.user)
     except RunStateError as exc:
@@ -370,7 +364,7 @@ def run_resume(request, pk):
 @require_POST
 def run_enqueue(request, pk):
     """Queue again a run the broker refused when it was started."""
-    run = get_run_for_user(request.user, pk, write=True)
+    run = get_owned_or_404(Run, request.user, pk, write=True)
     try:
         run = requeue_run(run)
     except RunStateError as exc:

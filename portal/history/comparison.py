@@ -19,8 +19,8 @@ from benchmarks.compare import (
     between_run_noise,
     combine_noise,
     compare_values,
-    run_figures,
 )
+from benchmarks.numbers import MISSING, figure
 from benchmarks.tables import csv_text, markdown_table
 from portal.history.models import LevelStats
 from portal.sweeps.models import Level, Run
@@ -123,12 +123,10 @@ def run_title(run: Run) -> str:
 
 def _fmt_value(metric: str, value: float | None) -> str:
     if value is None:
-        return "–"
+        return MISSING
     if metric == "error_rate":
         return f"{value * 100:.2f} %"
-    if metric == "tokens_per_s":
-        return f"{value:,.0f}"
-    return f"{value:,.1f}"
+    return figure(value, decimals=0 if metric == "tokens_per_s" else 1)
 
 
 def _fmt_diff(metric: str, diff: float) -> str:
@@ -236,10 +234,8 @@ class Comparison:
         return rows
 
     def figures(self, run: Run) -> dict:
-        """Peak, knee and SLO figures of one run, from its levels."""
-        levels = [{"load": lv.load, "qps": lv.qps, "p99_ms": lv.latency_p99_ms}
-                  for lv in self._levels[run.pk].values()]
-        return run_figures(levels, (run.plan_config or {}).get("slo_p99_ms"))
+        """Peak, knee and SLO figures of one run, as the engine summarised it."""
+        return run.figures
 
     def config_diff(self) -> dict:
         """{"changed": [{"field", "values"}], "same": [{"field", "value"}]}: identical fields folded apart."""
@@ -291,7 +287,8 @@ class Comparison:
         })
 
     def to_csv(self) -> str:
-        """One line per level and metric: each run's value, and each candidate's diff, % and significance."""
+        """One line per level and metric: each run's value, and each candidate's diff, % and significance;
+        then one line per run-wide figure (peak, knee, SLO level, as each run's summary has them)."""
         header = [self.load_key, "metric", "unit"]
         for r in self.runs:
             header.append(f"run {r.pk} value")
@@ -309,6 +306,16 @@ class Comparison:
                         d["diff"], "" if d["pct"] is None else round(d["pct"], 3),
                         "" if d["significant"] is None else str(d["significant"]).lower(),
                     ]
+            lines.append(line)
+        units = {"peak_qps": "req/s", "peak_level": self.load_key, "knee_level": self.load_key,
+                 "slo_max_level": self.load_key}
+        for key, unit in units.items():
+            line = ["run", key, unit]
+            for run in self.runs:
+                value = self.figures(run)[key]
+                line.append("" if value is None else value)
+                if run.pk != self.baseline.pk:
+                    line += ["", "", ""]
             lines.append(line)
         return csv_text(lines)
 

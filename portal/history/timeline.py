@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from django.db.models import Count, F, Max, Q, Window
 from django.db.models.functions import RowNumber
 
-from benchmarks.compare import METRICS, between_run_noise, combine_noise, compare_values, run_figures
+from benchmarks.compare import METRICS, between_run_noise, combine_noise, compare_values
+from benchmarks.document import key_figures, level_load
 from portal.history.models import LevelStats
 from portal.sweeps.models import Level, Run
 
@@ -32,17 +33,13 @@ class RunPoint:
     notes: str
     status: str
     is_baseline: bool
-    slo_p99_ms: float | None
     target_id: int | None = None
     plan_id: int | None = None
     target_name: str = ""
     plan_name: str = ""
     levels: dict[float, dict] = field(default_factory=dict)  # load -> {"id", "qps", "p99_ms"}
-    figures: dict = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)  # peak, knee and SLO level from the run's stored summary
     regressions: list[str] = field(default_factory=list)
-
-    def compute_figures(self) -> None:
-        self.figures = run_figures([{"load": load, **v} for load, v in self.levels.items()], self.slo_p99_ms)
 
 
 def history_pairs(runs) -> list[dict]:
@@ -57,11 +54,12 @@ def history_pairs(runs) -> list[dict]:
 
 def _run_points(runs) -> dict[int, RunPoint]:
     rows = runs.values("id", "created", "label", "notes", "status", "is_baseline", "target_id", "plan_id",
-                       "target__name", "plan__name", slo=F("plan_config__slo_p99_ms"))
+                       "target__name", "plan__name", "summary")
     return {
         r["id"]: RunPoint(id=r["id"], created=r["created"], label=r["label"], notes=r["notes"], status=r["status"],
-                          is_baseline=r["is_baseline"], slo_p99_ms=r["slo"], target_id=r["target_id"],
-                          plan_id=r["plan_id"], target_name=r["target__name"] or "", plan_name=r["plan__name"] or "")
+                          is_baseline=r["is_baseline"], target_id=r["target_id"],
+                          plan_id=r["plan_id"], target_name=r["target__name"] or "", plan_name=r["plan__name"] or "",
+                          figures=key_figures(r["summary"]))
         for r in rows
     }
 
@@ -72,10 +70,8 @@ def _attach_levels(points: dict[int, RunPoint], level_filter: Q) -> None:
     for level_id, run_id, concurrency, rate, qps, p99 in rows:
         point = points.get(run_id)
         if point is not None:
-            load = concurrency if concurrency is not None else rate
+            load = level_load({"concurrency": concurrency, "rate": rate})
             point.levels[load] = {"id": level_id, "qps": qps, "p99_ms": p99}
-    for point in points.values():
-        point.compute_figures()
 
 
 def _within_noise(level_filter: Q) -> dict[int, dict]:
@@ -151,7 +147,7 @@ class History:
         return [p for p in self.points if p.regressions]
 
     def chart_data(self) -> dict:
-        """What history.js draws: one point per run, series per load."""
+        """What the history charts are built from: one point per run, series per load."""
         return {
             "runs": [
                 {"id": p.id, "created": p.created.isoformat(), "label": p.label, "notes": p.notes,

@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from portal.front.access import get_plan_for_user, get_run_for_user, get_target_for_user
+from portal.accounts.access import get_owned_or_404
 from portal.history import charts
 from portal.history.comparison import (
     MAX_RUNS,
@@ -21,14 +21,12 @@ from portal.history.comparison import (
     parse_run_ids,
 )
 from portal.history.timeline import build_history, dashboard_regressions, history_pairs, last_two_per_pair
-from portal.sweeps.models import Run
+from portal.sweeps.models import Plan, Run, Target
 
 # Rows of the history table shown unless ?all=1 (the charts always show every run).
 HISTORY_TABLE_ROWS = 50
 # Columns a list of runs needs; the JSON snapshots and progress stay in the database.
 RUN_LIST_FIELDS = ("id", "label", "status", "created", "target_id", "plan_id", "target__name", "plan__name")
-
-
 
 
 def _compare_url(ids: list[int], baseline: int | None) -> str:
@@ -120,8 +118,8 @@ def history(request):
         if target_id or plan_id:
             messages.error(request, "Pick a target and a plan to see their history.")
         return render(request, "history/history.html", {"pairs": history_pairs(runs)})
-    target = get_target_for_user(request.user, int(target_id))
-    plan = get_plan_for_user(request.user, int(plan_id))
+    target = get_owned_or_404(Target, request.user, int(target_id))
+    plan = get_owned_or_404(Plan, request.user, int(plan_id))
     hist = build_history(runs.filter(target=target, plan=plan))
     newest_first = list(reversed(hist.points))
     show_all = request.GET.get("all") == "1"
@@ -146,7 +144,7 @@ def _history_chart_context(hist) -> dict:
 @login_required
 def mark_baseline(request, pk: int):
     """Make this run the baseline of its target and plan (or, with clear=1, stop it being one)."""
-    run = get_run_for_user(request.user, pk, write=True)
+    run = get_owned_or_404(Run, request.user, pk, write=True)
     with transaction.atomic():
         if request.POST.get("clear") == "1":
             Run.objects.filter(pk=run.pk).update(is_baseline=False)
@@ -183,7 +181,8 @@ def dashboard(request):
         else:
             r["percent"] = round(100 * done / total) if total else 0
     recent = list(runs.exclude(status__in=[Run.Status.QUEUED, Run.Status.RUNNING]).values(
-        *RUN_LIST_FIELDS, peak_qps=F("summary__peak_qps"))[:10])
+        *RUN_LIST_FIELDS, peak_qps=F("summary__peak_qps"), knee_level=F("summary__knee_level"),
+        slo_max_level=F("summary__slo_max_level"))[:10])
     return render(request, "history/dashboard.html", {
         "running": running,
         "recent": recent,

@@ -1,10 +1,11 @@
 """Targets, plans, runs and levels.
 
-Vocabulary (../docs and DESIGN): a Target is one embedding service, a Plan the load to
+Vocabulary (docs/architecture.md): a Target is one embedding service, a Plan the load to
 apply, a Run one execution of a plan against a target, a Level one load step of a run.
 The `to_spec()` methods produce the dictionaries the engine (`benchmarks`) takes; a Run
 keeps copies of both so that editing a target or plan never rewrites history.
 """
+import re
 import uuid
 from urllib.parse import urlsplit
 
@@ -12,17 +13,20 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from benchmarks.document import key_figures, level_load
 from benchmarks.plan import PLAN_DEFAULTS, planned_seconds
 from portal.accounts.models import Team
 from portal.sweeps.fields import EncryptedTextField
+
+# A key of a launch or server configuration (`--max-running-requests`, `tp_size`): what the pages and
+# the API accept, so a key saved through one is valid through the other.
+CONFIG_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-/:]+$")
 
 
 class TeamOwnedQuerySet(models.QuerySet):
     def for_user(self, user):
         """Rows of the teams the user belongs to; another team's rows are simply not found."""
-        if not user.is_authenticated:
-            return self.none()
-        return self.filter(team__memberships__user=user)
+        return self.filter(team__in=Team.objects.for_user(user))
 
 
 def server_of(url: str) -> str:
@@ -367,6 +371,11 @@ class Run(models.Model):
         return f"Waiting for a worker on queue “{self.queue}”: position {position}, {line}."
 
     @property
+    def figures(self) -> dict:
+        """Peak, knee and SLO level, as the engine summarised the run (see benchmarks.document.summarize)."""
+        return key_figures(self.summary)
+
+    @property
     def level_key(self) -> str:
         """'concurrency' for closed-loop plans, 'rate' for open-loop ones."""
         return "rate" if self.plan_config.get("mode") == "open" else "concurrency"
@@ -376,7 +385,13 @@ class Level(models.Model):
     """One load step of a run: the headline figures as columns, the full level document in `data`."""
 
     run = models.ForeignKey(Run, models.CASCADE, related_name="levels")
+    class Status(models.TextChoices):
+        COMPLETED = "completed", "Completed"
+        ABORTED = "aborted", "Aborted"  # the error-abort policy stopped it
+        CANCELLED = "cancelled", "Cancelled"  # a person stopped the run during this level
+
     index = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.COMPLETED)
     concurrency = models.FloatField(null=True, blank=True)
     rate = models.FloatField(null=True, blank=True)
     duration_s = models.FloatField(default=0)
@@ -410,4 +425,25 @@ class Level(models.Model):
 
     @property
     def load(self) -> float | None:
-        return self.concurrency if self.concurrency is not None else self.rate
+        """Concurrency (closed loop) or arrival rate (open loop)."""
+        return level_load({"concurrency": self.concurrency, "rate": self.rate})
+
+
+class RawSampleChunk(models.Model):
+    """A zlib-compressed block of raw-sample CSV lines of one level (see samples.py).
+
+    Kept apart from Level so that the main tables stay small; read back in id order.
+    """
+
+    run = models.ForeignKey(Run, models.CASCADE, related_name="sample_chunks")
+    level_index = models.PositiveIntegerField()
+    count = models.PositiveIntegerField()
+    data = models.BinaryField()
+
+    class Meta:
+        # Table and index keep the names they were created with, so moving the model lost no sample.
+        db_table = "api_rawsamplechunk"
+        indexes = [models.Index(fields=["run", "level_index", "id"], name="api_rawsamp_run_id_1181e2_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.level_index}: {self.count} samples"

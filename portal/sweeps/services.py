@@ -8,6 +8,7 @@ from rest_framework.throttling import UserRateThrottle
 
 from portal.sweeps.bounds import plan_field_errors, sweep_seconds
 from portal.sweeps.models import Level, Plan, QueueGrant, Run, Target
+from portal.taskqueue import PROBE_TARGET, RUN_SWEEP, enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def level_columns(doc: dict) -> dict:
     client = doc.get("client") or {}
     energy = doc.get("energy") or {}
     return {
+        "status": doc.get("status") or Level.Status.COMPLETED,
         "concurrency": doc.get("concurrency"),
         "rate": doc.get("rate"),
         "duration_s": doc.get("duration_s") or 0,
@@ -147,12 +149,10 @@ def enqueue_run(run: Run) -> str | None:
     Returns None, or the reason the broker refused it: the run is then marked failed without having
     started (`Run.never_started`), so it can be queued again (`requeue_run`) once the broker is back.
     """
-    from workers.tasks import run_sweep
-
     soft, hard = run_time_limits(run)
     queue = (run.target.queue if run.target_id else run.target_config.get("queue")) or "sweeps"
     try:
-        run_sweep.apply_async(args=[run.pk], queue=queue, soft_time_limit=soft, time_limit=hard)
+        enqueue(RUN_SWEEP, args=[run.pk], queue=queue, soft_time_limit=soft, time_limit=hard)
     except Exception as exc:
         logger.exception("run %s: could not enqueue", run.pk)
         reason = _broker_failure(exc)
@@ -258,8 +258,6 @@ class ProbeThrottle(UserRateThrottle):
 
 def request_probe(target: Target) -> None:
     """Ask a worker of the target's queue to probe it; the answer lands on Target.last_probe."""
-    from workers.tasks import probe_target
-
     now = timezone.now()
     refusal = target_queue_error(target)
     if refusal:
@@ -269,8 +267,8 @@ def request_probe(target: Target) -> None:
     Target.objects.filter(pk=target.pk).update(probe_requested_at=now)
     target.probe_requested_at = now
     try:
-        probe_target.apply_async(args=[target.pk], queue=target.queue or "sweeps", expires=PROBE_EXPIRES_S,
-                                 soft_time_limit=PROBE_SOFT_LIMIT_S, time_limit=PROBE_SOFT_LIMIT_S + 30)
+        enqueue(PROBE_TARGET, args=[target.pk], queue=target.queue or "sweeps", expires=PROBE_EXPIRES_S,
+                soft_time_limit=PROBE_SOFT_LIMIT_S, time_limit=PROBE_SOFT_LIMIT_S + 30)
     except Exception as exc:
         logger.exception("target %s: could not enqueue the probe", target.pk)
         target.last_probe = {"ok": False, "error": _broker_failure(exc), "hint": None, "at": now.isoformat()}

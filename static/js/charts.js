@@ -4,22 +4,19 @@
  *   draws a line chart with one or two y axes and returns the Chart. Options: points (false hides the
  *   dots), animate (false for charts redrawn every second), tension (curve smoothing, default 0.2).
  * EmbperfCharts.update(chart, labels, [data per series])  replaces the data without re-animating.
- * EmbperfCharts.color(i)  the i-th series colour from the stylesheet.
- * EmbperfCharts.fmt(x)  a compact number for axis ticks and tooltips.
+ * EmbperfCharts.color(i)  the i-th series colour of the one palette every chart uses.
+ * EmbperfCharts.fmt(x)  a compact number for axis ticks and tooltips ("16", "2.5", "12.3k").
+ * Every page that draws charts loads this file first; result_charts.js and telemetry.js build on it.
  */
 (function (global) {
   "use strict";
 
-  function cssVar(name, fallback) {
-    var value = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-    return value || fallback;
-  }
-
-  var FALLBACK = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"];
+  // Ten colours: the compare page overlays up to ten runs.
+  var PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#db2777",
+                 "#65a30d", "#0f766e"];
 
   function color(i) {
-    var n = (i % FALLBACK.length) + 1;
-    return cssVar("--series-" + n, FALLBACK[i % FALLBACK.length]);
+    return PALETTE[i % PALETTE.length];
   }
 
   function fmt(x) {

@@ -8,23 +8,14 @@
  *   - the server's queue depth and running requests beside requests in flight,
  * and, across levels, the server's queue depth per level. Time is seconds from the start of the
  * level's measured window, the same clock for the GPU readings and the per-second request figures.
- * Requires Chart.js (global `Chart`); uses charts.js's palette and number format when present.
+ * Requires Chart.js (global `Chart`) and charts.js (palette and number format), loaded before this file.
  */
 (function () {
   "use strict";
 
-  var FALLBACK = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"];
+  var color = window.EmbperfCharts.color;
+  var fmt = window.EmbperfCharts.fmt;
   var charts = {};
-
-  function color(i) {
-    return window.EmbperfCharts ? window.EmbperfCharts.color(i) : FALLBACK[i % FALLBACK.length];
-  }
-
-  function fmt(x) {
-    if (window.EmbperfCharts) return window.EmbperfCharts.fmt(x);
-    if (x === null || x === undefined || isNaN(x)) return "–";
-    return Math.abs(x) >= 100 ? x.toFixed(0) : x.toPrecision(3);
-  }
 
   function readLevels(root) {
     var levels = [];

@@ -1,54 +1,32 @@
 """Template filters for the figures on result pages: `num`, `ms`, `percent`, `duration`, `mib`, `seconds_until`.
 
-Missing values (None) render as an en dash, so an empty cell is never mistaken for zero.
+Numbers are written by benchmarks/numbers.py, the one rule for figures shown to people; missing values
+(None) render as an en dash, so an empty cell is never mistaken for zero.
 """
 from django import template
 
+from benchmarks.numbers import MISSING, figure, milliseconds
+from benchmarks.numbers import percent as as_percent
+
 register = template.Library()
-
-MISSING = "–"
-
-
-def _group(value: float, decimals: int) -> str:
-    return f"{value:,.{decimals}f}"
 
 
 @register.filter
 def num(value, digits: int = 3):
     """A compact number with about `digits` significant digits and thousands separators: 1,234 · 56.7 · 0.123."""
-    if value is None or value == "":
-        return MISSING
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return MISSING
-    magnitude = abs(value)
-    if magnitude >= 10 ** (int(digits) - 1) or value.is_integer():
-        return _group(value, 0)
-    if magnitude >= 1:
-        decimals = int(digits) - len(str(int(magnitude)))
-        return _group(value, max(decimals, 0))
-    return f"{value:.{int(digits)}g}"
+    return figure(value, digits=int(digits))
 
 
 @register.filter
 def ms(value):
     """A latency in milliseconds: '12.3 ms', '1,234 ms'."""
-    text = num(value)
-    return text if text == MISSING else f"{text} ms"
+    return milliseconds(value)
 
 
 @register.filter
 def percent(value, decimals: int = 1):
     """A fraction 0..1 as a percentage; tiny non-zero rates are not rounded down to 0 %."""
-    if value is None:
-        return MISSING
-    value = float(value) * 100
-    if value == 0:
-        return "0 %"
-    if value < 10 ** -int(decimals):
-        return f"<{10 ** -int(decimals):g} %"
-    return f"{value:.{int(decimals)}f} %"
+    return as_percent(value, int(decimals))
 
 
 @register.filter

@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from portal.api.models import ApiToken
+from portal.accounts.models import ApiToken
 
 
 class Command(BaseCommand):

@@ -4,8 +4,8 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from portal.api.forms import ApiTokenForm
-from portal.api.models import ApiToken
+from portal.accounts.forms import ApiTokenForm
+from portal.accounts.models import ApiToken
 
 # The new token is shown once, on the page after the redirect, then forgotten.
 SESSION_KEY = "api_new_token"
@@ -25,7 +25,7 @@ def token_list(request):
         form = ApiTokenForm(user=request.user)
     new_token = request.session.pop(SESSION_KEY, None)
     tokens = ApiToken.objects.filter(user=request.user).prefetch_related("teams")
-    return render(request, "api/tokens.html", {"form": form, "tokens": tokens, "new_token": new_token})
+    return render(request, "accounts/tokens.html", {"form": form, "tokens": tokens, "new_token": new_token})
 
 
 @login_required

@@ -1,7 +1,7 @@
 """Bearer-token authentication for the API (`Authorization: Bearer embp_...`)."""
 from rest_framework import authentication, exceptions
 
-from portal.api.models import TOKEN_PREFIX, ApiToken, hash_token
+from portal.accounts.models import TOKEN_PREFIX, ApiToken, hash_token
 
 
 class ApiTokenAuthentication(authentication.BaseAuthentication):

@@ -1,33 +1,21 @@
-/* Charts and sharing for the compare, history and run pages.
+/* The result charts of the run, compare and history pages, and their sharing buttons.
  *
- * Reads the chart specifications the server put in <script id="history-charts" type="application/json">
- * (built by portal/history/charts.py) and draws each on the canvas "<id>-canvas":
+ * Reads the chart specifications the server put in <script id="result-charts" type="application/json">
+ * (built by portal/front/charts.py for the run page, portal/history/charts.py for compare and history)
+ * and draws each on the canvas "<id>-canvas":
  *   {id, title, x: {title, log, ticks: "percentile"|"runs"|null, max}, axes: [{id, title, position, max}],
  *    datasets: [{label, axis, color, dashed, data: [{x, y}]}], runs: [...], variants: {key: {label, datasets}}}
  * Also wires the "PNG" buttons, the level selectors, "Copy as Markdown table" and "Copy permalink".
  * The text last copied is mirrored into a hidden <output id="copied-text"> so it can be checked.
- * Works without charts.js (own palette), and loads Chart.js itself when the page has not.
+ * Requires Chart.js and charts.js (palette and number format), loaded before this file.
  */
 (function () {
   "use strict";
 
-  var script = document.currentScript;
-  var FALLBACK = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#db2777", "#65a30d", "#0f766e"];
+  var color = window.EmbperfCharts.color;
+  var fmt = window.EmbperfCharts.fmt;
   var BAD = "#b91c1c";
   var charts = {};
-
-  function color(i) {
-    if (i >= 6) return FALLBACK[i % FALLBACK.length];  // charts.js has six; the compare page needs ten
-    return window.EmbperfCharts ? window.EmbperfCharts.color(i) : FALLBACK[i % FALLBACK.length];
-  }
-
-  function fmt(x) {
-    // Whole numbers (levels, counts) print as such: "16", not "16.0".
-    if (typeof x === "number" && Number.isInteger(x) && Math.abs(x) < 1e4) return String(x);
-    if (window.EmbperfCharts) return window.EmbperfCharts.fmt(x);
-    if (x === null || x === undefined || isNaN(x)) return "–";
-    return Math.abs(x) >= 100 ? x.toFixed(0) : x.toPrecision(3);
-  }
 
   // PNG downloads get a white background instead of a transparent one.
   var whiteBackground = {
@@ -256,7 +244,7 @@
     document.querySelectorAll(".swatch[data-series]").forEach(function (el) {
       el.style.background = color(Number(el.dataset.series));
     });
-    var source = document.getElementById("history-charts");
+    var source = document.getElementById("result-charts");
     var payload = source ? JSON.parse(source.textContent) : [];
     // Either a list of specs, or {runs, charts} where charts share one list of runs.
     var specs = Array.isArray(payload) ? payload : payload.charts;
@@ -277,20 +265,9 @@
     }
     var perm = document.getElementById("copy-permalink");
     if (perm) perm.addEventListener("click", function () { copyText(perm.dataset.link, perm); });
-    window.EmbperfHistory = { charts: charts };
+    window.EmbperfResultCharts = { charts: charts };
   }
 
-  function start() {
-    if (window.Chart) { init(); return; }
-    // The run page may load Chart.js after this partial; if it never does, load it here.
-    var url = script && script.dataset.chartjs;
-    if (!url) return;
-    var tag = document.createElement("script");
-    tag.src = url;
-    tag.onload = init;
-    document.head.appendChild(tag);
-  }
-
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
-  else start();
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
 })();

@@ -1,4 +1,4 @@
-/* The run page: follows a running run through its progress endpoint (every 1.5 s) and draws
+/* A running run on its page: follows it through its progress endpoint (every 1.5 s) and draws
  * the live per-second chart, the progress bar, the results table and the charts against load.
  * When the run reaches a final state the page reloads once to show the finished run as stored. */
 (function () {

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.db import close_old_connections, connection, transaction
 
-from portal.api.models import RawSampleChunk
+from portal.sweeps.models import RawSampleChunk
 
 # Columns of the raw-sample CSV, in order. Documented in docs/api.md; names are stable.
 SAMPLE_COLUMNS = (
@@ -134,12 +134,6 @@ def writer_for_run(run) -> Callable[[int, list[tuple]], None]:
         store_samples(run_id, level_index, batch, load=load)
 
     return sink
-
-
-def delete_samples(run) -> int:
-    """Forget a run's raw samples (e.g. before a retried run writes them again)."""
-    deleted, _ = RawSampleChunk.objects.filter(run=run).delete()
-    return deleted
 
 
 def sample_count(run) -> int:

@@ -1,0 +1,90 @@
+"""The run page's charts: throughput and latency against load, the latency distribution of each level
+(from its histogram), and the per-second timeline of a chosen level (with GPU overlay).
+
+Chart specifications in the shape of portal/history/charts.py, drawn by static/js/result_charts.js.
+"""
+from __future__ import annotations
+
+import math
+
+from django.db.models import F
+
+from benchmarks.document import level_load
+from portal.history.charts import LOAD_TITLES, log_x, y_axis
+from portal.history.models import LevelStats
+from portal.sweeps.models import Level, Run
+
+# Where the percentile axis stops: 99.9999 % (and the maximum is drawn there).
+PERCENTILE_AXIS_MAX = 6.0
+
+
+def percentile_x(p: float) -> float:
+    """Position on the percentile axis: -log10(1 - p), so 90 %, 99 %, 99.9 % are evenly spaced."""
+    return PERCENTILE_AXIS_MAX if p >= 100 else min(-math.log10(1 - p / 100), PERCENTILE_AXIS_MAX)
+
+
+def run_charts(run: Run) -> list[dict]:
+    """The run page's charts (empty while the run has no finished level)."""
+    levels = list(Level.objects.filter(run=run).order_by("index").values(
+        "id", "index", "concurrency", "rate", "qps", "tokens_per_s", "latency_p50_ms", "latency_p90_ms",
+        "latency_p99_ms", "gpu_util_mean", timeseries=F("data__timeseries"), gpu_timeseries=F("data__gpu__timeseries")))
+    if not levels:
+        return []
+    stats = LevelStats.objects.for_levels([Level(pk=lv["id"]) for lv in levels])
+    x_title = LOAD_TITLES[run.level_key]
+    for lv in levels:
+        lv["load"] = level_load(lv)
+    loads = [lv["load"] for lv in levels]
+    x = {"title": x_title, "log": log_x(loads), "ticks": None}
+
+    def series(label, key, color, axis="y", dashed=False, scale=1.0):
+        return {"label": label, "axis": axis, "color": color, "dashed": dashed,
+                "data": [{"x": lv["load"], "y": lv[key] * scale} for lv in levels if lv[key] is not None]}
+
+    throughput = {"id": "run-throughput", "title": "Throughput vs load", "x": x,
+                  "axes": [y_axis("y", "Requests/s (req/s)"), y_axis("y2", "Tokens/s", "right")],
+                  "datasets": [series("Requests/s", "qps", 0), series("Tokens/s", "tokens_per_s", 1, "y2")]}
+    if any(lv["gpu_util_mean"] is not None for lv in levels):
+        throughput["axes"].append(y_axis("y3", "GPU utilization (%)", "right", 100))
+        throughput["datasets"].append(series("GPU utilization", "gpu_util_mean", 4, "y3", dashed=True))
+    latency = {"id": "run-latency", "title": "Latency percentiles vs load", "x": x,
+               "axes": [y_axis("y", "Latency (ms)")],
+               "datasets": [series("p50", "latency_p50_ms", 0), series("p90", "latency_p90_ms", 2),
+                            series("p99", "latency_p99_ms", 1)]}
+    distribution = {
+        "id": "run-distribution", "title": "Latency distribution per level",
+        "x": {"title": "Percentile", "log": False, "ticks": "percentile", "max": PERCENTILE_AXIS_MAX},
+        "axes": [y_axis("y", "Latency (ms)")], "legendTitle": "Level",
+        "datasets": [{"label": f"{lv['load']:g}", "axis": "y", "color": i, "dashed": False,
+                      "data": [{"x": percentile_x(p), "y": ms} for p, ms in stats[lv["id"]].curve]}
+                     for i, lv in enumerate(levels) if stats.get(lv["id"]) and stats[lv["id"]].curve],
+    }
+    variants = {}
+    for lv in levels:
+        ts = lv["timeseries"] or []
+        sets = [
+            {"label": "Completed/s", "axis": "y", "color": 0, "dashed": False,
+             "data": [{"x": s["t"], "y": s.get("completed")} for s in ts]},
+            {"label": "p50 (ms)", "axis": "y2", "color": 2, "dashed": False,
+             "data": [{"x": s["t"], "y": s.get("p50_ms")} for s in ts if s.get("p50_ms") is not None]},
+            {"label": "p99 (ms)", "axis": "y2", "color": 1, "dashed": False,
+             "data": [{"x": s["t"], "y": s.get("p99_ms")} for s in ts if s.get("p99_ms") is not None]},
+        ]
+        if any(s.get("errors") for s in ts):
+            sets.append({"label": "Errors/s", "axis": "y", "color": 3, "dashed": True,
+                         "data": [{"x": s["t"], "y": s.get("errors")} for s in ts]})
+        gpu_ts = lv["gpu_timeseries"] or []
+        if gpu_ts:
+            sets.append({"label": "GPU utilization (%)", "axis": "y3", "color": 4, "dashed": True,
+                         "data": [{"x": g["t"], "y": g.get("util")} for g in gpu_ts if g.get("util") is not None]})
+        variants[str(lv["index"])] = {"label": f"{run.level_key} {lv['load']:g}", "datasets": sets}
+    # The timeline opens on the last level: the highest load, where a run usually gets interesting.
+    shown = str(levels[-1]["index"])
+    timeline = {
+        "id": "run-timeline", "title": "Per-second timeline of a level",
+        "x": {"title": "Time in the measured window (s)", "log": False, "ticks": None},
+        "axes": [y_axis("y", "Completed requests per second"), y_axis("y2", "Latency (ms)", "right"),
+                 y_axis("y3", "GPU utilization (%)", "right", 100)],
+        "datasets": variants[shown]["datasets"], "variants": variants, "variant": shown,
+    }
+    return [throughput, latency, distribution, timeline]
