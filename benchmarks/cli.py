@@ -19,6 +19,7 @@ from rich.text import Text
 from benchmarks import __version__, push
 from benchmarks.argtypes import fraction, non_negative, positive_float, positive_int
 from benchmarks.control import CancelToken
+from benchmarks.document import token_notes
 from benchmarks.errors import ConfigError, SweepError
 from benchmarks.flavors import FLAVORS
 
@@ -68,6 +69,9 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
                             "ollama (POST {url}/api/embed); default openai")
     group.add_argument("--api-key", default=os.environ.get("EMBPERF_API_KEY"),
                        help="Bearer key (default: $EMBPERF_API_KEY)")
+    group.add_argument("--tokenizer", metavar="ID_OR_FILE",
+                       help="the model's tokenizer: a Hugging Face model id (fetched once) or a tokenizer.json; "
+                            "tokens are then counted by it, not taken from the server's usage")
     group.add_argument("--dimensions", type=positive_int, help="request this many dimensions (matryoshka)")
     group.add_argument("--encoding", choices=("float", "base64"), default="float",
                        help="response encoding (base64 for the openai flavor only); default float")
@@ -143,6 +147,8 @@ def target_from_args(args) -> dict:
               }
     if args.api_key:
         target["api_key"] = args.api_key
+    if getattr(args, "tokenizer", None):
+        target["tokenizer"] = args.tokenizer
     return target
 
 
@@ -176,15 +182,21 @@ def results_table(document: dict) -> Table:
     for name in ("QPS", "avg ms", "P99 ms", "error rate", "tokens/s"):
         table.add_column(name, justify="right")
     table.add_column("note")
+    tokens_short, _ = token_notes(document)
     for level in document["levels"]:
         load = level["rate"] if open_loop else level["concurrency"]
         notes = []
         if level["status"] != "completed":
             notes.append(level["status"])
         if level["client"]["client_bound"]:
-            notes.append("client-bound")
-        if level["tokens_estimated"]:
+            notes.append("client-bound (load host busy)" if level["client"].get("bound_by") == "host"
+                         else "client-bound")
+        if tokens_short:
+            notes.append(tokens_short)
+        elif level["tokens_estimated"]:
             notes.append("tokens estimated")
+        for stall in level.get("stalls") or []:
+            notes.append(f"stalled {stall['duration_s']:g} s at t = {stall['t']:g} s")
         table.add_row(
             f"{load:g}", _fmt(level["qps"]), _fmt(level["latency_ms"]["mean"]), _fmt(level["latency_ms"]["p99"]),
             f"{level['error_rate']:.2%}", _fmt(level["tokens_per_s"], 0), ", ".join(notes),
@@ -206,10 +218,14 @@ def summary_lines(document: dict) -> list[str]:
                      else f"no level met p99 <= {summary['slo_p99_ms']:g} ms")
     if document["inputs"].get("cache_study"):
         lines.append("cache study: every request sent the same text (--repeat-input)")
+    lines.extend(token_notes(document)[1])
     for level in document["levels"]:
         if level["client"]["client_bound"]:
+            advice = level["client"].get("advice") or "use --processes or a faster client host for this load"
             lines.append(f"level {level['index']}: client-bound ({level['client']['client_bound_reason']}); "
-                         "use --processes or a faster client host for this load")
+                         f"{advice}")
+        for note in level.get("notes") or []:
+            lines.append(f"level {level['index']}: {note}")
         for cls, message in level["error_examples"].items():
             lines.append(f"level {level['index']}: {level['errors'][cls]} x {cls}, e.g. {message}")
     for note in document.get("telemetry_notes") or []:
