@@ -350,7 +350,8 @@ def command_probe(args, out: Console, err: Console) -> int:
     if result["ok"]:
         out.print(f"ok: {result['url']} served model {result['served_model'] or '(not reported)'}, "
                   f"vector length {result['vector_length']}, prompt tokens {result['prompt_tokens']}, "
-                  f"{result['latency_ms']:.1f} ms", markup=False, highlight=False)
+                  + (f"accepts up to {result['max_input_tokens']} tokens, " if result.get("max_input_tokens") else "")
+                  + f"{result['latency_ms']:.1f} ms", markup=False, highlight=False)
         return 0
     err.print(f"probe failed: {result['error']}", markup=False, highlight=False)
     if result.get("hint"):
