@@ -15,6 +15,7 @@ from portal.api.access import api_teams, plans_for, targets_for
 from portal.front.fields import _KEY_RE
 from portal.front.forms import PlanForm, TargetForm
 from portal.sweeps.models import Level, Plan, Run, Target
+from portal.sweeps.services import plan_misfits
 
 
 class StrictMixin:
@@ -147,6 +148,10 @@ class TargetSerializer(FormBackedSerializer):
     flavor = serializers.ChoiceField(choices=Target.Flavor.choices, required=False)
     base_urls = serializers.ListField(child=serializers.CharField(max_length=500), min_length=1, max_length=32)
     model_name = serializers.CharField(max_length=200)
+    tokenizer = serializers.CharField(
+        max_length=500, required=False, allow_blank=True,
+        help_text="The model's tokenizer: a Hugging Face model id or a tokenizer.json path on the workers.",
+    )
     api_key = serializers.CharField(
         write_only=True, required=False, allow_blank=True, max_length=1000, trim_whitespace=True,
         help_text="Write-only. Send a new key to replace the stored one, an empty string to remove it.",
@@ -326,6 +331,9 @@ class RunStartSerializer(StrictMixin, serializers.Serializer):
                 {"plan": [f"This plan belongs to {plan.team.name}; pick a plan of {target.team.name}, "
                           "the target's team."]}
             )
+        problems = plan_misfits(target, plan)
+        if problems:
+            raise serializers.ValidationError({"plan": problems})
         return attrs
 
 

@@ -7,6 +7,7 @@ from django.conf import settings
 from portal.front.access import teams_for_user
 from portal.front.fields import KeyValueField, LevelsField, URLListField, format_number
 from portal.sweeps.models import Plan, Run, Target
+from portal.sweeps.services import plan_misfits
 
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -65,11 +66,15 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
     class Meta:
         model = Target
         fields = [
-            "team", "name", "flavor", "base_urls", "model_name", "api_key", "engine", "engine_version",
+            "team", "name", "flavor", "base_urls", "model_name", "tokenizer", "api_key", "engine", "engine_version",
             "launch_config", "gpu_source", "gpu_indices", "metrics_urls", "queue",
         ]
         labels = {"model_name": "Model", "gpu_source": "GPU telemetry", "gpu_indices": "GPU indices"}
-        help_texts = {"model_name": "The model name sent in each request, e.g. Qwen/Qwen3-Embedding-4B."}
+        help_texts = {
+            "model_name": "The model name sent in each request, e.g. Qwen/Qwen3-Embedding-4B.",
+            "tokenizer": "Optional. The model's tokenizer, to count tokens exactly rather than trust the server's "
+            "usage: a Hugging Face model id (fetched once by the worker) or a tokenizer.json path on the worker.",
+        }
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -291,6 +296,9 @@ class RunForm(forms.Form):
             self.add_error(
                 "plan", f"This plan belongs to {plan.team.name}; pick a plan of {target.team.name}, the target's team."
             )
+        elif target and plan:
+            for problem in plan_misfits(target, plan):
+                self.add_error("plan", problem)
         return cleaned
 
 
