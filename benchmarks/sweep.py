@@ -148,6 +148,9 @@ def normalize_target(target: dict) -> dict:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError(f"base URL {url!r} must start with http:// or https://")
     out["base_urls"] = list(urls)
+    tokenizer = out.get("tokenizer")
+    if tokenizer is not None and not isinstance(tokenizer, str):
+        raise ConfigError(f"target tokenizer must be a model id or a path, not {tokenizer!r}")
     if not out.get("model") and out["flavor"] != "tei":
         raise ConfigError("the target needs a model name")
     return out

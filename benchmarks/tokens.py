@@ -28,6 +28,9 @@ MAX_CHARS_PER_TOKEN = 8.0
 # A tokenizer and a server that count the same text this far apart are probably not the same model.
 RATIO_WARN_LOW, RATIO_WARN_HIGH = 0.8, 1.25
 
+# How far from the character or word count usage may be and still be that count (special tokens).
+COUNT_SLACK = 2
+
 HUB_TIMEOUT_S = 10.0  # connect and read timeout of each call to the hub
 
 
@@ -145,9 +148,10 @@ def check_usage(samples: list[tuple[str, int | None]]) -> UsageCheck:
     chars = sum(len(text) for text, _ in reported)
     used = sum(usage for _, usage in reported)
     ratio = round(chars / used, 3) if used else None
-    if all(usage == len(text) for text, usage in reported):
+    # Within a couple: a server may add its special tokens to a count of characters or words.
+    if all(abs(usage - len(text)) <= COUNT_SLACK for text, usage in reported):
         return UsageCheck("characters", "the server's usage counts characters, not tokens", ratio)
-    if all(usage == len(text.split()) for text, usage in reported):
+    if all(abs(usage - len(text.split())) <= COUNT_SLACK for text, usage in reported):
         return UsageCheck("words", "the server's usage counts words, not tokens", ratio)
     if ratio is None or not MIN_CHARS_PER_TOKEN <= ratio <= MAX_CHARS_PER_TOKEN:
         shown = "0 tokens" if ratio is None else f"{ratio:g} characters per token"

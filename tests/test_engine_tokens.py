@@ -90,7 +90,11 @@ def test_usage_that_counts_characters_or_words_is_named():
     assert check_usage([(short, len(short)), (text, len(text))]).kind == "characters"
     assert "counts characters, not tokens" in check_usage([(text, len(text))]).note
     assert check_usage([(short, len(short.split())), (text, len(text.split()))]).kind == "words"
+    # Characters or words plus the special tokens of the server's count are still named.
+    assert check_usage([(short, len(short) + 2), (text, len(text) + 2)]).kind == "characters"
+    assert check_usage([(text, len(text.split()) + 2)]).kind == "words"
     assert check_usage([(text, 2)]).kind == "implausible"  # 40 characters per token
+    assert check_usage([(text, len(text) - 10)]).kind == "implausible"  # 1.1 characters per token
     assert check_usage([(text, None)]).kind == "none"
     assert check_usage([(short, count_tokens(short)), (text, count_tokens(text))]).usable
 
@@ -144,6 +148,16 @@ def test_usage_in_a_header_is_used():
     assert doc["inputs"]["tokens"]["source"] == "server usage"
     assert doc["inputs"]["calibration"]["measured_tokens"] == pytest.approx(64, rel=0.05)
     assert doc["levels"][0]["tokens_estimated"] is False
+
+
+def test_every_load_process_cuts_texts_with_the_tokenizer(tokenizer_file):
+    tokenizer = Tokenizer.from_file(tokenizer_file)
+    with running_simulator(**FAST) as sim:
+        doc = run_sweep(target(sim, tokenizer=tokenizer_file), plan(processes=2, levels=[4]))
+        texts = [t for t in sim.texts_seen if t[6:8] in ("00", "01")]
+    assert {t[6:8] for t in texts} == {"00", "01"}
+    assert all(abs(count(tokenizer, t) - 128) <= 1 for t in texts)
+    assert doc["levels"][0]["tokens_source"] == "tokenizer"
 
 
 def test_tokenizer_and_honest_usage_report_their_ratio(tokenizer_file):
