@@ -22,6 +22,9 @@ CLIENT_LAG_BOUND_SHARE = 0.10
 # A load process that spent this share of the window runnable but waiting for a CPU (its run-queue
 # wait, /proc/thread-self/schedstat) was held back by other work on the host, not by its own load.
 CLIENT_RUN_WAIT_PERCENT = 20.0
+# A host whose CPUs were this busy over the window, or whose load average reached its core count,
+# explains a lagging event loop in a load process that itself used little CPU.
+HOST_BUSY_PERCENT = 80.0
 
 ADVICE_PROCESS = "the load process is saturated: use more load processes (--processes) or worker hosts"
 ADVICE_HOST = "the load host is shared with other work (the server?): move the load generator to another host"
@@ -71,21 +74,27 @@ def _client_health(partials: list[dict], latency_p50_ms: float | None) -> dict:
     host_percent = round(100.0 * host_busy / host_total, 1) if host_total else None
     reasons = []
     process_bound = cpu >= CLIENT_CPU_BOUND_PERCENT
-    host_bound = not process_bound and wait is not None and wait >= CLIENT_RUN_WAIT_PERCENT
     if process_bound:
         reasons.append(f"a load process used {cpu:.0f} % of a CPU core (limit {CLIENT_CPU_BOUND_PERCENT:.0f} %)")
     lag_limit = max(CLIENT_LAG_BOUND_MS, CLIENT_LAG_BOUND_SHARE * (latency_p50_ms or 0.0))
     lag_over = lag_p99 > lag_limit
     if lag_over:
         reasons.append(f"event-loop lag p99 {lag_p99:.1f} ms (limit {lag_limit:.1f} ms)")
+    waited = wait is not None and wait >= CLIENT_RUN_WAIT_PERCENT
+    host_busy = ((host_percent is not None and host_percent >= HOST_BUSY_PERCENT)
+                 or (load_average is not None and bool(cores) and load_average >= cores))
+    # Not saturated itself, yet kept waiting for a CPU or lagging on a busy host: the host is the limit.
+    host_bound = not process_bound and (waited or (lag_over and host_busy))
     if host_bound:
         host = []
         if host_percent is not None:
             host.append(f"the host's CPUs {host_percent:.0f} % busy")
         if load_average is not None and cores:
             host.append(f"load {load_average:.1f} on {cores} cores")
-        reasons.append(f"a load process using {cpu:.0f} % of a core waited for a CPU {wait:.0f} % of the window "
-                       f"(limit {CLIENT_RUN_WAIT_PERCENT:.0f} %)" + (f", {', '.join(host)}" if host else ""))
+        reason = f"the load process used {cpu:.0f} % of a core"
+        if waited:
+            reason += f" and waited for a CPU {wait:.0f} % of the window (limit {CLIENT_RUN_WAIT_PERCENT:.0f} %)"
+        reasons.append(reason + (f"; {', '.join(host)}" if host else ""))
     bound_by = "process" if process_bound else "host" if host_bound else "event loop" if lag_over else None
     advice = {"process": ADVICE_PROCESS, "host": ADVICE_HOST, "event loop": ADVICE_LAG}.get(bound_by)
     return {
