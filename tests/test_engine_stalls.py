@@ -51,6 +51,14 @@ def test_no_stall_no_note():
     assert doc["levels"][0]["stalls"] == [] and doc["levels"][0]["notes"] == []
 
 
+def test_a_stall_that_reached_p99_is_not_said_to_be_hidden():
+    level = {"concurrency": 4, "rate": None, "stalls": [{"t": 9.7, "duration_s": 2.0}],
+             "latency_ms": {"p99": 2127.9}}
+    assert stall_note(level) == ("the server stopped answering for 2 s at t = 9.7 s; in closed loop only the "
+                                 "requests in flight waited through it; an open-loop plan at a fixed rate shows "
+                                 "its full effect")
+
+
 def test_open_loop_stall_note_has_no_closed_loop_caveat():
     level = {"concurrency": None, "rate": 100, "stalls": [{"t": 3.2, "duration_s": 2.0}]}
     assert stall_note(level) == "the server stopped answering for 2 s at t = 3.2 s"
