@@ -1,11 +1,15 @@
 """Token counts that stay true: the model's own tokenizer, and the server's usage cross-checked.
 
 The tokenizers here are trained in the test on the engine's own word list (nothing is fetched)."""
+import asyncio
+import hashlib
 import json
 import os
+import threading
 import time
 
 import pytest
+from aiohttp import web
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
 from benchmarks import cli
@@ -229,3 +233,56 @@ def test_a_sweep_with_an_unreachable_tokenizer_fails_with_the_message(tmp_path, 
     with running_simulator(**FAST) as sim:
         with pytest.raises(SweepError, match="cannot fetch"):
             run_sweep(target(sim, tokenizer="org/model"), plan())
+
+
+@pytest.fixture
+def local_hub(monkeypatch):
+    """A stand-in for the Hugging Face Hub on 127.0.0.1 that serves one tokenizer.json (nothing leaves
+    this machine); yields the list of requests it received."""
+    data = wordpiece().to_str().encode()
+    etag = hashlib.sha256(data).hexdigest()
+    requests = []
+
+    async def resolve(request):
+        requests.append((request.method, request.path))
+        headers = {"X-Repo-Commit": "a" * 40, "ETag": f'"{etag}"'}
+        if request.method == "HEAD":
+            return web.Response(headers={**headers, "Content-Length": str(len(data))})
+        return web.Response(body=data, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{org}/{name}/resolve/{rev}/{file}", resolve)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+    try:
+        yield requests
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+
+def test_a_model_id_is_fetched_once_into_the_data_folder(local_hub, tmp_path):
+    path = resolve_tokenizer("org/model", var_dir=tmp_path)
+    assert path.startswith(str(tmp_path / "tokenizers")) and path.endswith("tokenizer.json")
+    assert ("GET", "/org/model/resolve/main/tokenizer.json") in local_hub
+    local_hub.clear()
+    # The second time (another run, another worker sharing the folder) asks the hub nothing.
+    assert resolve_tokenizer("org/model", var_dir=tmp_path) == path
+    assert local_hub == []
+    assert count(Tokenizer.from_file(path), "the quick brown fox") == count(wordpiece(), "the quick brown fox")
+
+
+def test_a_sweep_fetches_the_tokenizer_of_a_model_id(local_hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBPERF_VAR_DIR", str(tmp_path))
+    with running_simulator(usage="characters", **FAST) as sim:
+        doc = run_sweep(target(sim, tokenizer="org/model"), plan(tokens=64))
+    assert doc["inputs"]["tokens"]["source"] == "tokenizer" and doc["target"]["tokenizer"] == "org/model"
+    assert doc["inputs"]["calibration"]["tokenizer_tokens"] == {"min": 64, "max": 64}
