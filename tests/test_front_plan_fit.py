@@ -106,3 +106,19 @@ def test_without_a_probe_nothing_is_flagged(client, owner, team, target, enqueue
     client.force_login(owner)
     plan = preset_plan(team, "classic", dimensions=1024)
     assert _start(client, target, plan, django_capture_on_commit_callbacks).status_code == 302
+
+
+def test_the_demo_plans_fit_a_384_dimension_model(db):
+    from django.core.management import call_command
+
+    from portal.accounts.models import Team
+    from portal.sweeps.services import plan_misfits
+
+    call_command("embperf_bootstrap")
+    demo = Team.objects.get(name="Demo")
+    target = demo.targets.get()
+    target.last_probe = PROBE_384
+    for name in ("Smoke", "Classic sweep"):
+        plan = demo.plans.get(name=name)
+        assert plan.to_spec()["dimensions"] is None
+        assert plan_misfits(target, plan) == []
