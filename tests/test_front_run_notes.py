@@ -57,3 +57,15 @@ def test_run_page_shows_the_stall_note_and_the_busy_host(client, owner, team, tm
             "open-loop plan at a fixed rate does") in html
     assert "client-bound (load host busy)" in html
     assert "move the load generator to another host" in html
+
+
+def test_markdown_export_carries_the_token_and_stall_notes(client, owner, team, tmp_path):
+    from portal.api.export import levels_markdown
+
+    doc = _sweep(tmp_path, tokenizer=True)
+    level = doc["levels"][0]
+    level["stalls"] = [{"t": 14.0, "duration_s": 2.0}]
+    level["notes"] = [stall_note(level)]
+    markdown = levels_markdown(ingest_document(doc, team=team))
+    assert "the server's usage counts characters, not tokens (not used)." in markdown
+    assert "Concurrency 2: the server stopped answering for 2 s at t = 14 s" in markdown

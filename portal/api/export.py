@@ -6,7 +6,7 @@ never rename or drop one.
 import csv
 import io
 
-from benchmarks.document import SCHEMA, public_target
+from benchmarks.document import SCHEMA, public_target, token_notes
 from portal.sweeps.models import Run
 from portal.sweeps.services import gpu_totals
 
@@ -162,6 +162,8 @@ def levels_markdown(run: Run) -> str:
               "GPU util", "power W"]
     lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     notes = []
+    # Where the token counts come from, and what each level's notes say (a stall, ...).
+    said = [_md_escape(line[:1].upper() + line[1:]) + "." for line in token_notes(run.document or {})[1]]
     for level in run.levels.order_by("index"):
         lv = level.data
         latency = lv.get("latency_ms") or {}
@@ -171,6 +173,7 @@ def levels_markdown(run: Run) -> str:
         if (lv.get("client") or {}).get("client_bound"):
             load_text += " ¹"
             notes.append("¹ the client, not the server, limited this level; its figures understate the server.")
+        said.extend(f"{load_name} {_fmt(load)}: {_md_escape(note)}." for note in lv.get("notes") or [])
         row = [
             load_text,
             _fmt(lv.get("qps")),
@@ -187,4 +190,6 @@ def levels_markdown(run: Run) -> str:
         lines.append("| " + " | ".join(row) + " |")
     if notes:
         lines += ["", notes[0]]
+    if said:
+        lines += ["", *said]
     return "\n".join(lines) + "\n"
