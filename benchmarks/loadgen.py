@@ -422,8 +422,10 @@ class LevelRunner:
                 load,
             )
         if self.in_flight and self.window_closed_at - self.last_answer >= STALL_MIN_S:
-            # Still silent when the window closed: the stall runs to the window's end.
+            # Still silent when the window closed: the stall runs to the window's end (and is not
+            # noted again when the answer that ends it arrives in the drain).
             self._note_stall(self.last_answer, self.window_closed_at)
+            self.last_answer = self.window_closed_at
         self._in_flight_at_close = self.in_flight
 
     def _stop_early(self, now: float) -> None:

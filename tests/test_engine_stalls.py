@@ -62,3 +62,19 @@ def test_a_stall_that_reached_p99_is_not_said_to_be_hidden():
 def test_open_loop_stall_note_has_no_closed_loop_caveat():
     level = {"concurrency": None, "rate": 100, "stalls": [{"t": 3.2, "duration_s": 2.0}]}
     assert stall_note(level) == "the server stopped answering for 2 s at t = 3.2 s"
+
+
+def test_a_stall_running_past_the_window_end_is_noted_once():
+    from benchmarks.errors import OK
+    from benchmarks.loadgen import LevelRunner
+
+    work = {"index": 0, "mode": "closed", "concurrency": 1, "t0": 100.0, "warmup_s": 0.0, "duration_s": 8.0,
+            "timeout_s": 5.0, "dims": 4}
+    runner = LevelRunner(work, proc=0, flavor=None, urls=[], headers={}, inputs=None, out=None, stop_event=None)
+    runner._record(100.0, 100.0, 100.5, OK, 200, 10, 1, 100)  # answers until t = 7
+    runner._record(106.5, 106.5, 107.0, OK, 200, 10, 1, 100)
+    runner.in_flight = 1
+    runner._close_window(108.0)  # silent since t = 7 when the window closes at 8
+    runner.in_flight = 0
+    runner._record(107.0, 107.0, 109.5, OK, 200, 10, 1, 100)  # the answer that ends it, in the drain
+    assert runner.stalls == [(7.0, 1.0)]
