@@ -276,7 +276,7 @@ class Sweep:
                 tokens["usage_ratio"] = round(sum(n for _, n in counted) / sum(c for c, _ in counted), 3)
                 if usage.usable:
                     tokens["note"] = ratio_note(tokens["usage_ratio"])
-            self._calibrate_with_tokenizer(tokenizer, sampler, calibration)
+            self._calibrate_with_tokenizer(tokenizer, calibration)
         elif mode == "corpus":
             texts = plan["corpus"]
             self.tokens_per_text_estimate = sum(len(t) for t in texts) / len(texts) / CHARS_PER_TOKEN_GUESS
@@ -307,7 +307,7 @@ class Sweep:
         self.inputs = {"mode": mode, "cache_study": mode == "repeat", "calibration": calibration,
                        "tokens": tokens, "corpus_reused": 0}
 
-    def _calibrate_with_tokenizer(self, tokenizer, sampler: InputSource, calibration: dict) -> None:
+    def _calibrate_with_tokenizer(self, tokenizer, calibration: dict) -> None:
         """Texts cut by the tokenizer: check a few of them with it, and send one to see the server's count."""
         plan = self.plan
         if plan["input"] == "corpus":
