@@ -21,6 +21,7 @@ from rich.text import Text
 from benchmarks import __version__, push
 from benchmarks.argtypes import fraction, number, whole_number
 from benchmarks.control import CancelToken
+from benchmarks.document import token_notes
 from benchmarks.errors import ConfigError, SweepError
 from benchmarks.flavors import FLAVORS
 from benchmarks.plan import PLAN_DEFAULTS, FieldErrors, PlanLimits, normalize_plan
@@ -86,6 +87,9 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
                             "ollama (POST {url}/api/embed); default openai")
     group.add_argument("--api-key", default=os.environ.get("EMBPERF_API_KEY"),
                        help="Bearer key (default: $EMBPERF_API_KEY)")
+    group.add_argument("--tokenizer", metavar="ID_OR_FILE",
+                       help="the model's tokenizer: a Hugging Face model id (fetched once) or a tokenizer.json; "
+                            "tokens are then counted by it, not taken from the server's usage")
     group.add_argument("--dimensions", type=whole_number, help="request this many dimensions (matryoshka)")
     group.add_argument("--encoding", choices=("float", "base64"), default="float",
                        help="response encoding (base64 for the openai flavor only); default float")
@@ -172,6 +176,8 @@ def target_from_args(args) -> dict:
               }
     if args.api_key:
         target["api_key"] = args.api_key
+    if getattr(args, "tokenizer", None):
+        target["tokenizer"] = args.tokenizer
     return target
 
 
@@ -205,17 +211,23 @@ def results_table(document: dict) -> Table:
     for name in ("QPS", "avg ms", "P99 ms", "error rate", "tokens/s"):
         table.add_column(name, justify="right")
     table.add_column("note")
+    tokens_short, _ = token_notes(document)
     for level in document["levels"]:
         load = level["rate"] if open_loop else level["concurrency"]
         notes = []
         if level["status"] != "completed":
             notes.append(level["status"])
         if level["client"]["client_bound"]:
-            notes.append("client-bound")
-        if level["tokens_estimated"]:
+            notes.append("client-bound (load host busy)" if level["client"].get("bound_by") == "host"
+                         else "client-bound")
+        if tokens_short:
+            notes.append(tokens_short)
+        elif level["tokens_estimated"]:
             notes.append("tokens estimated")
         if level.get("unreachable_s"):
             notes.append(f"refused {level['unreachable_s']:.1f} s")
+        for stall in level.get("stalls") or []:
+            notes.append(f"stalled {stall['duration_s']:g} s at t = {stall['t']:g} s")
         table.add_row(
             f"{load:g}", _fmt(level["qps"]), _fmt(level["latency_ms"]["mean"]), _fmt(level["latency_ms"]["p99"]),
             f"{level['error_rate']:.2%}", _fmt(level["tokens_per_s"], 0), ", ".join(notes),
@@ -237,13 +249,17 @@ def summary_lines(document: dict) -> list[str]:
                      else f"no level met p99 <= {summary['slo_p99_ms']:g} ms")
     if document["inputs"].get("cache_study"):
         lines.append("cache study: every request sent the same text (--repeat-input)")
+    lines.extend(token_notes(document)[1])
     for level in document["levels"]:
         if level["client"]["client_bound"]:
+            advice = level["client"].get("advice") or "use --processes or a faster client host for this load"
             lines.append(f"level {level['index']}: client-bound ({level['client']['client_bound_reason']}); "
-                         "use --processes or a faster client host for this load")
+                         f"{advice}")
         if level.get("unreachable_s"):
             lines.append(f"level {level['index']}: the target refused connections for {level['unreachable_s']:.1f} s "
                          "of the window")
+        for note in level.get("notes") or []:
+            lines.append(f"level {level['index']}: {note}")
         for cls, message in level["error_examples"].items():
             lines.append(f"level {level['index']}: {level['errors'][cls]} x {cls}, e.g. {message}")
     for note in document.get("telemetry_notes") or []:
@@ -393,7 +409,8 @@ def command_probe(args, out: Console, err: Console) -> int:
     if result["ok"]:
         out.print(f"ok: {result['url']} served model {result['served_model'] or '(not reported)'}, "
                   f"vector length {result['vector_length']}, prompt tokens {result['prompt_tokens']}, "
-                  f"{result['latency_ms']:.1f} ms", markup=False, highlight=False)
+                  + (f"accepts up to {result['max_input_tokens']} tokens, " if result.get("max_input_tokens") else "")
+                  + f"{result['latency_ms']:.1f} ms", markup=False, highlight=False)
         return 0
     err.print(f"probe failed: {result['error']}", markup=False, highlight=False)
     if result.get("hint"):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from benchmarks import __version__, stats
 from benchmarks.errors import ERROR_CLASSES, OK
+from benchmarks.loadgen import STALL_MIN_S
+from benchmarks.tokens import ESTIMATE, TOKENIZER, USAGE
 
 SCHEMA = "embperf.run/1"
 # The JSON Schema of that format: the contract the engine writes to and the portal checks ingests against.
@@ -20,6 +22,16 @@ SCHEMA_PATH = Path(__file__).with_name("result-schema.json")
 CLIENT_CPU_BOUND_PERCENT = 90.0
 CLIENT_LAG_BOUND_MS = 5.0
 CLIENT_LAG_BOUND_SHARE = 0.10
+# A load process that spent this share of the window runnable but waiting for a CPU (its run-queue
+# wait, /proc/thread-self/schedstat) was held back by other work on the host, not by its own load.
+CLIENT_RUN_WAIT_PERCENT = 20.0
+# A host whose CPUs were this busy over the window, or whose load average reached its core count,
+# explains a lagging event loop in a load process that itself used little CPU.
+HOST_BUSY_PERCENT = 80.0
+
+ADVICE_PROCESS = "the load process is saturated: use more load processes (--processes) or worker hosts"
+ADVICE_HOST = "the load host is shared with other work (the server?): move the load generator to another host"
+ADVICE_LAG = "the load process's event loop fell behind: use more load processes, or a less busy host"
 
 # The knee: the first level after which requests/s grows by less than this while p99 grows.
 KNEE_GROWTH = 0.10
@@ -46,26 +58,96 @@ def _client_health(partials: list[dict], latency_p50_ms: float | None) -> dict:
     lag_p99 = 0.0
     cpu = 0.0
     cpu_total = 0.0
+    wait = None
+    host_busy = host_total = 0.0
+    load_average = None
     for p in partials:
         lag = stats.percentile_ms(stats.decode(p["loop_lag"]), 99) or 0.0
         lag_p99 = max(lag_p99, lag)
         percent = 100.0 * p["cpu_s"] / p["wall_s"] if p["wall_s"] > 0 else 0.0
         cpu = max(cpu, percent)
         cpu_total += percent
+        if p.get("run_wait_s") is not None and p["wall_s"] > 0:
+            wait = max(wait or 0.0, 100.0 * p["run_wait_s"] / p["wall_s"])
+        if p.get("host_total_s"):
+            host_busy, host_total = p["host_busy_s"], p["host_total_s"]
+        if p.get("load_average") is not None:
+            load_average = p["load_average"]
+    cores = next((p.get("host_cpus") for p in partials if p.get("host_cpus")), None)
+    host_percent = round(100.0 * host_busy / host_total, 1) if host_total else None
     reasons = []
-    if cpu >= CLIENT_CPU_BOUND_PERCENT:
+    process_bound = cpu >= CLIENT_CPU_BOUND_PERCENT
+    if process_bound:
         reasons.append(f"a load process used {cpu:.0f} % of a CPU core (limit {CLIENT_CPU_BOUND_PERCENT:.0f} %)")
     lag_limit = max(CLIENT_LAG_BOUND_MS, CLIENT_LAG_BOUND_SHARE * (latency_p50_ms or 0.0))
-    if lag_p99 > lag_limit:
+    lag_over = lag_p99 > lag_limit
+    if lag_over:
         reasons.append(f"event-loop lag p99 {lag_p99:.1f} ms (limit {lag_limit:.1f} ms)")
+    waited = wait is not None and wait >= CLIENT_RUN_WAIT_PERCENT
+    host_busy = ((host_percent is not None and host_percent >= HOST_BUSY_PERCENT)
+                 or (load_average is not None and bool(cores) and load_average >= cores))
+    # Not saturated itself, yet kept waiting for a CPU or lagging on a busy host: the host is the limit.
+    host_bound = not process_bound and (waited or (lag_over and host_busy))
+    if host_bound:
+        host = []
+        if host_percent is not None:
+            host.append(f"the host's CPUs {host_percent:.0f} % busy")
+        if load_average is not None and cores:
+            host.append(f"load {load_average:.1f} on {cores} cores")
+        reason = f"the load process used {cpu:.0f} % of a core"
+        if waited:
+            reason += f" and waited for a CPU {wait:.0f} % of the window (limit {CLIENT_RUN_WAIT_PERCENT:.0f} %)"
+        reasons.append(reason + (f"; {', '.join(host)}" if host else ""))
+    bound_by = "process" if process_bound else "host" if host_bound else "event loop" if lag_over else None
+    advice = {"process": ADVICE_PROCESS, "host": ADVICE_HOST, "event loop": ADVICE_LAG}.get(bound_by)
     return {
         "loop_lag_p99_ms": round(lag_p99, 3),
         "cpu_percent": round(cpu, 1),
         "cpu_percent_total": round(cpu_total, 1),
+        "run_wait_percent": round(wait, 1) if wait is not None else None,
+        "host_cpu_percent": host_percent,
+        "host_load": round(load_average, 2) if load_average is not None else None,
+        "host_cpus": cores,
         "processes": len(partials),
         "client_bound": bool(reasons),
         "client_bound_reason": "; ".join(reasons) or None,
+        "bound_by": bound_by,
+        "advice": advice,
     }
+
+
+def _stalls(partials: list[dict]) -> list[dict]:
+    """Spans of the window in which no load process got any answer (each load process saw them)."""
+    spans = None
+    for p in partials:
+        mine = [(t, t + length) for t, length in p.get("stalls") or []]
+        if spans is None:
+            spans = mine
+            continue
+        # A stall of the server is silent for every process: keep what all of them saw.
+        spans = [(max(a, c), min(b, d)) for a, b in spans for c, d in mine if min(b, d) > max(a, c)]
+    return [{"t": round(a, 1), "duration_s": round(b - a, 1)} for a, b in sorted(spans or [])
+            if b - a >= STALL_MIN_S]
+
+
+def stall_note(level: dict) -> str | None:
+    """Plain words for a level's stalls; closed loop says that its percentiles hide them."""
+    stalls = level.get("stalls") or []
+    if not stalls:
+        return None
+    longest = max(stalls, key=lambda s: s["duration_s"])
+    text = f"the server stopped answering for {longest['duration_s']:g} s at t = {longest['t']:g} s"
+    if len(stalls) > 1:
+        text += f" ({len(stalls)} such stalls, the longest shown)"
+    if level.get("concurrency") is not None:
+        p99 = (level.get("latency_ms") or {}).get("p99")
+        if p99 is not None and p99 >= 500 * longest["duration_s"]:
+            # Few requests ran in the level, so the handful that waited reached its p99 this time.
+            text += ("; in closed loop only the requests in flight waited through it; an open-loop plan at a "
+                     "fixed rate shows its full effect")
+        else:
+            text += "; closed-loop percentiles do not show this; an open-loop plan at a fixed rate does"
+    return text
 
 
 def merge_second(sec: int, rows: list[dict]) -> dict:
@@ -91,7 +173,8 @@ def _timeseries(partials: list[dict]) -> list[dict]:
 
 
 def build_level(partials: list[dict], *, index: int, mode: str, load: float, warmup_s: float,
-                started_at: str, status: str = "completed", abort_reason: str | None = None) -> dict:
+                started_at: str, status: str = "completed", abort_reason: str | None = None,
+                tokens_source: str | None = None) -> dict:
     """One level of the result document, merged exactly from the partials of its load processes."""
     duration = max((p["duration_s"] for p in partials), default=0.0)
     counts = dict.fromkeys((OK, *ERROR_CLASSES), 0)
@@ -133,7 +216,10 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
     if abort_reason and unreachable > 0:
         abort_reason += f"; the target refused connections for {unreachable:.1f} s of the level"
 
-    return {
+    usage = sum(p.get("window_usage", 0) for p in partials)
+    counted = sum(p.get("window_counted", 0) for p in partials)
+    missing = any(p["tokens_missing"] for p in partials)
+    level = {
         "index": index,
         "concurrency": load if mode == "closed" else None,
         "rate": load if mode == "open" else None,
@@ -149,7 +235,9 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
         "qps": per_s(window_ok),
         "texts_per_s": per_s(window_texts),
         "tokens_per_s": per_s(window_tokens),
-        "tokens_estimated": any(p["tokens_missing"] for p in partials),
+        "tokens_estimated": tokens_source == ESTIMATE or missing,
+        "tokens_source": tokens_source or USAGE,
+        "usage_tokens_ratio": round(usage / counted, 3) if counted and usage else None,
         "tokens_per_text": {
             "mean": round(tokens_per_text_sum / requests_with_tokens, 2) if requests_with_tokens else None,
             "min": round(min(min_tokens_per_text), 2) if min_tokens_per_text else None,
@@ -163,10 +251,44 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
         "unreachable_s": unreachable,
         "error_examples": examples,
         "timeseries": _timeseries(partials),
+        "stalls": _stalls(partials),
         "client": _client_health(partials, latency_summary["p50"]),
         "histogram": stats.encode(latency),
         "service_histogram": stats.encode(service),
     }
+    level["notes"] = [note for note in (stall_note(level),) if note]
+    return level
+
+
+USAGE_SHORT = {"characters": "usage counts characters", "words": "usage counts words",
+               "implausible": "usage is no token count", "none": "no usage reported"}
+
+
+def token_notes(document: dict) -> tuple[str | None, list[str]]:
+    """Where a run's token counts come from: a short label for a table's note column (None when the
+    server's own usage was used as it should be) and the plain sentences a reader must know."""
+    tokens = (document.get("inputs") or {}).get("tokens") or {}
+    source, kind = tokens.get("source"), tokens.get("usage")
+    lines = []
+    short = None
+    if source == TOKENIZER:
+        short = "tokens by tokenizer"
+        if kind in ("characters", "words", "implausible"):
+            short = f"{USAGE_SHORT[kind]}; tokens by tokenizer"
+        line = f"tokens counted with the tokenizer {tokens.get('tokenizer')}"
+        if tokens.get("usage_note"):
+            line += f"; {tokens['usage_note']} (not used)"
+        elif tokens.get("usage_ratio") is not None:
+            line += f"; the server's usage / the tokenizer's count = {tokens['usage_ratio']:g}"
+        lines.append(line)
+    elif source == ESTIMATE:
+        short = "tokens estimated" + (f" ({USAGE_SHORT[kind]})" if kind in USAGE_SHORT else "")
+        lines.append("tokens estimated at 4 characters per token: " + (tokens.get("usage_note") or
+                     "the server's usage could not be used")
+                     + "; name the model's tokenizer for true counts")
+    if tokens.get("note"):
+        lines.append(tokens["note"])
+    return short, lines
 
 
 def level_load(level: dict):

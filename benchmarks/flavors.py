@@ -98,6 +98,16 @@ def _vector_length(vec, encoding: str) -> int:
     return len(vec)
 
 
+def header_tokens(headers: Mapping | None) -> int | None:
+    """The prompt tokens of TEI's `x-compute-tokens` response header, or None."""
+    value = headers.get("x-compute-tokens") if headers is not None else None
+    try:
+        n = int(value) if value is not None else None
+    except ValueError:  # also a number of more than 4,300 digits
+        return None
+    return n if n is None or n >= 0 else None
+
+
 class Flavor(abc.ABC):
     """Base of the three flavors; subclasses fill in the wire format."""
 
@@ -197,7 +207,8 @@ class OpenAIFlavor(Flavor):
             n = usage.get("prompt_tokens")
             if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
                 return n
-        return None
+        # No usage in the body: some servers (TEI's OpenAI route behind proxies) count in a header.
+        return header_tokens(headers)
 
 
 class TEIFlavor(Flavor):
@@ -219,12 +230,7 @@ class TEIFlavor(Flavor):
 
     def tokens(self, doc, headers) -> int | None:
         # TEI reports usage only in a response header.
-        value = headers.get("x-compute-tokens") if headers is not None else None
-        try:
-            n = int(value) if value is not None else None
-        except ValueError:  # also a number of more than 4,300 digits
-            return None
-        return n if n is None or n >= 0 else None
+        return header_tokens(headers)
 
     def served_model(self, doc) -> str | None:
         return None

@@ -6,6 +6,11 @@ the calibrated number of characters. The distinct start defeats prefix, radix an
 caches; the word window keeps the text realistic for a tokenizer; cutting by characters (not by
 words) keeps the token count of every text close to the target; and a text costs one slice.
 Repeat mode (one identical text) exists only as a cache study.
+
+With the model's own tokenizer (benchmarks/tokens.py) the word stream is tokenized once, and each
+text takes a window of exactly as many of its tokens as the plan asks for, less the prefix's and the
+special tokens: a window starts at a word, and words tokenize the same inside the stream and on
+their own, so the text has the planned count (within one token) without encoding it again.
 """
 import bisect
 import random
@@ -65,6 +70,8 @@ class InputSource:
         seed: int | None = None,
         stream_index: int = 0,
         stream_count: int = 1,
+        tokenizer=None,
+        tokens_per_text: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"input mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -91,7 +98,42 @@ class InputSource:
             pos += len(w) + 1
         self._starts.append(pos)
         self.set_chars(chars_per_text)
+        self.tokenizer = tokenizer
+        self._text_tokens: int | None = None  # tokenizer count of the last text made
+        self.last_tokens: int | None = None  # tokenizer count of the last request's texts (None without one)
+        if tokenizer is not None:
+            self._prepare_tokens(tokenizer, tokens_per_text)
         self._repeat_text = self._unique_text() if mode == "repeat" else ""
+        self._repeat_tokens = self._text_tokens if mode == "repeat" else None
+
+    def _prepare_tokens(self, tokenizer, tokens_per_text: int | None) -> None:
+        self._special = len(tokenizer.encode("", add_special_tokens=True).ids)
+        self.tokens_per_text = tokens_per_text
+        self._corpus_tokens = None
+        if self.mode == "corpus":
+            self._corpus_tokens = [len(e.ids) for e in tokenizer.encode_batch(self.corpus, add_special_tokens=True)]
+            return
+        if not tokens_per_text:
+            raise ConfigError("texts cut by a tokenizer need a token count per text")
+        offsets = tokenizer.encode(self._stream, add_special_tokens=False).offsets
+        stream = self._stream
+        # Byte-level tokenizers include the leading space in a word's first token; others do not.
+        self._tok_start = [start + 1 if stream[start:start + 1] == " " else start for start, _ in offsets]
+        self._tok_end = [end for _, end in offsets]
+        self._word_tokens = [i for i, start in enumerate(self._tok_start)
+                             if i > 0 and start > 0 and stream[start - 1] == " "]
+
+    def _token_window_text(self) -> str:
+        """A unique text of `tokens_per_text` tokens by the tokenizer (prefix and special tokens included)."""
+        self.counter += 1
+        prefix = f"{self.salt}{self.stream_index:02d}{self.counter:09d}"
+        prefix_tokens = len(self.tokenizer.encode(prefix, add_special_tokens=False).ids)
+        n = max(1, self.tokens_per_text - self._special - prefix_tokens)
+        last = bisect.bisect_right(self._word_tokens, len(self._tok_end) - n)
+        first = self._word_tokens[self._rng.randrange(0, max(1, last))]
+        end = self._tok_end[min(first + n, len(self._tok_end)) - 1]
+        self._text_tokens = self._special + prefix_tokens + n
+        return f"{prefix} {self._stream[self._tok_start[first]:end]}"
 
     def set_chars(self, chars: int) -> None:
         """Set the length of the word window of unique texts, in characters."""
@@ -100,6 +142,8 @@ class InputSource:
         self._last_start = bisect.bisect_left(self._starts, total - self.chars_per_text - 1) - 1
 
     def _unique_text(self) -> str:
+        if self.tokenizer is not None:
+            return self._token_window_text()
         starts = self._starts
         first = self._rng.randrange(0, self._last_start)
         begin = starts[first]
@@ -113,16 +157,32 @@ class InputSource:
             self.corpus_pos = self.stream_index % len(self.corpus)
             self.corpus_reused += 1
         text = self.corpus[self.corpus_pos]
+        if self.tokenizer is not None:
+            self._text_tokens = self._corpus_tokens[self.corpus_pos]
         self.corpus_pos += self.stream_count
         return text
 
     def next_texts(self) -> list[str]:
         """The texts of the next request (`batch` of them)."""
-        if self.mode == "unique":
-            return [self._unique_text() for _ in range(self.batch)]
-        if self.mode == "corpus":
-            return [self._corpus_text() for _ in range(self.batch)]
-        return [self._repeat_text] * self.batch
+        if self.tokenizer is None:
+            if self.mode == "unique":
+                return [self._unique_text() for _ in range(self.batch)]
+            if self.mode == "corpus":
+                return [self._corpus_text() for _ in range(self.batch)]
+            return [self._repeat_text] * self.batch
+        texts = []
+        tokens = 0
+        for _ in range(self.batch):
+            if self.mode == "unique":
+                texts.append(self._unique_text())
+            elif self.mode == "corpus":
+                texts.append(self._corpus_text())
+            else:
+                self._text_tokens = self._repeat_tokens
+                texts.append(self._repeat_text)
+            tokens += self._text_tokens
+        self.last_tokens = tokens
+        return texts
 
     def sample_text(self, chars: int) -> str:
         """One unique text with a word window of about `chars` characters (for calibration)."""

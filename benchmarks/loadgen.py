@@ -25,6 +25,7 @@ target refused connections inside the window is reported as `unreachable_s`.
 """
 import asyncio
 import math
+import os
 import random
 import time
 
@@ -55,13 +56,37 @@ from benchmarks.errors import (
 from benchmarks.flavors import error_text
 from benchmarks.outbound import OutboundPolicy, OutboundRefused
 from benchmarks.outbound import connector as outbound_connector
+from benchmarks.tokens import ESTIMATE, TOKENIZER, USAGE
 
+STALL_MIN_S = 1.0  # no answer for this long while requests are in flight is a stall
 LATE_THRESHOLD_S = 0.001  # an open-loop request starting later than this after its intended time is "late"
 LAG_PROBE_INTERVAL_S = 0.05  # event-loop lag probe period
 STOP_POLL_EVERY = 4  # lag probes between two looks at the stop event (about every 0.2 s)
 YIELD_EVERY = 16  # open loop: arrivals issued back to back before letting responses in
 BACKOFF_FIRST_S = 0.01  # closed loop: first pause after a request that could not connect
 BACKOFF_MAX_S = 1.0  # ... doubling up to this
+
+
+def run_queue_wait_s() -> float | None:
+    """Seconds the calling thread has spent runnable but waiting for a CPU (Linux schedstat), or None."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def host_cpu_times() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole host, all cores, or None where unreadable."""
+    try:
+        import psutil
+
+        times = psutil.cpu_times()
+    except Exception:  # noqa: BLE001 - host figures are context, never a reason to fail
+        return None
+    total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return total - idle, total
 
 
 class Second:
@@ -128,6 +153,9 @@ class LevelRunner:
         self.window_texts = 0
         self.window_tokens = 0
         self.tokens_missing = 0
+        self.token_source = work.get("token_source") or USAGE
+        self.window_usage = 0  # the server's usage, for requests the tokenizer counted too
+        self.window_counted = 0  # the tokenizer's count of the same requests
         self.tpt_sum = 0.0  # tokens per text, over window requests that reported tokens
         self.tpt_n = 0
         self.tpt_min = None
@@ -142,6 +170,10 @@ class LevelRunner:
         self.cpu_window = None
         self.unreachable_s = 0.0
         self._unreachable_since = None  # when the current run of refused connections began
+        self.host_window_start = None
+        self.host_window = None  # (run-queue wait s, host busy CPU s, host total CPU s, load average)
+        self.last_answer = work["t0"]  # when the last answer arrived (stall detection)
+        self.stalls: list[tuple[float, float]] = []  # (start from window start, length) of answerless spans
         self._issuing = True
         self._finished = False
         self._tasks: set[asyncio.Task] = set()
@@ -151,6 +183,7 @@ class LevelRunner:
     async def _request(self, intended: float | None) -> bool:
         """Send one request and record it; True when it could not even connect (refused, unreachable)."""
         texts = self.inputs.next_texts()
+        counted = self.inputs.last_tokens
         n_texts = len(texts)
         body = self.flavor.body(texts)
         url = self.urls[self.rr % len(self.urls)]
@@ -216,7 +249,7 @@ class LevelRunner:
                     else:
                         self._example(outcome, f"HTTP {status}: {error_text(raw, headers.get('Content-Type'))}")
         nbytes = len(raw)
-        self._record(intended, start, end, outcome, status, tokens, n_texts, nbytes)
+        self._record(intended, start, end, outcome, status, tokens, n_texts, nbytes, counted)
         self._note_reachable(not connect_failed, start)
         return connect_failed
 
@@ -235,12 +268,20 @@ class LevelRunner:
     def _example(self, outcome: str, message: str) -> None:
         self.examples.setdefault(outcome, message[:300])
 
-    def _record(self, intended, start, end, outcome, status, tokens, n_texts, nbytes) -> None:
+    def _record(self, intended, start, end, outcome, status, tokens, n_texts, nbytes, counted=None) -> None:
         t_w = self.t_w
         ok = outcome == OK
-        if ok and tokens is None:
-            self.tokens_missing += 1
-            tokens = round(n_texts * self.est_tokens)
+        usage = tokens
+        if ok:
+            # The figures take the level's token source (tokens.py); the server's usage is kept beside
+            # the tokenizer's count so that the two can be compared.
+            if self.token_source == TOKENIZER and counted is not None:
+                tokens = counted
+            elif self.token_source == ESTIMATE:
+                tokens = round(n_texts * self.est_tokens)
+            elif tokens is None:
+                self.tokens_missing += 1
+                tokens = round(n_texts * self.est_tokens)
         if t_w <= intended < self.t_e:
             self.counts[outcome] += 1
             if ok or outcome == TIMEOUT:
@@ -266,6 +307,12 @@ class LevelRunner:
         bucket = self.seconds.get(sec)
         if bucket is None:
             bucket = self.seconds[sec] = Second()
+        if outcome != TIMEOUT:
+            # Any answer, error or not, shows the server alive; a long silence before it was a stall.
+            if end - self.last_answer >= STALL_MIN_S:
+                # Only the part of the silence this request was waiting through: requests were in flight.
+                self._note_stall(max(self.last_answer, start), end)
+            self.last_answer = end
         if ok:
             bucket.ok += 1
             stats.record_seconds(bucket.hist, end - intended)
@@ -273,8 +320,16 @@ class LevelRunner:
                 self.window_ok += 1
                 self.window_texts += n_texts
                 self.window_tokens += tokens or 0
+                if usage is not None and counted is not None:
+                    self.window_usage += usage
+                    self.window_counted += counted
         else:
             bucket.errors += 1
+
+    def _note_stall(self, begin: float, end: float) -> None:
+        begin, end = max(begin, self.t_w), min(end, self.t_e)
+        if end - begin >= STALL_MIN_S:
+            self.stalls.append((round(begin - self.t_w, 3), round(end - begin, 3)))
 
     # ---- load patterns -----------------------------------------------------------------------
 
@@ -364,6 +419,7 @@ class LevelRunner:
 
     def _open_window(self) -> None:
         self.cpu_window_start = (self.cpu_clock(), time.perf_counter())
+        self.host_window_start = (run_queue_wait_s(), host_cpu_times())
 
     def _on_window_end(self) -> None:
         if self.window_closed_at is None:
@@ -383,6 +439,24 @@ class LevelRunner:
         if self.cpu_window_start is not None:
             cpu0, wall0 = self.cpu_window_start
             self.cpu_window = (self.cpu_clock() - cpu0, now - wall0)
+        if self.host_window_start is not None:
+            wait0, host0 = self.host_window_start
+            wait1, host1 = run_queue_wait_s(), host_cpu_times()
+            try:
+                load = os.getloadavg()[0]
+            except OSError:
+                load = None
+            self.host_window = (
+                wait1 - wait0 if wait0 is not None and wait1 is not None else None,
+                host1[0] - host0[0] if host0 and host1 else None,
+                host1[1] - host0[1] if host0 and host1 else None,
+                load,
+            )
+        if self.in_flight and self.window_closed_at - self.last_answer >= STALL_MIN_S:
+            # Still silent when the window closed: the stall runs to the window's end (and is not
+            # noted again when the answer that ends it arrives in the drain).
+            self._note_stall(self.last_answer, self.window_closed_at)
+            self.last_answer = self.window_closed_at
         self._in_flight_at_close = self.in_flight
 
     def _stop_early(self, now: float) -> None:
@@ -524,6 +598,7 @@ class LevelRunner:
         unreachable = self.unreachable_s
         if self._unreachable_since is not None:  # still refused when the level ended
             unreachable += max(0.0, min(t_end, self.t_e) - max(self._unreachable_since, self.t_w))
+        run_wait_s, host_busy_s, host_total_s, load_average = self.host_window or (None, None, None, None)
         return {
             "proc": self.proc,
             "status": self.stop_reason or "completed",
@@ -535,6 +610,8 @@ class LevelRunner:
             "window_texts": self.window_texts,
             "window_tokens": self.window_tokens,
             "tokens_missing": self.tokens_missing,
+            "window_usage": self.window_usage,
+            "window_counted": self.window_counted,
             "tokens_per_text": {"sum": self.tpt_sum, "n": self.tpt_n, "min": self.tpt_min, "max": self.tpt_max},
             "latency": stats.encode(self.latency),
             "service": stats.encode(self.service),
@@ -544,6 +621,12 @@ class LevelRunner:
             "cpu_s": cpu_s,
             "wall_s": wall_s,
             "unreachable_s": unreachable,
+            "run_wait_s": run_wait_s,
+            "host_busy_s": host_busy_s,
+            "host_total_s": host_total_s,
+            "load_average": load_average,
+            "host_cpus": os.cpu_count(),
+            "stalls": list(self.stalls),
             "seconds": seconds,
             "examples": dict(self.examples),
             "samples": self.samples,

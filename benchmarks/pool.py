@@ -29,6 +29,7 @@ from benchmarks.errors import SweepError
 from benchmarks.flavors import make_flavor, request_headers
 from benchmarks.inputs import InputSource
 from benchmarks.loadgen import LevelRunner
+from benchmarks.tokens import load_tokenizer
 
 
 def _loop_factory():
@@ -76,11 +77,14 @@ def serve(proc: int, config: dict, commands, out, stop_event, cpu_clock_name: st
     try:
         flavor = make_flavor(config["flavor"], config["model"], dimensions=config.get("dimensions"),
                              encoding=config.get("encoding", "float"))
+        # Each process reads the tokenizer the controller resolved (and fetched) for the sweep.
+        tokenizer = load_tokenizer(config["tokenizer_path"]) if config.get("tokenizer_path") else None
         inputs = InputSource(
             config["input"], batch=config["batch"], chars_per_text=config["chars_per_text"],
             corpus=config.get("corpus"), salt=config["salt"],
             seed=None if config.get("seed") is None else config["seed"] + 7919 * proc,
             stream_index=proc, stream_count=config["processes"],
+            tokenizer=tokenizer, tokens_per_text=config.get("tokens"),
         )
         urls = [flavor.url(u) for u in config["base_urls"]]
         headers = request_headers(config.get("api_key"))

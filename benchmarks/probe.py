@@ -6,9 +6,11 @@ The probe sends its request the way the load does (aiohttp, benchmarks/answers.p
 timeout, with the answer capped at 64 MiB, uncompressed, without following redirects, and only to
 addresses the outbound policy allows (benchmarks/outbound.py).
 """
+import re
 import time
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from benchmarks.answers import (
@@ -27,6 +29,7 @@ from benchmarks.outbound import OutboundPolicy, OutboundRefused
 from benchmarks.outbound import connector as outbound_connector
 
 PROBE_TEXT = "embperf probe: the quick brown fox jumps over the lazy dog."
+MODELS_MAX_BYTES = 4 * 1024 * 1024  # a model list or an /info document
 
 
 def _result(**fields) -> dict:
@@ -46,6 +49,26 @@ def _hint_404(flavor_name: str, base_url: str) -> str:
     if flavor_name == "tei":
         return "TEI serves POST /embed at its root: give the base URL without a path, or try flavor openai"
     return "Ollama serves POST /api/embed at its root: give the base URL without a path"
+
+
+# A 404 about the model, not the path: vLLM/SGLang/Infinity/OpenAI ("The model `x` does not exist"),
+# Ollama ("model "x" not found, try pulling it first").
+_MODEL_MISSING = re.compile(r"model\b.*\b(does not exist|not found|is not served|unknown)|model_not_found",
+                            re.IGNORECASE)
+
+
+def model_missing(raw: bytes) -> bool:
+    """True when an error body says the requested model does not exist (rather than the path)."""
+    return bool(_MODEL_MISSING.search(raw[:4096].decode("utf-8", "replace")))
+
+
+def _model_hint(flavor_name: str, model: str, served: list[str] | None) -> str:
+    if served:
+        shown = ", ".join(served[:10]) + (f" and {len(served) - 10} more" if len(served) > 10 else "")
+        return (f"the server does not serve the model '{model}'; it serves: {shown}. "
+                "Set the target's model name to one of them")
+    where = "GET /api/tags" if flavor_name == "ollama" else "GET <base URL>/models"
+    return f"the server does not serve the model '{model}': check the model name ({where} lists what it serves)"
 
 
 def _explain(flavor_name: str, base_url: str, url: str, status: int, raw: bytes,
@@ -104,7 +127,7 @@ def _failed(url: str, exc: BaseException, timeout_s: float) -> dict:
 
 
 async def _probe_urls(flavor, base_urls: list[str], texts: list[str], dims: int | None, timeout_s: float,
-                      headers: dict, policy: OutboundPolicy) -> dict:
+                      headers: dict, policy: OutboundPolicy, details: bool = False) -> dict:
     body = flavor.body(texts)
     limit = answer_limit(len(texts), dims) if dims else MAX_ANSWER_BYTES
     # Every URL is checked before the first request, so a refused one means nothing was sent at all.
@@ -138,6 +161,11 @@ async def _probe_urls(flavor, base_urls: list[str], texts: list[str], dims: int 
                 return _redirect(flavor, url, status, resp_headers.get("Location"))
             if not 200 <= status < 300:
                 error, hint = _explain(flavor.name, base_url, url, status, raw, resp_headers.get("Content-Type"))
+                if status == 404 and model_missing(raw):
+                    # The path exists (the server answered about the model): name the served models.
+                    message = error_text(raw, resp_headers.get("Content-Type"))
+                    error = f"the server has no model '{flavor.model}' (HTTP 404): {message}"
+                    hint = _model_hint(flavor.name, flavor.model, await served_models(session, flavor.name, base_url))
                 return _result(url=url, status=status, latency_ms=latency_ms, error=error, hint=hint)
             try:
                 check_encoding(resp_headers)
@@ -149,11 +177,57 @@ async def _probe_urls(flavor, base_urls: list[str], texts: list[str], dims: int 
                                hint=f"is this a {flavor.name}-flavor embedding endpoint? check the flavor and URL")
             if first is None:
                 first = _result(ok=True, url=url, status=status, latency_ms=latency_ms, **found)
+        if details and first is not None:
+            first["max_input_tokens"] = await max_input_tokens(session, flavor, base_urls[0])
     return first
 
 
+async def _get_json(session, url: str):
+    """GET a small JSON document; None when it cannot be had (the server need not offer it)."""
+    try:
+        async with session.get(url, allow_redirects=False) as resp:
+            if resp.status != 200:
+                return None
+            return orjson.loads(await read_body(resp, MODELS_MAX_BYTES))
+    except (TimeoutError, aiohttp.ClientError, OSError, AnswerTooLarge, orjson.JSONDecodeError):
+        return None
+
+
+async def served_models(session, flavor_name: str, base_url: str) -> list[str] | None:
+    """The model names a server lists (`/v1/models`, Ollama's `/api/tags`), or None."""
+    base = base_url.rstrip("/")
+    if flavor_name == "ollama":
+        doc = await _get_json(session, f"{base}/api/tags")
+        items, key = (doc.get("models") if isinstance(doc, dict) else None), "name"
+    else:
+        doc = await _get_json(session, f"{base}/models")
+        items, key = (doc.get("data") if isinstance(doc, dict) else None), "id"
+    if not isinstance(items, list):
+        return None
+    names = [item.get(key) for item in items if isinstance(item, dict) and isinstance(item.get(key), str)]
+    return names or None
+
+
+async def max_input_tokens(session, flavor, base_url: str) -> int | None:
+    """The longest input the server says it accepts: `/v1/models` `max_model_len` (vLLM, SGLang) or
+    TEI's `/info` `max_input_length`; None when it does not say."""
+    base = base_url.rstrip("/")
+    if flavor.name == "tei":
+        doc = await _get_json(session, f"{base}/info")
+        value = doc.get("max_input_length") if isinstance(doc, dict) else None
+    elif flavor.name == "openai":
+        doc = await _get_json(session, f"{base}/models")
+        items = doc.get("data") if isinstance(doc, dict) else None
+        items = [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+        entry = next((i for i in items if i.get("id") == flavor.model), items[0] if len(items) == 1 else None)
+        value = entry.get("max_model_len") if entry else None
+    else:
+        value = None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def probe_texts(target: dict, texts: list[str], *, dimensions: int | None = None, encoding: str = "float",
-                timeout_s: float = 10, outbound: OutboundPolicy | None = None) -> dict:
+                timeout_s: float = 10, outbound: OutboundPolicy | None = None, details: bool = False) -> dict:
     """Send one request with `texts` to every base URL of the target; the first failure, or the
     first URL's findings. Each request ends within `timeout_s` (headers and body together), its
     answer is capped (benchmarks/answers.py), and a redirect is reported, not followed.
@@ -167,7 +241,7 @@ def probe_texts(target: dict, texts: list[str], *, dimensions: int | None = None
         raise ConfigError("the target has no base URL")
     headers = request_headers(target.get("api_key"))
     policy = outbound if outbound is not None else OutboundPolicy.from_environment()
-    return run_blocking(lambda: _probe_urls(flavor, base_urls, texts, dimensions, timeout_s, headers, policy))
+    return run_blocking(lambda: _probe_urls(flavor, base_urls, texts, dimensions, timeout_s, headers, policy, details))
 
 
 def probe(target: dict, *, dimensions: int | None = None, encoding: str = "float", timeout_s: float = 10,
@@ -175,9 +249,10 @@ def probe(target: dict, *, dimensions: int | None = None, encoding: str = "float
     """One request to the target: what it serves, or a message and hint saying why it does not work.
 
     Returns {"ok", "served_model", "vector_length", "prompt_tokens", "latency_ms", "status",
-    "error", "hint", "url"}."""
+    "error", "hint", "url"}, and on success "max_input_tokens" (the longest input the server says it
+    accepts, or None)."""
     try:
         return probe_texts(target, [PROBE_TEXT], dimensions=dimensions, encoding=encoding, timeout_s=timeout_s,
-                           outbound=outbound)
+                           outbound=outbound, details=True)
     except ConfigError as exc:
         return _result(error=str(exc), hint="fix the target's settings")

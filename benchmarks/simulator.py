@@ -50,6 +50,8 @@ DEFAULT_MODEL = "sim-embed"
 _TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 _CHARS_PER_TOKEN = 4
 
+USAGE_MODES = ("tokens", "characters", "words", "none", "header")
+
 _STALL_POLL_S = 0.05
 _SHUTDOWN_TIMEOUT_S = 1.0  # on stop, requests still held (e.g. in a stall) are cut after this long
 
@@ -65,6 +67,17 @@ def count_tokens(text: str) -> int:
     for match in _TOKEN_PATTERN.finditer(text):
         total += -(-len(match.group()) // _CHARS_PER_TOKEN)
     return total
+
+
+def reported_usage(texts: list[str], tokens: int, mode: str) -> int | None:
+    """What the simulator reports as the prompt tokens of ``texts`` under usage ``mode``."""
+    if mode == "characters":
+        return sum(len(text) for text in texts)
+    if mode == "words":
+        return sum(len(text.split()) for text in texts)
+    if mode == "none":
+        return None
+    return tokens
 
 
 def text_vector(text: str, dimensions: int, native_dimensions: int) -> np.ndarray:
@@ -111,6 +124,10 @@ class SimulatorConfig:
     stall_every_s: float = 0.0          # > 0: a stall of stall_s starts every stall_every_s seconds
     stall_after_s: float | None = None  # one stall of stall_s starting this long after start
     seed: int = 0                       # seeds the fault draws
+    # What the server reports as its token usage, as real servers do: "tokens" (the count above),
+    # "characters" or "words" (a server that counts the wrong thing), "none" (no usage at all), or
+    # "header" (only TEI's x-compute-tokens header, no usage in the body).
+    usage: str = "tokens"
     track_texts: bool = True            # keep every text seen (tests check uniqueness; off for the CLI)
 
     def validate(self) -> None:
@@ -126,6 +143,8 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.stall_every_s and self.stall_s >= self.stall_every_s:
             raise ValueError("stall_s must be shorter than stall_every_s")
+        if self.usage not in USAGE_MODES:
+            raise ValueError(f"usage must be one of {', '.join(USAGE_MODES)}, got {self.usage!r}")
         if self.native_dimensions < 1 or self.max_batch_tokens < 1 or self.max_input_tokens < 1:
             raise ValueError("native_dimensions, max_batch_tokens and max_input_tokens must be at least 1")
 
@@ -206,6 +225,7 @@ class Simulator:
         app.router.add_post("/api/embed", self._ollama)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/models", self._models)
+        app.router.add_get("/info", self._info)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         return app
@@ -430,7 +450,8 @@ class Simulator:
         self.stats.requests_ok += 1
         self.stats.texts += len(parsed.texts)
         self.stats.prompt_tokens += total_tokens
-        return self._success(parsed, vectors, total_tokens, queued - arrived, inferred - queued)
+        reported = reported_usage(parsed.texts, total_tokens, config.usage)
+        return self._success(parsed, vectors, reported, queued - arrived, inferred - queued)
 
     def _parse(self, flavor: str, raw: bytes) -> _EmbedRequest:
         try:
@@ -472,19 +493,22 @@ class Simulator:
                                   param="encoding_format")
         return _EmbedRequest(flavor, texts, model or self.config.model, dimensions, encoding)
 
-    def _success(self, parsed: _EmbedRequest, vectors: list[np.ndarray], tokens: int,
+    def _success(self, parsed: _EmbedRequest, vectors: list[np.ndarray], tokens: int | None,
                  queue_s: float, inference_s: float) -> web.Response:
         headers = {
-            "x-compute-tokens": str(tokens),
             "x-queue-time": str(int(queue_s * 1000)),
             "x-inference-time": str(int(inference_s * 1000)),
         }
+        if tokens is not None:
+            headers["x-compute-tokens"] = str(tokens)
+        in_body = tokens is not None and self.config.usage != "header"
         if parsed.flavor == "tei":
             body = vectors
         elif parsed.flavor == "ollama":
             body = {"model": parsed.model, "embeddings": vectors,
-                    "total_duration": int((queue_s + inference_s) * 1e9), "load_duration": 0,
-                    "prompt_eval_count": tokens}
+                    "total_duration": int((queue_s + inference_s) * 1e9), "load_duration": 0}
+            if in_body:
+                body["prompt_eval_count"] = tokens
         else:
             if parsed.encoding == "base64":
                 items = [base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii") for vector in vectors]
@@ -492,8 +516,9 @@ class Simulator:
                 items = vectors
             body = {"object": "list",
                     "data": [{"object": "embedding", "index": i, "embedding": item} for i, item in enumerate(items)],
-                    "model": parsed.model,
-                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+                    "model": parsed.model}
+            if in_body:
+                body["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
         # orjson writes numpy float32 arrays directly, and NaN as null (as serde_json-based servers do).
         return web.Response(body=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
                             content_type="application/json", headers=headers)
@@ -533,7 +558,14 @@ class Simulator:
             return self._error("openai", 401, "Incorrect API key provided.", code="invalid_api_key")
         body = {"object": "list", "data": [{"id": self.config.model, "object": "model",
                                             "created": int(time.time() - (time.monotonic() - self._started)),
-                                            "owned_by": "embperf-simulator"}]}
+                                            "owned_by": "embperf-simulator",
+                                            "max_model_len": self.config.max_input_tokens}]}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def _info(self, request: web.Request) -> web.Response:
+        # TEI's /info: the served model and the longest input it accepts.
+        body = {"model_id": self.config.model, "max_input_length": self.config.max_input_tokens,
+                "model_type": {"embedding": {"pooling": "mean"}}}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -732,6 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stall-every-s", type=non_negative, default=0.0, help="start a stall every this many seconds")
     add("--stall-after-s", type=non_negative, default=None, help="one stall, this many seconds after start")
     add("--seed", type=int, default=0, help="seed of the fault draws (default %(default)s)")
+    add("--usage", choices=USAGE_MODES, default=defaults.usage,
+        help="what the reported usage counts: tokens (default), characters or words (as some servers "
+             "wrongly do), none, or header (only the x-compute-tokens header)")
     return parser
 
 
@@ -744,7 +779,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         batch_wait_ms=args.batch_wait_ms, delay_ms=args.delay_ms, error_rate=args.error_rate,
         rate_limit_rate=args.rate_limit_rate, reset_rate=args.reset_rate,
         wrong_dimensions_rate=args.wrong_dimensions_rate, nan_rate=args.nan_rate, stall_s=args.stall_s,
-        stall_every_s=args.stall_every_s, stall_after_s=args.stall_after_s, seed=args.seed, track_texts=False)
+        stall_every_s=args.stall_every_s, stall_after_s=args.stall_after_s, seed=args.seed, usage=args.usage,
+        track_texts=False)
 
 
 async def _serve_forever(config: SimulatorConfig) -> None:

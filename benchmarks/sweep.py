@@ -29,11 +29,22 @@ from benchmarks.inputs import InputSource, fit_length
 from benchmarks.outbound import OutboundPolicy
 from benchmarks.plan import PlanLimits
 from benchmarks.probe import probe_texts
+from benchmarks.tokens import (
+    ESTIMATE,
+    TOKENIZER,
+    USAGE,
+    check_usage,
+    count,
+    load_tokenizer,
+    ratio_note,
+    resolve_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often the controller looks at cancel, telemetry and the runners' messages
 CHARS_PER_TOKEN_GUESS = 4.0  # starting point of calibration, and the estimate when no usage comes back
+TOKENIZER_CHECK_TEXTS = 20  # texts cut by the tokenizer and counted again before the first level
 
 def normalize_plan(plan: dict, limits: PlanLimits | None = None) -> dict:
     """The plan with defaults filled in and every value checked (benchmarks.plan holds the rule)."""
@@ -58,6 +69,9 @@ def normalize_target(target: dict) -> dict:
     errors = plan_rule.target_list_errors(out)
     if errors:
         raise plan_rule.FieldErrors("target", errors)
+    tokenizer = out.get("tokenizer")
+    if tokenizer is not None and not isinstance(tokenizer, str):
+        raise ConfigError(f"target tokenizer must be a model id or a path, not {tokenizer!r}")
     if not out.get("model") and out["flavor"] != "tei":
         raise ConfigError("the target needs a model name")
     return out
@@ -91,6 +105,8 @@ class Sweep:
         self.dims = None
         self.tokens_per_text_estimate = None
         self.chars_per_text = 1
+        self.tokenizer_path = None
+        self.token_source = None
         self.status = "succeeded"
         self.status_reason = ""
         self.aborted_at_level = None  # the load of the level the abort policy stopped the sweep at
@@ -145,31 +161,60 @@ class Sweep:
             raise SweepError(message)
         return result
 
+    def _load_tokenizer(self):
+        """The target's tokenizer (fetched once into the data folder), or None when it names none."""
+        spec = self.target.get("tokenizer")
+        if not spec:
+            return None
+        try:
+            self.tokenizer_path = resolve_tokenizer(spec)
+            return load_tokenizer(self.tokenizer_path)
+        except ConfigError as exc:
+            raise SweepError(str(exc)) from None
+
     def _probe_and_calibrate(self) -> None:
         plan = self.plan
+        tokenizer = self._load_tokenizer()
         sampler = InputSource("unique", salt=self.salt + "c", seed=plan["seed"], stream_index=99)
         guess = max(1, round(plan["tokens"] * CHARS_PER_TOKEN_GUESS))
-        first = self._send([sampler.sample_text(guess)])
+        first_text = sampler.sample_text(guess)
+        first = self._send([first_text])
         self.probe = {k: first[k] for k in ("served_model", "vector_length", "prompt_tokens", "latency_ms")}
         self.dims = plan["dimensions"] or first["vector_length"]
         mode = plan["input"]
         calibration = {"target_tokens": plan["tokens"], "chars_per_text": None, "chars_per_token": None,
                        "measured_tokens": None, "estimated": False}
         self.chars_per_text = guess
-        if mode == "corpus":
+        # Two texts of known length, sent alone, tell what the server's usage counts.
+        samples = [(first_text, first["prompt_tokens"])]
+        if first["prompt_tokens"] is not None:
+            short_text = sampler.sample_text(max(1, guess // 2))
+            samples.insert(0, (short_text, self._send([short_text])["prompt_tokens"]))
+        usage = check_usage(samples)
+        tokens = {"source": None, "tokenizer": self.target.get("tokenizer") or None, "usage": usage.kind,
+                  "usage_note": usage.note, "usage_ratio": None, "note": None}
+        if tokenizer is not None:
+            tokens["source"] = TOKENIZER
+            if usage.kind != "none":
+                counted = [(count(tokenizer, text), n) for text, n in samples if n is not None]
+                tokens["usage_ratio"] = round(sum(n for _, n in counted) / sum(c for c, _ in counted), 3)
+                if usage.usable:
+                    tokens["note"] = ratio_note(tokens["usage_ratio"])
+            self._calibrate_with_tokenizer(tokenizer, calibration)
+        elif mode == "corpus":
             texts = plan["corpus"]
             self.tokens_per_text_estimate = sum(len(t) for t in texts) / len(texts) / CHARS_PER_TOKEN_GUESS
             calibration["target_tokens"] = None
-        elif first["prompt_tokens"]:
-            samples = [(guess, first["prompt_tokens"])]
-            short = max(1, guess // 2)
-            samples.insert(0, (short, self._send([sampler.sample_text(short)])["prompt_tokens"]))
-            chars = fit_length(samples, plan["tokens"])
+            tokens["source"] = USAGE if usage.usable else ESTIMATE
+        elif usage.usable:
+            tokens["source"] = USAGE
+            sample_chars = [(max(1, guess // 2), samples[0][1]), (guess, samples[1][1])]
+            chars = fit_length(sample_chars, plan["tokens"])
             text = sampler.sample_text(chars)
             measured = self._send([text])["prompt_tokens"]
             # One refinement step when the straight-line fit missed by more than 2 %.
             if measured and abs(measured - plan["tokens"]) > 0.02 * plan["tokens"]:
-                chars = fit_length([samples[0], (chars, measured)], plan["tokens"])
+                chars = fit_length([sample_chars[0], (chars, measured)], plan["tokens"])
                 text = sampler.sample_text(chars)
                 measured = self._send([text])["prompt_tokens"]
             self.chars_per_text = chars
@@ -177,11 +222,33 @@ class Sweep:
             calibration.update(chars_per_text=chars, measured_tokens=measured,
                                chars_per_token=round(len(text) / measured, 3) if measured else None)
         else:
-            # The server reports no usage: size texts by a typical ratio and say the tokens are estimated.
+            # No usable usage (none, or not a token count): size texts by a typical ratio and say the
+            # tokens are estimated.
+            tokens["source"] = ESTIMATE
             self.tokens_per_text_estimate = plan["tokens"]
             calibration.update(chars_per_text=guess, chars_per_token=CHARS_PER_TOKEN_GUESS, estimated=True)
+        self.token_source = tokens["source"]
         self.inputs = {"mode": mode, "cache_study": mode == "repeat", "calibration": calibration,
-                       "corpus_reused": 0}
+                       "tokens": tokens, "corpus_reused": 0}
+
+    def _calibrate_with_tokenizer(self, tokenizer, calibration: dict) -> None:
+        """Texts cut by the tokenizer: check a few of them with it, and send one to see the server's count."""
+        plan = self.plan
+        if plan["input"] == "corpus":
+            counts = [count(tokenizer, text) for text in plan["corpus"]]
+            self.tokens_per_text_estimate = sum(counts) / len(counts)
+            calibration.update(target_tokens=None, tokenizer_tokens={"min": min(counts), "max": max(counts)})
+            return
+        cut = InputSource("unique", salt=self.salt + "t", seed=plan["seed"], stream_index=98,
+                          tokenizer=tokenizer, tokens_per_text=plan["tokens"])
+        texts = [cut.next_texts()[0] for _ in range(TOKENIZER_CHECK_TEXTS)]
+        counts = [count(tokenizer, text) for text in texts]
+        measured = self._send([texts[0]])["prompt_tokens"]
+        chars = sum(len(t) for t in texts) / len(texts)
+        self.tokens_per_text_estimate = plan["tokens"]
+        self.chars_per_text = round(chars)
+        calibration.update(chars_per_text=round(chars), chars_per_token=round(chars * len(counts) / sum(counts), 3),
+                           measured_tokens=measured, tokenizer_tokens={"min": min(counts), "max": max(counts)})
 
     # ---- levels ----------------------------------------------------------------------------
 
@@ -191,7 +258,7 @@ class Sweep:
             "index": index, "mode": plan["mode"], "t0": t0, "warmup_s": plan["warmup_s"],
             "duration_s": plan["duration_s"], "timeout_s": plan["timeout_s"], "dims": self.dims,
             "keep_samples": plan["keep_samples"], "arrival": plan["arrival"],
-            "tokens_per_text_estimate": self.tokens_per_text_estimate,
+            "tokens_per_text_estimate": self.tokens_per_text_estimate, "token_source": self.token_source,
         }
         works = {}
         if plan["mode"] == "closed":
@@ -284,7 +351,7 @@ class Sweep:
             started_at = utc_now()
         level = build_level(list(partials.values()), index=index, mode=plan["mode"], load=load,
                             warmup_s=plan["warmup_s"], started_at=started_at, status=status,
-                            abort_reason=abort_reason)
+                            abort_reason=abort_reason, tokens_source=self.token_source)
         self.inputs["corpus_reused"] = sum(p.get("corpus_reused", 0) for p in partials.values())
         if self.telemetry is not None:
             if not began_telemetry:
@@ -336,6 +403,7 @@ class Sweep:
                     "input": plan["input"], "batch": plan["batch"], "chars_per_text": self.chars_per_text,
                     "corpus": plan["corpus"], "salt": self.salt, "seed": plan["seed"],
                     "outbound": self.outbound,
+                    "tokenizer_path": self.tokenizer_path, "tokens": plan["tokens"],
                 }
                 pool = LoadPool(config, plan["processes"])
                 pool.start()

@@ -44,6 +44,17 @@ def test_create_target_and_api_key_is_write_only(api, team):
     assert "api_key" not in detail and "sk-123" not in str(detail)
 
 
+def test_target_tokenizer_round_trips_and_reaches_the_engine_spec(api, team):
+    response = api.post("/api/v1/targets/", {**NEW_TARGET, "tokenizer": "BAAI/bge-large-en-v1.5"})
+    assert response.status_code == 201, response.json()
+    assert response.json()["tokenizer"] == "BAAI/bge-large-en-v1.5"
+    target = Target.objects.get(pk=response.json()["id"])
+    assert target.to_spec()["tokenizer"] == "BAAI/bge-large-en-v1.5"
+    api.patch(f"/api/v1/targets/{target.pk}/", {"tokenizer": ""})
+    target.refresh_from_db()
+    assert target.tokenizer == "" and "tokenizer" not in target.to_spec()
+
+
 def test_patch_keeps_key_unless_given_and_empty_string_removes_it(api, target):
     target.api_key = "sk-old"
     target.save()

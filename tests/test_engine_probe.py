@@ -126,3 +126,48 @@ def test_other_flavors(flavor):
 def test_no_base_url():
     result = probe({"flavor": "openai", "base_urls": [], "model": "m"})
     assert result["ok"] is False and "no base URL" in result["error"]
+
+
+def test_unknown_model_names_it_and_lists_the_served_models():
+    with running_simulator(model="all-MiniLM-L6-v2") as sim:
+        result = probe(openai(sim.base_url))  # asks for sim-embed
+    assert result["status"] == 404
+    assert result["error"].startswith("the server has no model 'sim-embed' (HTTP 404)")
+    assert "does not exist" in result["error"]
+    assert result["hint"] == ("the server does not serve the model 'sim-embed'; it serves: all-MiniLM-L6-v2. "
+                              "Set the target's model name to one of them")
+    assert "/v1" not in result["hint"]
+
+
+def test_unknown_model_without_a_model_list_still_names_the_model():
+    async def no_model(request):
+        return web.json_response({"error": {"message": "The model `sim-embed` does not exist.",
+                                            "code": "model_not_found"}}, status=404)
+
+    with tiny_server(no_model) as url:  # answers POST only: GET /v1/models is not there
+        result = probe(openai(url + "/v1"))
+    assert "'sim-embed'" in result["hint"] and "check the model name" in result["hint"]
+    assert "extra" not in result["hint"]
+
+
+def test_the_v1_hint_only_when_the_path_is_missing():
+    async def not_found(request):
+        return web.json_response({"detail": "Not Found"}, status=404)
+
+    with tiny_server(not_found) as url:
+        result = probe(openai(url + "/v1"))
+    assert "is '/v1' extra?" in result["hint"]
+
+
+@pytest.mark.parametrize("flavor", ["openai", "tei"])
+def test_probe_reports_the_longest_input_the_server_accepts(flavor):
+    with running_simulator(max_input_tokens=512) as sim:
+        base = sim.base_url if flavor == "openai" else sim.url
+        result = probe({"flavor": flavor, "base_urls": [base], "model": "sim-embed"})
+    assert result["ok"] and result["max_input_tokens"] == 512
+
+
+def test_ollama_unknown_model_lists_nothing_it_cannot_read():
+    with running_simulator() as sim:
+        result = probe({"flavor": "ollama", "base_urls": [sim.url], "model": "other"})
+    assert result["status"] == 404 and "'other'" in result["hint"]

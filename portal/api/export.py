@@ -3,7 +3,7 @@
 The column names of the CSV are a public contract (docs/api.md): add columns at the end,
 never rename or drop one.
 """
-from benchmarks.document import SCHEMA, public_target
+from benchmarks.document import SCHEMA, public_target, token_notes
 from benchmarks.tables import csv_text, markdown_table, md_escape
 from portal.sweeps.models import Run
 from portal.sweeps.services import gpu_totals
@@ -162,6 +162,8 @@ def levels_markdown(run: Run) -> str:
                      "this table holds only the levels measured in this run.", ""]
     rows = []
     notes = []
+    # Where the token counts come from, and what each level's notes say (a stall, ...).
+    said = [md_escape(line[:1].upper() + line[1:]) + "." for line in token_notes(run.document or {})[1]]
     for level in run.levels.order_by("index"):
         lv = level.data
         latency = lv.get("latency_ms") or {}
@@ -173,6 +175,7 @@ def levels_markdown(run: Run) -> str:
         if (lv.get("client") or {}).get("client_bound"):
             load_text += " ¹"
             notes.append("¹ the client, not the server, limited this level; its figures understate the server.")
+        said.extend(f"{load_name} {_fmt(load)}: {md_escape(note)}." for note in lv.get("notes") or [])
         row = [
             load_text,
             _fmt(lv.get("qps")),
@@ -190,4 +193,6 @@ def levels_markdown(run: Run) -> str:
     lines = [title, "", *preamble, *markdown_table(header, rows, ["right"] * len(header))]
     if notes:
         lines += ["", notes[0]]
+    if said:
+        lines += ["", *said]
     return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ from portal.accounts.access import api_teams, visible_to_request
 from portal.accounts.models import Membership, Team
 from portal.front.forms import PlanForm, TargetForm
 from portal.sweeps.models import CONFIG_KEY_RE, Level, Plan, Run, Target
-from portal.sweeps.services import PLAN_OUT_OF_BOUNDS, plan_start_errors, target_queue_error
+from portal.sweeps.services import PLAN_OUT_OF_BOUNDS, plan_misfits, plan_start_errors, target_queue_error
 
 
 class StrictMixin:
@@ -148,6 +148,10 @@ class TargetSerializer(FormBackedSerializer):
     # How many URLs a target may list is the plan rule's (benchmarks.plan.TARGET_LISTS), through TargetForm.
     base_urls = serializers.ListField(child=serializers.CharField(max_length=500))
     model_name = serializers.CharField(max_length=200)
+    tokenizer = serializers.CharField(
+        max_length=500, required=False, allow_blank=True,
+        help_text="The model's tokenizer: a Hugging Face model id or a tokenizer.json path on the workers.",
+    )
     api_key = serializers.CharField(
         write_only=True, required=False, allow_blank=True, max_length=1000, trim_whitespace=True,
         help_text="Write-only. Send a new key to replace the stored one, an empty string to remove it.",
@@ -341,6 +345,10 @@ class RunStartSerializer(StrictMixin, serializers.Serializer):
         problems = plan_start_errors(plan)
         if problems:
             errors["plan"] = [PLAN_OUT_OF_BOUNDS + "; ".join(problems)]
+        else:
+            misfits = plan_misfits(target, plan)
+            if misfits:
+                errors["plan"] = misfits
         queue_error = target_queue_error(target)
         if queue_error:
             errors["target"] = [queue_error]

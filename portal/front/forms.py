@@ -9,7 +9,13 @@ from portal.front.fields import KeyValueField, LevelsField, URLListField
 from portal.sweeps.bounds import plan_field_errors, target_field_errors
 from portal.sweeps.models import Plan, QueueGrant, Run, Target, new_servers
 from portal.sweeps.outbound import outbound_policy, validate_outbound_url
-from portal.sweeps.services import PLAN_OUT_OF_BOUNDS, plan_start_errors, queue_refusal, target_queue_error
+from portal.sweeps.services import (
+    PLAN_OUT_OF_BOUNDS,
+    plan_misfits,
+    plan_start_errors,
+    queue_refusal,
+    target_queue_error,
+)
 
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -77,11 +83,15 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
     class Meta:
         model = Target
         fields = [
-            "team", "name", "flavor", "base_urls", "model_name", "api_key", "engine", "engine_version",
+            "team", "name", "flavor", "base_urls", "model_name", "tokenizer", "api_key", "engine", "engine_version",
             "launch_config", "gpu_source", "gpu_indices", "metrics_urls", "queue",
         ]
         labels = {"model_name": "Model", "gpu_source": "GPU telemetry", "gpu_indices": "GPU indices"}
-        help_texts = {"model_name": "The model name sent in each request, e.g. Qwen/Qwen3-Embedding-4B."}
+        help_texts = {
+            "model_name": "The model name sent in each request, e.g. Qwen/Qwen3-Embedding-4B.",
+            "tokenizer": "Optional. The model's tokenizer, to count tokens exactly rather than trust the server's "
+            "usage: a Hugging Face model id (fetched once by the worker) or a tokenizer.json path on the worker.",
+        }
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -285,6 +295,9 @@ class RunForm(forms.Form):
             problems = plan_start_errors(plan)
             if problems:
                 self.add_error("plan", PLAN_OUT_OF_BOUNDS + "; ".join(problems))
+            elif target:
+                for problem in plan_misfits(target, plan):
+                    self.add_error("plan", problem)
         if target and target_queue_error(target):
             self.add_error("target", target_queue_error(target))
         return cleaned

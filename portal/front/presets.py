@@ -1,19 +1,21 @@
 """Plan presets offered on the plan form (and usable by anything that seeds plans).
 
-Each preset is a set of Plan field values; the form starts from one of them.
+Each preset is a set of Plan field values; the form starts from one of them. None names a number of
+dimensions: the field is then not sent and every model answers with its own vector length, so a
+preset runs on any model.
 """
 
 PLAN_PRESETS: dict[str, dict] = {
     "classic": {
         "name": "Classic sweep",
-        "description": "Concurrency 1 to 64, 120 s per level, 512-token texts, 1024 dimensions.",
+        "description": "Concurrency 1 to 64, 120 s per level, 512-token texts, the model's own dimensions.",
         "mode": "closed",
         "levels": [1, 4, 8, 16, 32, 64],
         "warmup_s": 10,
         "duration_s": 120,
         "tokens": 512,
         "batch": 1,
-        "dimensions": 1024,
+        "dimensions": None,
         "timeout_s": 30,
     },
     "smoke": {
@@ -39,7 +41,7 @@ PLAN_PRESETS: dict[str, dict] = {
         "duration_s": 60,
         "tokens": 512,
         "batch": 1,
-        "dimensions": 1024,
+        "dimensions": None,
         "timeout_s": 30,
     },
 }

@@ -13,6 +13,7 @@ from django.utils.dateformat import format as date_format
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
+from benchmarks.document import token_notes
 from portal.accounts.access import can_write, get_owned_or_404, teams_for_user
 from portal.front.charts import run_charts
 from portal.front.forms import PlanForm, RunFilterForm, RunForm, TargetForm
@@ -232,6 +233,9 @@ def level_rows(run: Run) -> list[dict]:
                 "texts_per_s": level.texts_per_s,
                 "tokens_per_s": level.tokens_per_s,
                 "tokens_estimated": bool(data.get("tokens_estimated")),
+                "tokens_source": data.get("tokens_source") or "",
+                "stalls": data.get("stalls") or [],
+                "notes": data.get("notes") or [],
                 "latency_mean_ms": level.latency_mean_ms,
                 "latency_p50_ms": level.latency_p50_ms,
                 "latency_p90_ms": level.latency_p90_ms,
@@ -241,6 +245,8 @@ def level_rows(run: Run) -> list[dict]:
                 "error_examples": data.get("error_examples") or {},
                 "client_bound": level.client_bound,
                 "client_bound_reason": client.get("client_bound_reason") or "",
+                "client_bound_by": client.get("bound_by") or "",
+                "client_advice": client.get("advice") or "",
                 "vram_peak_mib": level.vram_peak_mib,
                 "gpu_util_mean": level.gpu_util_mean,
                 "power_mean_w": level.power_mean_w,
@@ -252,7 +258,11 @@ def level_rows(run: Run) -> list[dict]:
 
 def _results_context(run: Run) -> dict:
     rows = level_rows(run)
+    tokens_short, token_lines = token_notes(run.document or {})
     return {
+        "tokens_short": tokens_short,
+        "token_lines": token_lines,
+        "level_notes": [(r["load"], note) for r in rows for note in r["notes"]],
         "run": run,
         "rows": rows,
         "load_label": "Rate (req/s)" if run.level_key == "rate" else "Concurrency",

@@ -107,6 +107,10 @@ class Target(models.Model):
     flavor = models.CharField(max_length=10, choices=Flavor.choices, default=Flavor.OPENAI)
     base_urls = models.JSONField(default=list, help_text="One or more base URLs (replicas), used round-robin.")
     model_name = models.CharField(max_length=200)
+    tokenizer = models.CharField(
+        max_length=500, blank=True, default="",
+        help_text="The model's tokenizer: a Hugging Face model id or a tokenizer.json path on the workers.",
+    )
     api_key = EncryptedTextField(blank=True, default="")
     engine = models.CharField(max_length=20, choices=Engine.choices, default=Engine.OTHER)
     engine_version = models.CharField(max_length=50, blank=True, default="")
@@ -151,6 +155,8 @@ class Target(models.Model):
             "metrics_urls": list(self.metrics_urls or []),
             "queue": self.queue,
         }
+        if self.tokenizer:
+            spec["tokenizer"] = self.tokenizer
         if with_secret and self.api_key:
             spec["api_key"] = self.api_key
         return spec

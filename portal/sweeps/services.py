@@ -92,6 +92,29 @@ def store_level(run: Run, doc: dict) -> Level:
     return level
 
 
+def plan_misfits(target: Target, plan: Plan) -> list[str]:
+    """What a plan asks for that the target's last successful probe says the server cannot give
+    (more dimensions than its vectors have, longer texts than it accepts), with the figures.
+    Checked before a run is queued; empty when the probe has not run or saw nothing to object to."""
+    probe = target.last_probe or {}
+    if not probe.get("ok"):
+        return []
+    problems = []
+    length = probe.get("vector_length")
+    if plan.dimensions and isinstance(length, int) and plan.dimensions > length:
+        problems.append(
+            f"The plan asks for {plan.dimensions:,} dimensions, but the target's last probe saw vectors of "
+            f"{length:,}: leave the plan's dimensions blank to use the model's own, or ask for {length:,} or fewer."
+        )
+    limit = probe.get("max_input_tokens")
+    if isinstance(limit, int) and plan.tokens > limit:
+        problems.append(
+            f"The plan asks for {plan.tokens:,}-token texts, but the server accepts at most {limit:,} tokens per "
+            f"text (its last probe): ask for {limit:,} tokens or fewer."
+        )
+    return problems
+
+
 def sweep_time_limits(plan: Plan | dict) -> tuple[int, int]:
     """(soft, hard) Celery time limits in seconds for a sweep of this plan (a Plan or its spec).
 

@@ -21,14 +21,15 @@ SIMULATOR_MODEL = "sim-embed"
 DEMO_PLANS = [
     {
         "name": "Classic sweep",
-        "description": "Concurrency 1 to 64, 120 s per level, 512-token texts, 1024 dimensions.",
+        "description": "Concurrency 1 to 64, 120 s per level, 512-token texts, the model's own dimensions.",
         "levels": [1, 4, 8, 16, 32, 64], "warmup_s": 5, "duration_s": 120, "tokens": 512,
-        "dimensions": 1024, "timeout_s": 30,
+        "dimensions": None, "timeout_s": 30,
     },
     {
         "name": "Smoke",
         "description": "A quick check that a target answers under light load (about 25 s).",
-        "levels": [1, 4, 8], "warmup_s": 2, "duration_s": 5, "tokens": 512, "dimensions": 1024, "timeout_s": 30,
+        # No dimensions: the field is not sent and any model answers with its own vector length.
+        "levels": [1, 4, 8], "warmup_s": 2, "duration_s": 5, "tokens": 512, "dimensions": None, "timeout_s": 30,
     },
 ]
 

@@ -1,0 +1,169 @@
+"""Where token counts come from: the model's own tokenizer, the server's usage, or an estimate.
+
+A target may name a tokenizer: a local `tokenizer.json` (or a folder holding one) or a Hugging Face
+model id. With it the engine counts tokens itself with the `tokenizers` library and cuts unique
+texts to the planned count (inputs.py). A model id is fetched once with `huggingface_hub` into
+`<data folder>/tokenizers` (the data folder is $EMBPERF_VAR_DIR, shared by the portal's workers), and
+a host that cannot reach the hub gets a plain message within seconds, never a hang.
+
+The server's usage is cross-checked against the texts it was given: a figure that equals the
+character count, equals the word count, or is not between 2 and 8 characters per token (English
+prose) cannot be a token count; it is named as such and not used for the figures.
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.errors import ConfigError
+
+TOKENIZER = "tokenizer"
+USAGE = "server usage"
+ESTIMATE = "estimate"
+SOURCES = (TOKENIZER, USAGE, ESTIMATE)
+
+# Characters per token that English prose can have: word-piece and BPE vocabularies give about 4;
+# below 2 the server counts something finer than tokens, above 8 something coarser.
+MIN_CHARS_PER_TOKEN = 2.0
+MAX_CHARS_PER_TOKEN = 8.0
+# A tokenizer and a server that count the same text this far apart are probably not the same model.
+RATIO_WARN_LOW, RATIO_WARN_HIGH = 0.8, 1.25
+
+# How far from the character or word count usage may be and still be that count (special tokens).
+COUNT_SLACK = 2
+
+HUB_TIMEOUT_S = 10.0  # connect and read timeout of each call to the hub
+
+
+def default_var_dir() -> Path:
+    """The data folder: $EMBPERF_VAR_DIR, else var/ beside the code (as the portal's settings do)."""
+    return Path(os.environ.get("EMBPERF_VAR_DIR") or Path(__file__).resolve().parent.parent / "var")
+
+
+def resolve_tokenizer(spec: str, *, var_dir: str | Path | None = None, timeout_s: float = HUB_TIMEOUT_S) -> str:
+    """The local path of the `tokenizer.json` a target names (a path, or a model id fetched once).
+
+    Raises ConfigError with a message a person can act on (missing file, unknown model, no network)."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise ConfigError("no tokenizer named")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if path.is_file():
+        return str(path)
+    if spec.startswith(("/", ".", "~")) or spec.endswith(".json") or spec.count("/") > 1:
+        raise ConfigError(f"tokenizer file {path} does not exist (give a tokenizer.json, a folder holding one, "
+                          "or a Hugging Face model id such as BAAI/bge-large-en-v1.5)")
+    return _fetch_from_hub(spec, Path(var_dir) if var_dir else default_var_dir(), timeout_s)
+
+
+def _fetch_from_hub(model_id: str, var_dir: Path, timeout_s: float) -> str:
+    from huggingface_hub import errors as hub_errors
+    from huggingface_hub import hf_hub_download
+
+    cache = var_dir / "tokenizers"
+    cache.mkdir(parents=True, exist_ok=True)
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    try:
+        # Once fetched, a tokenizer is read from the cache without asking the hub again.
+        return hf_hub_download(model_id, "tokenizer.json", cache_dir=cache, local_files_only=True)
+    except (hub_errors.LocalEntryNotFoundError, hub_errors.HFValidationError, FileNotFoundError, OSError):
+        pass
+    where = endpoint or "https://huggingface.co"
+    fallback = "copy the model's tokenizer.json to this host and give its path instead"
+    _check_reachable(model_id, where, timeout_s, fallback)
+    try:
+        return hf_hub_download(model_id, "tokenizer.json", cache_dir=cache, etag_timeout=timeout_s,
+                               endpoint=endpoint)
+    except hub_errors.HFValidationError:
+        raise ConfigError(f"{model_id!r} is neither a tokenizer file nor a Hugging Face model id") from None
+    except (hub_errors.RepositoryNotFoundError, hub_errors.GatedRepoError) as exc:
+        kind = "is gated (accept its licence and set HF_TOKEN)" if isinstance(exc, hub_errors.GatedRepoError) \
+            else "was not found (or is private: set HF_TOKEN)"
+        raise ConfigError(f"tokenizer: model {model_id} {kind} on {where}; or {fallback}") from None
+    except hub_errors.LocalEntryNotFoundError as exc:
+        # The hub went away between the check and the download.
+        reason = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"tokenizer: cannot fetch {model_id} from {where} (is this host offline?): {reason}; "
+                          f"{fallback}") from None
+    except hub_errors.EntryNotFoundError:
+        raise ConfigError(f"tokenizer: model {model_id} has no tokenizer.json on {where}; {fallback}") from None
+    except Exception as exc:  # noqa: BLE001 - no network, DNS, TLS, proxy: all mean "cannot fetch"
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ConfigError(f"tokenizer: cannot fetch {model_id} from {where} (is this host offline?): {reason}; "
+                          f"{fallback}") from None
+
+
+def _check_reachable(model_id: str, endpoint: str, timeout_s: float, fallback: str) -> None:
+    """One request with a short timeout and no retries, so that an offline host hears so at once
+    (the hub client retries a refused connection for half a minute)."""
+    import httpx
+
+    url = f"{endpoint.rstrip('/')}/{model_id}/resolve/main/tokenizer.json"
+    try:
+        httpx.head(url, timeout=timeout_s, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ConfigError(f"tokenizer: cannot fetch {model_id} from {endpoint} (is this host offline?): {reason}; "
+                          f"{fallback}") from None
+
+
+def load_tokenizer(path: str):
+    """A `tokenizers.Tokenizer` from a tokenizer.json, with a plain message when the file is not one."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - the Rust side raises plain Exceptions
+        raise ConfigError(f"{path} is not a tokenizer.json the tokenizers library can read: {exc}") from None
+    # Count every token: a tokenizer saved with truncation or padding would hide or invent some.
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def count(tokenizer, text: str) -> int:
+    """Tokens of one text as the model sees it, special tokens ([CLS], [SEP], ...) included."""
+    return len(tokenizer.encode(text, add_special_tokens=True).ids)
+
+
+@dataclass
+class UsageCheck:
+    """What the server's usage figures are, judged from texts whose length is known."""
+
+    kind: str            # "tokens", "characters", "words", "implausible", "none"
+    note: str | None     # plain words when the usage cannot be used
+    chars_per_token: float | None
+
+    @property
+    def usable(self) -> bool:
+        return self.kind == "tokens"
+
+
+def check_usage(samples: list[tuple[str, int | None]]) -> UsageCheck:
+    """Judge the server's usage from (text sent alone, usage reported) samples."""
+    reported = [(text, usage) for text, usage in samples if usage is not None]
+    if not reported:
+        return UsageCheck("none", "the server reports no token usage", None)
+    chars = sum(len(text) for text, _ in reported)
+    used = sum(usage for _, usage in reported)
+    ratio = round(chars / used, 3) if used else None
+    # Within a couple: a server may add its special tokens to a count of characters or words.
+    if all(abs(usage - len(text)) <= COUNT_SLACK for text, usage in reported):
+        return UsageCheck("characters", "the server's usage counts characters, not tokens", ratio)
+    if all(abs(usage - len(text.split())) <= COUNT_SLACK for text, usage in reported):
+        return UsageCheck("words", "the server's usage counts words, not tokens", ratio)
+    if ratio is None or not MIN_CHARS_PER_TOKEN <= ratio <= MAX_CHARS_PER_TOKEN:
+        shown = "0 tokens" if ratio is None else f"{ratio:g} characters per token"
+        return UsageCheck("implausible", f"the server's usage ({used} for {chars} characters, {shown}) cannot be "
+                          f"a token count for English prose (expected {MIN_CHARS_PER_TOKEN:g} to "
+                          f"{MAX_CHARS_PER_TOKEN:g} characters per token)", ratio)
+    return UsageCheck("tokens", None, ratio)
+
+
+def ratio_note(ratio: float | None) -> str | None:
+    """A note when the server and the tokenizer count the same texts far apart."""
+    if ratio is None or RATIO_WARN_LOW <= ratio <= RATIO_WARN_HIGH:
+        return None
+    return (f"the server counts {ratio:.2f} tokens for each token of the tokenizer: is the tokenizer the "
+            "served model's own?")
