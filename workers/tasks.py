@@ -3,20 +3,28 @@
 `run_sweep(run_id)` drives the engine (benchmarks.sweep.run_sweep) for one queued Run and writes the
 outcome back: each level the moment it finishes, progress about once a second (workers.recorder),
 and at the end the final status (succeeded, failed with a reason a person can act on, or
-cancelled) with the run-wide document and summary. Messages are acknowledged late, so a broker may
-deliver one twice: a run that already ended is skipped, a run another worker is still running is
-left alone. Time limits come with each message (portal.sweeps.services.start_run).
+cancelled, interrupted) with the run-wide document and summary. Messages are acknowledged late, so a
+broker may deliver one twice: a run that already ended is skipped, a run another worker is still
+running (its heartbeat is live) is left alone, and a run whose worker went silent is marked
+interrupted. Time limits come with each message (portal.sweeps.services.start_run).
+
+Every way the task can stop writes a final status: the engine's own end, a cancel, the soft time
+limit, an exception, SystemExit or KeyboardInterrupt, and SIGTERM (workers.recovery installs the
+handler in each pool process: the sweep stops at once and the run ends `interrupted`, its finished
+levels kept). What cannot be caught (SIGKILL, the hard time limit, a lost host) is found by the
+run's silent heartbeat (Run.objects.interrupt_stale, run by every worker's timer).
 """
 import logging
+import signal
 import socket
+import threading
 import traceback
 from datetime import UTC, datetime
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_ready
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import transaction
 from django.utils import timezone
 
 import benchmarks
@@ -28,7 +36,8 @@ from benchmarks.sweep import run_sweep as engine_run_sweep
 from portal.api.samples import writer_for_run
 from portal.sweeps.models import Level, Plan, Run, Target
 from portal.sweeps.services import store_level, sweep_time_limits
-from workers import recovery
+from workers import spill
+from workers.database import DatabaseUnavailable, DatabaseWrites
 from workers.recorder import RunRecorder
 
 logger = logging.getLogger(__name__)
@@ -45,6 +54,41 @@ def _node(task) -> str:
     return getattr(task.request, "hostname", None) or socket.gethostname()
 
 
+class Shutdown:
+    """The sweep running in this process, so a SIGTERM can stop it (see `on_sigterm`)."""
+
+    active: "Shutdown | None" = None
+
+    def __init__(self, token: CancelToken):
+        self.token = token
+        self.requested = False
+
+
+class WorkerStopping(SystemExit):
+    """Raised in a pool process whose sweep did not stop within EMBPERF_SHUTDOWN_S of a SIGTERM."""
+
+
+def on_sigterm(signum, frame) -> None:
+    """SIGTERM in a pool process: a running sweep stops at once and ends `interrupted`; if it has not
+    ended within EMBPERF_SHUTDOWN_S, SIGALRM raises WorkerStopping, which still writes the status.
+    An idle pool process exits as before."""
+    current = Shutdown.active
+    if current is None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+        return
+    if current.requested:
+        return
+    current.requested = True
+    current.token.cancel()
+    signal.signal(signal.SIGALRM, _on_shutdown_overdue)
+    signal.setitimer(signal.ITIMER_REAL, max(1.0, settings.EMBPERF_SHUTDOWN_S - 3))
+
+
+def _on_shutdown_overdue(signum, frame) -> None:
+    raise WorkerStopping(f"the sweep did not stop within {settings.EMBPERF_SHUTDOWN_S:.0f} s of SIGTERM")
+
+
 # max_retries=None: a run waiting for its target (another run measuring it) waits as long as that takes.
 @shared_task(bind=True, name="workers.tasks.run_sweep", acks_late=True, ignore_result=True, max_retries=None)
 def run_sweep(self, run_id: int) -> str:
@@ -58,12 +102,13 @@ def run_sweep(self, run_id: int) -> str:
         return run.status
     node = _node(self)
     if run.status == Run.Status.RUNNING:
-        if not recovery.is_stale(run):
+        if not run.worker_is_silent():
             logger.info("run %s: still running on %s; duplicate message skipped", run_id, run.worker_host)
             return "duplicate"
-        recovery.mark_interrupted(run_id, (
+        Run.objects.filter(pk=run_id).end_as(Run.Status.INTERRUPTED, (
             f"The worker {run.worker_host or '(unknown)'} stopped while this run was in progress and the "
             "broker delivered it again. Levels finished before that are kept; start the run again."))
+        logger.warning("run %s: its worker %s went silent; marked interrupted", run_id, run.worker_host)
         return Run.Status.INTERRUPTED
     with transaction.atomic():
         # Locks the target row (PostgreSQL; SQLite serialises write transactions) so two workers
@@ -74,7 +119,8 @@ def run_sweep(self, run_id: int) -> str:
         if busy is None:
             now = timezone.now()
             claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(
-                status=Run.Status.RUNNING, started=now, worker_host=node, client_version=client_version(),
+                status=Run.Status.RUNNING, started=now, heartbeat=now, worker_host=node,
+                client_version=client_version(),
                 status_reason="", progress={"phase": "starting", "updated_at": now.isoformat(), "recent": []},
             )
         else:
@@ -91,24 +137,31 @@ def run_sweep(self, run_id: int) -> str:
     time_limit = (getattr(self.request, "timelimit", None) or (None, None))[1] or planned_soft_limit(run)
     try:
         return execute_sweep(run_id, node=node, soft_time_limit=time_limit)
-    except Exception as exc:
+    except BaseException as exc:
         # Last resort (e.g. the engine failed to import): a run must never stay "running" forever.
         logger.error("run %s: the worker failed\n%s", run_id, traceback.format_exc())
-        Run.objects.filter(pk=run_id, status=Run.Status.RUNNING).update(
-            status=Run.Status.FAILED, status_reason=internal_error_reason(exc, node), finished=timezone.now()
-        )
+        why = internal_error_reason(exc, node)
+        try:
+            DatabaseWrites(f"run {run_id}").call(lambda: Run.objects.filter(
+                pk=run_id, status=Run.Status.RUNNING).update(
+                status=Run.Status.FAILED, status_reason=why, finished=timezone.now()))
+        except DatabaseUnavailable:
+            logger.error("run %s: could not record the failure; the stale-run sweeper will end it", run_id)
+        if not isinstance(exc, Exception):
+            raise
         return Run.Status.FAILED
 
 
 def target_busy_with(run: Run) -> int | None:
-    """The id of another run measuring this run's target right now (stale runs do not count), or None."""
+    """The id of another run measuring this run's target right now, or None.
+
+    A target is free only once its run has ended: a run whose worker went silent is first marked
+    interrupted (so its worker, should it still be alive, stops at its next heartbeat)."""
     if run.target_id is None:
         return None
-    others = Run.objects.filter(target_id=run.target_id, status=Run.Status.RUNNING).exclude(pk=run.pk)
-    for other in others.only("pk", "progress", "started"):
-        if not recovery.is_stale(other):
-            return other.pk
-    return None
+    others = Run.objects.filter(target_id=run.target_id).exclude(pk=run.pk)
+    others.interrupt_stale()
+    return others.running().values_list("pk", flat=True).first()
 
 
 def planned_soft_limit(run: Run) -> int:
@@ -144,6 +197,10 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
     }
     document = None
     status, reason = Run.Status.FAILED, ""
+    stopping: BaseException | None = None
+    shutdown = Shutdown(token)
+    if threading.current_thread() is threading.main_thread():
+        Shutdown.active = shutdown
     recorder.start()
     try:
         document = engine_run_sweep(
@@ -165,7 +222,15 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
     except Exception as exc:
         logger.error("run %s: the sweep failed unexpectedly\n%s", run_id, traceback.format_exc())
         reason = internal_error_reason(exc, node)
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt: record the ending, then let the process go
+        token.cancel()
+        stopping = exc
+        status = Run.Status.INTERRUPTED
+        reason = (f"The worker {node} was stopped ({type(exc).__name__}) while this run was in progress. "
+                  "Levels finished before that are kept; start the run again for a complete result.")
     finally:
+        if Shutdown.active is shutdown:
+            Shutdown.active = None
         final_phase = {"phase": "done", "updated_at": timezone.now().isoformat()}
         write_errors = recorder.close(final_progress=final_phase)
         if telemetry is not None:
@@ -175,23 +240,59 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
             except Exception:
                 logger.debug("telemetry close after failure", exc_info=True)
 
-    if write_errors and status == Run.Status.SUCCEEDED:
+    if shutdown.requested and stopping is None:
+        status = Run.Status.INTERRUPTED
+        reason = (f"The worker {node} was asked to stop (SIGTERM) while this run was in progress; the sweep "
+                  "stopped at once. Levels finished before that are kept (a level cut short is marked "
+                  "cancelled); start the run again for a complete result.")
+    elif write_errors and status == Run.Status.SUCCEEDED:
         status = Run.Status.FAILED
         reason = "Could not save all results to the database: " + "; ".join(write_errors[:3])
-    if status == Run.Status.CANCELLED:
+    elif status == Run.Status.CANCELLED and recorder.database_lost:
+        status = Run.Status.FAILED
+    elif status == Run.Status.CANCELLED:
         reason = cancel_reason(run_id, document)
     elif status == Run.Status.SUCCEEDED:
         reason = stopped_levels_reason(document)
-    finish(run_id, status, reason, document, recorder.progress_snapshot())
-    logger.info("run %s: %s %s", run_id, status, reason)
-    return status
+    progress = recorder.progress_snapshot()
+    if recorder.database_lost:
+        levels = list((document or {}).get("levels") or []) or recorder.unsaved_levels()
+        path = spill.path_for(run_id)
+        status = Run.Status.FAILED
+        reason = (f"The database was unreachable for over {recorder.db.bound_s:.0f} s while this run was "
+                  f"measured ({recorder.db.last_error}), so the sweep was stopped. Its {len(levels)} measured "
+                  f"level(s) were saved to {path} on the worker {node}; the worker writes them here once the "
+                  "database answers again.")
+        spill.save(path, run_id, status=status, reason=reason, levels=levels, document=document)
+    db = DatabaseWrites(f"run {run_id}")
+    try:
+        db.call(lambda: finish(run_id, status, reason, document, progress))
+    except DatabaseUnavailable as exc:
+        if not recorder.database_lost:
+            path = spill.path_for(run_id)
+            status = Run.Status.FAILED
+            levels = list((document or {}).get("levels") or []) or recorder.unsaved_levels()
+            reason = (f"The database was unreachable when this run ended ({exc}). Its {len(levels)} measured "
+                      f"level(s) were saved to {path} on the worker {node}; the worker writes them here once "
+                      "the database answers again.")
+            spill.save(path, run_id, status=status, reason=reason, levels=levels, document=document)
+        logger.error("run %s: could not record its end: %s", run_id, exc)
+    if recorder.ended_elsewhere:
+        logger.info("run %s: ended elsewhere as %s; its measured levels are kept", run_id, recorder.ended_elsewhere)
+    else:
+        logger.info("run %s: %s %s", run_id, status, reason)
+    if stopping is not None:
+        raise stopping
+    return recorder.ended_elsewhere or status
 
 
 def finish(run_id: int, status: str, reason: str, document: dict | None, progress: dict) -> None:
-    """Store the final status, the run-wide document and the summary; store any level not yet stored."""
+    """Store the final status, the run-wide document and the summary; store any level not yet stored.
+
+    A run someone else already ended (the stale-run sweeper, a cancel that found its worker silent)
+    keeps that ending; its levels are stored all the same."""
     finished = timezone.now()
-    fields = {"status": status, "status_reason": reason, "finished": finished,
-              "progress": {**progress, "phase": "done", "updated_at": finished.isoformat()}}
+    fields = {"progress": {**progress, "phase": "done", "updated_at": finished.isoformat()}}
     if document:
         run = Run(pk=run_id)
         for level in document.get("levels") or []:
@@ -204,7 +305,10 @@ def finish(run_id: int, status: str, reason: str, document: dict | None, progres
         version = (document.get("client") or {}).get("version")
         if version:
             fields["client_version"] = str(version)[:50]
-    Run.objects.filter(pk=run_id).update(**fields)
+    with transaction.atomic():
+        Run.objects.filter(pk=run_id, status=Run.Status.RUNNING).update(
+            status=status, status_reason=reason, finished=finished, heartbeat=finished)
+        Run.objects.filter(pk=run_id).update(**fields)
 
 
 def cancel_reason(run_id: int, document: dict | None) -> str:
@@ -265,20 +369,3 @@ def probe_target(self, target_id: int) -> dict | None:
     result = {**result, "at": datetime.now(UTC).isoformat(), "worker_host": node}
     Target.objects.filter(pk=target_id).update(last_probe=result)
     return result
-
-
-@worker_ready.connect
-def interrupt_runs_left_by_this_node(sender=None, **kwargs) -> None:
-    """On worker start: runs still marked running on this node died with its previous process."""
-    node = getattr(sender, "hostname", None)
-    if not node:
-        return
-    try:
-        ids = recovery.interrupt_runs_of_node(node)
-        if ids:
-            logger.warning("marked runs %s interrupted: %s had been running them before it restarted", ids, node)
-    except Exception:
-        logger.exception("could not check for runs interrupted by a restart of %s", node)
-    finally:
-        # This runs in the main worker process; pool processes must not share its connection.
-        connections.close_all()
