@@ -8,7 +8,7 @@
   With the defaults a dead worker's run ends within 40 s. No cron and no beat process are needed;
   `manage.py embperf_interrupt_stale` does the same sweep by hand.
 - When a worker starts, runs still recorded as running on its own node name are interrupted at once.
-- Shutdown: SIGTERM to a pool process stops its sweep at once (workers.tasks.on_sigterm); SIGTERM
+- Shutdown: SIGTERM to a pool process stops its sweep at once (workers.tasks.Shutdown); SIGTERM
   (or Ctrl-C) to the main process is passed on to the pool processes, and a watchdog ends the main
   process if it has not exited EMBPERF_SHUTDOWN_S later, so a worker never hangs on shutdown.
 """
@@ -19,14 +19,13 @@ import threading
 import time
 
 import psutil
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import worker_ready, worker_shutting_down
 from django.conf import settings
 from django.db import connections
 
 from portal.sweeps.models import Run, WorkerPresence
 from workers import spill
 from workers.database import DatabaseWrites
-from workers.tasks import on_sigterm
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +91,6 @@ def on_worker_ready(sender=None, **kwargs) -> None:
     queues = sorted(sender.app.amqp.queues.consume_from or {})
     _upkeep = Upkeep(node, queues)
     _upkeep.start()
-
-
-@worker_process_init.connect
-def on_pool_process_start(**kwargs) -> None:
-    """Pool processes stop their sweep on SIGTERM instead of dying mid-level (workers.tasks.on_sigterm)."""
-    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 @worker_shutting_down.connect

@@ -62,6 +62,22 @@ class Shutdown:
     def __init__(self, token: CancelToken):
         self.token = token
         self.requested = False
+        self.previous_handler = None
+
+    def arm(self) -> "Shutdown":
+        # Only the main thread may set signal handlers (a task run eagerly in a test is not in one).
+        # Celery's pool process handles SIGTERM by raising SystemExit wherever the sweep happens to
+        # be; for the sweep's duration this handler stops it cleanly instead.
+        if threading.current_thread() is threading.main_thread():
+            Shutdown.active = self
+            self.previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+        return self
+
+    def disarm(self) -> None:
+        if Shutdown.active is self:
+            Shutdown.active = None
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGTERM, self.previous_handler or signal.SIG_DFL)
 
 
 class WorkerStopping(SystemExit):
@@ -69,14 +85,11 @@ class WorkerStopping(SystemExit):
 
 
 def on_sigterm(signum, frame) -> None:
-    """SIGTERM in a pool process: a running sweep stops at once and ends `interrupted`; if it has not
-    ended within EMBPERF_SHUTDOWN_S, SIGALRM raises WorkerStopping, which still writes the status.
-    An idle pool process exits as before."""
+    """SIGTERM while a sweep runs: it stops at once and ends `interrupted`; if it has not ended
+    within EMBPERF_SHUTDOWN_S, SIGALRM raises WorkerStopping, which still writes the status."""
     current = Shutdown.active
     if current is None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.raise_signal(signal.SIGTERM)
-        return
+        raise SystemExit(-(256 - signum))
     if current.requested:
         return
     current.requested = True
@@ -198,9 +211,7 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
     document = None
     status, reason = Run.Status.FAILED, ""
     stopping: BaseException | None = None
-    shutdown = Shutdown(token)
-    if threading.current_thread() is threading.main_thread():
-        Shutdown.active = shutdown
+    shutdown = Shutdown(token).arm()
     recorder.start()
     try:
         document = engine_run_sweep(
@@ -229,25 +240,31 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
         reason = (f"The worker {node} was stopped ({type(exc).__name__}) while this run was in progress. "
                   "Levels finished before that are kept; start the run again for a complete result.")
     finally:
-        if Shutdown.active is shutdown:
-            Shutdown.active = None
         final_phase = {"phase": "done", "updated_at": timezone.now().isoformat()}
-        write_errors = recorder.close(final_progress=final_phase)
+        recorder.close(final_progress=final_phase)
         if telemetry is not None:
             # The engine closes telemetry itself (closing twice is safe); this covers a failure before it could.
             try:
                 telemetry.close()
             except Exception:
                 logger.debug("telemetry close after failure", exc_info=True)
+    try:
+        return record_end(run_id, node, status, reason, document, recorder, shutdown, stopping)
+    finally:
+        shutdown.disarm()
 
+
+def record_end(run_id: int, node: str, status: str, reason: str, document: dict | None, recorder: RunRecorder,
+               shutdown: Shutdown, stopping: BaseException | None) -> str:
+    """Settle the final status and reason, and write them (or save the levels to a file)."""
     if shutdown.requested and stopping is None:
         status = Run.Status.INTERRUPTED
         reason = (f"The worker {node} was asked to stop (SIGTERM) while this run was in progress; the sweep "
                   "stopped at once. Levels finished before that are kept (a level cut short is marked "
                   "cancelled); start the run again for a complete result.")
-    elif write_errors and status == Run.Status.SUCCEEDED:
+    elif recorder.errors and status == Run.Status.SUCCEEDED:
         status = Run.Status.FAILED
-        reason = "Could not save all results to the database: " + "; ".join(write_errors[:3])
+        reason = "Could not save all results to the database: " + "; ".join(recorder.errors[:3])
     elif status == Run.Status.CANCELLED and recorder.database_lost:
         status = Run.Status.FAILED
     elif status == Run.Status.CANCELLED:
