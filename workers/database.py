@@ -90,8 +90,9 @@ class DatabaseWrites:
         if self.down_since is None:
             self.down_since = now
             self._pause = FIRST_PAUSE_S
-            logger.warning("%s: lost the database (%s); reconnecting and retrying for up to %.0f s, "
-                           "keeping results in memory meanwhile", self.what, self.last_error, self.bound_s)
+            limit = f"for up to {self.bound_s:.0f} s" if self.bound_s != float("inf") else "until it answers"
+            logger.warning("%s: lost the database (%s); reconnecting and retrying %s", self.what,
+                           self.last_error, limit)
         else:
             self._pause = min(self._pause * 2, MAX_PAUSE_S)
         self._next_try = now + self._pause

@@ -19,7 +19,7 @@ import threading
 import time
 
 import psutil
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 from django.conf import settings
 from django.db import connections
 
@@ -91,6 +91,15 @@ def on_worker_ready(sender=None, **kwargs) -> None:
     queues = sorted(sender.app.amqp.queues.consume_from or {})
     _upkeep = Upkeep(node, queues)
     _upkeep.start()
+
+
+@worker_process_init.connect
+def on_pool_process_start(**kwargs) -> None:
+    """An idle pool process ignores SIGTERM (billiard then leaves it so): the main process stops it
+    through the pool. Killed by a SIGTERM to the group instead, it would leave billiard waiting for
+    it and the main process hanging in its shutdown. While a sweep runs, workers.tasks.Shutdown
+    handles SIGTERM by stopping the sweep."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @worker_shutting_down.connect
