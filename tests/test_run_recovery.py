@@ -241,3 +241,21 @@ def test_sigterm_during_an_eager_sweep_in_a_thread_does_not_install_handlers(tra
     thread.start()
     thread.join()
     assert errors == [] and Shutdown.active is None
+
+
+@pytest.mark.parametrize("stop", [SystemExit, KeyboardInterrupt])
+def test_a_sweep_stopped_by_systemexit_or_keyboardinterrupt_still_records_its_end(transactional_db, target, plan,
+                                                                                   monkeypatch, stop):
+    import workers.tasks
+    from workers.tasks import execute_sweep
+
+    def stopped(*args, **kwargs):
+        raise stop()
+
+    monkeypatch.setattr(workers.tasks, "engine_run_sweep", stopped)
+    run = running(create_run(target=target, plan=plan), heard_s_ago=0, node="w@here")
+    with pytest.raises(stop):
+        execute_sweep(run.pk, node="w@here")
+    run.refresh_from_db()
+    assert run.status == Run.Status.INTERRUPTED
+    assert f"w@here was stopped ({stop.__name__})" in run.status_reason
