@@ -254,6 +254,12 @@ def test_removed_broker_folder_is_recreated_and_the_worker_keeps_consuming(tmp_p
         assert state["status"] == "succeeded", (state, worker.log()[-3000:])
         assert worker.proc.poll() is None
         assert "Unrecoverable error" not in worker.log()
+        # An idle worker stopped with SIGTERM to its group exits by itself, within the bound.
+        sent = time.monotonic()
+        os.killpg(worker.proc.pid, signal.SIGTERM)
+        worker.proc.wait(30)
+        assert time.monotonic() - sent < float(FAST["EMBPERF_SHUTDOWN_S"])
+        assert worker.proc.returncode == 0 and "did not stop within" not in worker.log()
 
 
 def test_a_run_queued_where_no_worker_listens_says_so(tmp_path, simulator):

@@ -259,3 +259,37 @@ def test_a_sweep_stopped_by_systemexit_or_keyboardinterrupt_still_records_its_en
     run.refresh_from_db()
     assert run.status == Run.Status.INTERRUPTED
     assert f"w@here was stopped ({stop.__name__})" in run.status_reason
+
+
+def test_a_database_away_past_the_bound_fails_the_run_and_keeps_its_levels_in_a_file(transactional_db, team,
+                                                                                     settings, tmp_path,
+                                                                                     monkeypatch):
+    from benchmarks.simulator import running_simulator
+    from portal.sweeps.models import Plan, Target
+    from workers.tasks import run_sweep
+
+    settings.VAR_DIR = tmp_path
+    settings.EMBPERF_DB_RETRY_S = 0.5
+
+    def down(*args, **kwargs):
+        raise OperationalError("could not connect to server: Connection refused")
+
+    # Only the recorder's level writes fail: the run's end can still be recorded, naming the file.
+    monkeypatch.setattr(recorder_module, "store_level", down)
+    with running_simulator() as sim:
+        target = Target.objects.create(team=team, name="sim", base_urls=[sim.base_url], model_name="sim-embed")
+        plan = Plan.objects.create(team=team, name="p", levels=[1, 2, 4], warmup_s=0.2, duration_s=1.5, tokens=32,
+                                   dimensions=64, timeout_s=5)
+        run = create_run(target=target, plan=plan)
+        assert run_sweep.apply(args=[run.pk]).get() == Run.Status.FAILED
+    run.refresh_from_db()
+    files = list((tmp_path / "unsaved").glob(f"run-{run.pk}-*.json"))
+    assert len(files) == 1
+    assert "unreachable for over 0 s" in run.status_reason and str(files[0]) in run.status_reason
+    body = json.loads(files[0].read_text())
+    assert body["pending"] and body["levels"] and body["levels"][0]["concurrency"] == 1
+    assert len(body["levels"]) < 3, "the sweep was stopped, not run to its end"
+    # Once the database takes writes again, the worker's timer stores the kept levels.
+    monkeypatch.undo()
+    assert spill.write_pending() == [run.pk]
+    assert run.levels.count() == len(body["levels"])
