@@ -293,3 +293,25 @@ def test_a_database_away_past_the_bound_fails_the_run_and_keeps_its_levels_in_a_
     monkeypatch.undo()
     assert spill.write_pending() == [run.pk]
     assert run.levels.count() == len(body["levels"])
+
+
+def test_a_pool_process_killed_by_the_hard_time_limit_or_lost_ends_its_run(transactional_db, target, plan):
+    from billiard.exceptions import WorkerLostError
+    from celery.exceptions import TimeLimitExceeded
+
+    from workers.tasks import run_sweep
+
+    timed_out = running(create_run(target=target, plan=plan), heard_s_ago=2)
+    run_sweep.on_failure(TimeLimitExceeded(300), "id-1", [timed_out.pk], {}, None)
+    timed_out.refresh_from_db()
+    assert timed_out.status == Run.Status.FAILED and "hard time limit" in timed_out.status_reason
+    lost = running(create_run(target=target, plan=plan), heard_s_ago=2)
+    run_sweep.on_failure(WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL)."), "id-2", [lost.pk], {}, None)
+    lost.refresh_from_db()
+    assert lost.status == Run.Status.INTERRUPTED and "signal 9" in lost.status_reason
+    assert lost.finished == lost.heartbeat
+    # Any other failure is the task's own business (it records its end itself).
+    other = running(create_run(target=target, plan=plan), heard_s_ago=2)
+    run_sweep.on_failure(ValueError("x"), "id-3", [other.pk], {}, None)
+    other.refresh_from_db()
+    assert other.status == Run.Status.RUNNING

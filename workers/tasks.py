@@ -21,10 +21,11 @@ import threading
 import traceback
 from datetime import UTC, datetime
 
-from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from billiard.exceptions import WorkerLostError
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 import benchmarks
@@ -100,8 +101,38 @@ def _on_shutdown_overdue(signum, frame) -> None:
     raise WorkerStopping(f"the sweep did not stop within {settings.EMBPERF_SHUTDOWN_S:.0f} s of SIGTERM")
 
 
+class SweepTask(Task):
+    """run_sweep's task class: the worker's main process ends the run when the pool process died."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        # Called in the main process when the hard time limit killed the pool process, or when the
+        # pool process died (SIGKILL, out of memory): nothing in it could record the run's end.
+        if not isinstance(exc, (TimeLimitExceeded, WorkerLostError)) or not args:
+            return
+        run_id, node = args[0], getattr(self.request, "hostname", None) or socket.gethostname()
+        if isinstance(exc, TimeLimitExceeded):
+            status, reason = Run.Status.FAILED, (
+                f"Killed after the hard time limit ({exc}), sized from the plan; the sweep did not stop at the "
+                "soft limit before it. The server probably stalled; check it, or raise the plan's timeout.")
+        else:
+            status, reason = Run.Status.INTERRUPTED, (
+                f"The worker process measuring this run on {node} died ({exc}). Levels finished before that "
+                "are kept; start the run again for a complete result.")
+        try:
+            ended = DatabaseWrites(f"run {run_id}", bound_s=10).call(
+                lambda: Run.objects.filter(pk=run_id).end_as(status, reason))
+            if ended:
+                logger.warning("run %s: %s (%s)", run_id, status, exc)
+        except DatabaseUnavailable:
+            logger.error("run %s: could not record that its worker process died; the stale-run sweeper will", run_id)
+        finally:
+            # The main process forks new pool processes: they must not inherit its connection.
+            connections.close_all()
+
+
 # max_retries=None: a run waiting for its target (another run measuring it) waits as long as that takes.
-@shared_task(bind=True, name="workers.tasks.run_sweep", acks_late=True, ignore_result=True, max_retries=None)
+@shared_task(bind=True, base=SweepTask, name="workers.tasks.run_sweep", acks_late=True, ignore_result=True,
+             max_retries=None)
 def run_sweep(self, run_id: int) -> str:
     """Execute one queued run; returns the status it ended with (or why it was skipped)."""
     run = Run.objects.filter(pk=run_id).first()
