@@ -202,7 +202,10 @@ def target_busy_with(run: Run) -> int | None:
     if run.target_id is None:
         return None
     others = Run.objects.filter(target_id=run.target_id).exclude(pk=run.pk)
-    others.interrupt_stale()
+    ended = others.interrupt_stale()
+    if ended:
+        logger.warning("marked runs %s interrupted: their workers stopped reporting (same target as run %s)",
+                       ended, run.pk)
     return others.running().values_list("pk", flat=True).first()
 
 
