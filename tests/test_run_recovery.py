@@ -315,3 +315,23 @@ def test_a_pool_process_killed_by_the_hard_time_limit_or_lost_ends_its_run(trans
     run_sweep.on_failure(ValueError("x"), "id-3", [other.pk], {}, None)
     other.refresh_from_db()
     assert other.status == Run.Status.RUNNING
+
+
+def test_an_idle_recorder_does_not_spin_and_keeps_the_heartbeat_going(transactional_db, target, plan, monkeypatch):
+    run = running(create_run(target=target, plan=plan), heard_s_ago=60)
+    recorder = RunRecorder(run.pk, CancelToken(), progress_interval_s=0.1, cancel_poll_s=0.1, heartbeat_s=0.3)
+    looks = []
+    real = recorder._write_progress
+
+    def counted(**kwargs):
+        looks.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(recorder, "_write_progress", counted)
+    recorder.start()
+    time.sleep(1.0)  # the engine reports nothing: only heartbeats are due
+    recorder.close()
+    assert len(looks) <= 15, f"{len(looks)} looks in 1 s"
+    assert sum(1 for kwargs in looks if kwargs["force"]) >= 2
+    run.refresh_from_db()
+    assert (timezone.now() - run.heartbeat).total_seconds() < 2

@@ -124,13 +124,12 @@ class RunRecorder:
     # The recorder thread.
 
     def _loop(self) -> None:
-        next_poll = time.monotonic()
-        last_write = 0.0
+        next_poll = next_write = time.monotonic()
         last_beat = 0.0
         try:
             while True:
                 now = time.monotonic()
-                due = min(next_poll, last_write + self.progress_interval_s, last_beat + self.heartbeat_s)
+                due = min(next_poll, next_write)
                 if self.database_lost:
                     due = now + 1.0  # nothing more is written; only wait for "stop"
                 elif self.db.is_down:
@@ -152,14 +151,15 @@ class RunRecorder:
                     self._check_bound()
                     continue
                 now = time.monotonic()
-                if now >= last_write + self.progress_interval_s:
-                    beat = now >= last_beat + self.heartbeat_s
-                    written = self._write_progress(force=beat)
+                if now >= next_write:
+                    written = self._write_progress(force=now >= last_beat + self.heartbeat_s)
                     if written is None:
                         self._check_bound()
                         continue
+                    # Nothing new to write is no reason to look again at once: the next look is one interval away.
+                    next_write = now + self.progress_interval_s
                     if written:
-                        last_write = last_beat = now
+                        last_beat = now
                 if now >= next_poll:
                     if not self._poll_cancel():
                         self._check_bound()
