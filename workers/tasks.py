@@ -9,10 +9,11 @@ running (its heartbeat is live) is left alone, and a run whose worker went silen
 interrupted. Time limits come with each message (portal.sweeps.services.start_run).
 
 Every way the task can stop writes a final status: the engine's own end, a cancel, the soft time
-limit, an exception, SystemExit or KeyboardInterrupt, and SIGTERM (workers.recovery installs the
-handler in each pool process: the sweep stops at once and the run ends `interrupted`, its finished
-levels kept). What cannot be caught (SIGKILL, the hard time limit, a lost host) is found by the
-run's silent heartbeat (Run.objects.interrupt_stale, run by every worker's timer).
+limit, an exception, SystemExit or KeyboardInterrupt, and SIGTERM (`Shutdown`: while a sweep runs,
+SIGTERM stops it at once and the run ends `interrupted`, its finished levels kept). When the pool
+process itself dies (the hard time limit, SIGKILL, out of memory), the worker's main process ends
+the run (`SweepTask.on_failure`). A whole worker that dies or a lost host is found by the run's
+silent heartbeat (Run.objects.interrupt_stale, run by every worker's timer, workers.recovery).
 """
 import logging
 import signal

@@ -134,7 +134,7 @@
     // The worker's heartbeat: how long since it last reported, and whether it has gone silent.
     if ($("run-heartbeat") && state.heartbeat_age_s !== null && state.heartbeat_age_s !== undefined) {
       $("run-heartbeat").textContent = Math.round(state.heartbeat_age_s) + " s ago" +
-        (state.worker_silent ? " (worker silent: it probably died; the run ends as interrupted shortly)" : "");
+        (state.worker_silent ? " (worker silent: it probably died; any running worker marks the run interrupted, or cancel it)" : "");
     }
     if ($("waiting-note")) {
       $("waiting-note").hidden = !state.waiting_note;
