@@ -2,8 +2,10 @@
 
 `run` sweeps the levels with live progress on stderr, prints the result table on stdout and can
 write the full result document (`--json`). Bad arguments print one line and exit with 2; a target
-that does not work prints what went wrong and exits with 1. Ctrl-C stops the sweep and keeps the
-levels that finished (a second Ctrl-C quits at once).
+that does not work prints what went wrong and exits with 1; a sweep that ran but whose figures a CI
+job must not accept (the abort policy stopped it, or a level's error rate is above
+`--max-error-rate`) exits with 3. Ctrl-C stops the sweep and keeps the levels that finished (a
+second Ctrl-C quits at once).
 """
 import argparse
 import json
@@ -21,6 +23,9 @@ from benchmarks.argtypes import fraction, non_negative, positive_float, positive
 from benchmarks.control import CancelToken
 from benchmarks.errors import ConfigError, SweepError
 from benchmarks.flavors import FLAVORS
+
+EXIT_FLAWED = 3  # the sweep ran, but was stopped by the abort policy or failed too often
+DEFAULT_MAX_ERROR_RATE = 0.01
 
 
 class UsageError(Exception):
@@ -96,6 +101,9 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
                       help="stop a level when the error rate stays above this (0..1, default 0.5) ...")
     plan.add_argument("--abort-window", type=positive_float, default=10.0,
                       help="... for this many seconds (default 10)")
+    plan.add_argument("--max-error-rate", type=fraction, default=DEFAULT_MAX_ERROR_RATE,
+                      help="exit with status 3 when a level's error rate is above this (0..1, default 0.01; "
+                           "1 never)")
     inputs = plan.add_mutually_exclusive_group()
     inputs.add_argument("--repeat-input", action="store_true",
                         help="send one identical text (a cache study, labelled as such)")
@@ -185,6 +193,8 @@ def results_table(document: dict) -> Table:
             notes.append("client-bound")
         if level["tokens_estimated"]:
             notes.append("tokens estimated")
+        if level.get("unreachable_s"):
+            notes.append(f"refused {level['unreachable_s']:.1f} s")
         table.add_row(
             f"{load:g}", _fmt(level["qps"]), _fmt(level["latency_ms"]["mean"]), _fmt(level["latency_ms"]["p99"]),
             f"{level['error_rate']:.2%}", _fmt(level["tokens_per_s"], 0), ", ".join(notes),
@@ -210,6 +220,9 @@ def summary_lines(document: dict) -> list[str]:
         if level["client"]["client_bound"]:
             lines.append(f"level {level['index']}: client-bound ({level['client']['client_bound_reason']}); "
                          "use --processes or a faster client host for this load")
+        if level.get("unreachable_s"):
+            lines.append(f"level {level['index']}: the target refused connections for {level['unreachable_s']:.1f} s "
+                         "of the window")
         for cls, message in level["error_examples"].items():
             lines.append(f"level {level['index']}: {level['errors'][cls]} x {cls}, e.g. {message}")
     for note in document.get("telemetry_notes") or []:
@@ -319,7 +332,28 @@ def command_run(args, out: Console, err: Console) -> int:
     if not push.push_from_cli(args, document, out, err):
         return 1
     status = document["run"]["status"]
-    return 0 if status == "succeeded" else (130 if status == "cancelled" else 1)
+    if status != "succeeded":
+        return 130 if status == "cancelled" else 1
+    flaws = sweep_flaws(document, args.max_error_rate)
+    for flaw in flaws:
+        err.print(f"embperf: {flaw}", markup=False, highlight=False)
+    return EXIT_FLAWED if flaws else 0
+
+
+def sweep_flaws(document: dict, max_error_rate: float) -> list[str]:
+    """Why a sweep that ran to its end must not pass a CI gate: the abort policy stopped it, or a
+    level failed more often than `max_error_rate` allows (failed / attempted)."""
+    flaws = []
+    aborted_at = document["run"].get("aborted_at_level")
+    if aborted_at is not None:
+        flaws.append(f"the abort policy stopped the sweep at level {aborted_at:g}; "
+                     "the levels after it were not measured")
+    for level in document["levels"]:
+        if level["error_rate"] > max_error_rate:
+            load = level["rate"] if level["rate"] is not None else level["concurrency"]
+            flaws.append(f"level {load:g}: error rate {level['error_rate']:.2%} is above "
+                         f"--max-error-rate {max_error_rate:.2%}")
+    return flaws
 
 
 def command_probe(args, out: Console, err: Console) -> int:

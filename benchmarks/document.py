@@ -123,6 +123,11 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
     def per_s(value: float) -> float:
         return round(value / duration, 3) if duration > 0 else 0.0
 
+    # Load processes see the same outage; the longest view of it stands for the level.
+    unreachable = round(max((p.get("unreachable_s", 0.0) for p in partials), default=0.0), 3)
+    if abort_reason and unreachable > 0:
+        abort_reason += f"; the target refused connections for {unreachable:.1f} s of the level"
+
     return {
         "index": index,
         "concurrency": load if mode == "closed" else None,
@@ -150,6 +155,7 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
         "schedule": schedule,
         "errors": {c: counts[c] for c in ERROR_CLASSES},
         "error_rate": round(failed / (ok + failed), 6) if ok + failed else 0.0,
+        "unreachable_s": unreachable,
         "error_examples": examples,
         "timeseries": _timeseries(partials),
         "client": _client_health(partials, latency_summary["p50"]),

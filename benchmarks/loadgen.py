@@ -16,6 +16,12 @@ Timing rules (docs/result-schema.md, "In-flight rule"):
   latency (from the intended start) and service time (from the actual start) are recorded for
   those requests that succeeded or timed out, so a stall can never hide behind a timeout;
 - throughput counts successful requests that complete inside the window.
+
+Refused connections (nobody listening, host unreachable): a closed-loop slot whose request could
+not even connect waits a short, growing pause (BACKOFF_FIRST_S, doubling up to BACKOFF_MAX_S)
+before its next try, so an outage costs a few attempts per slot rather than as many as the client
+can make, and the error rate measures the outage, not the client's retry speed. The time the
+target refused connections inside the window is reported as `unreachable_s`.
 """
 import asyncio
 import math
@@ -52,6 +58,8 @@ LATE_THRESHOLD_S = 0.001  # an open-loop request starting later than this after 
 LAG_PROBE_INTERVAL_S = 0.05  # event-loop lag probe period
 STOP_POLL_EVERY = 4  # lag probes between two looks at the stop event (about every 0.2 s)
 YIELD_EVERY = 16  # open loop: arrivals issued back to back before letting responses in
+BACKOFF_FIRST_S = 0.01  # closed loop: first pause after a request that could not connect
+BACKOFF_MAX_S = 1.0  # ... doubling up to this
 
 
 class Second:
@@ -128,13 +136,16 @@ class LevelRunner:
         self.window_closed_at = None
         self.cpu_window_start = None
         self.cpu_window = None
+        self.unreachable_s = 0.0
+        self._unreachable_since = None  # when the current run of refused connections began
         self._issuing = True
         self._finished = False
         self._tasks: set[asyncio.Task] = set()
 
     # ---- one request -------------------------------------------------------------------------
 
-    async def _request(self, intended: float | None) -> None:
+    async def _request(self, intended: float | None) -> bool:
+        """Send one request and record it; True when it could not even connect (refused, unreachable)."""
         texts = self.inputs.next_texts()
         n_texts = len(texts)
         body = self.flavor.body(texts)
@@ -148,6 +159,7 @@ class LevelRunner:
         tokens = None
         raw = b""
         outcome = None
+        connect_failed = False
         limit = n_texts * self.bytes_per_text + self.answer_slack
         try:
             async with self.session.post(url, data=body, allow_redirects=False) as resp:
@@ -170,6 +182,7 @@ class LevelRunner:
                 self._example(outcome, f"HTTP {status}, with an error text larger than {mib(exc.limit)}")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             end = time.perf_counter()
+            connect_failed = isinstance(exc, aiohttp.ClientConnectorError)
             outcome, message = failure(exc, self.timeout_s)
             if outcome not in self.examples:
                 self._example(outcome, message)
@@ -200,6 +213,20 @@ class LevelRunner:
                         self._example(outcome, f"HTTP {status}: {error_text(raw)}")
         nbytes = len(raw)
         self._record(intended, start, end, outcome, status, tokens, n_texts, nbytes)
+        self._note_reachable(not connect_failed, start)
+        return connect_failed
+
+    def _note_reachable(self, reachable: bool, at: float) -> None:
+        # An outage runs from the first attempt that could not connect to the next one that could.
+        if not reachable:
+            if self._unreachable_since is None:
+                self._unreachable_since = at
+        elif self._unreachable_since is not None:
+            self.unreachable_s += self._window_overlap(self._unreachable_since, at)
+            self._unreachable_since = None
+
+    def _window_overlap(self, begin: float, end: float) -> float:
+        return max(0.0, min(end, self.t_e) - max(begin, self.t_w))
 
     def _example(self, outcome: str, message: str) -> None:
         self.examples.setdefault(outcome, message[:300])
@@ -446,13 +473,18 @@ class LevelRunner:
         # Closed loop: count window starts here so `requests_started` means the same in both modes.
         request = self._request
         perf = time.perf_counter
+        pause = 0.0
         while self._issuing:
             now = perf()
             if now >= self.t_e:
                 break
             if now >= self.t_w:
                 self.started += 1
-            await request(None)
+            if await request(None):
+                pause = min(BACKOFF_MAX_S, pause * 2 if pause else BACKOFF_FIRST_S)
+                await asyncio.sleep(min(pause, max(0.0, self.t_e - perf())))
+            else:
+                pause = 0.0
 
     async def _wait_all(self, tasks: list) -> None:
         # In-flight rule: window requests finish on their own within timeout_s of their start
@@ -485,6 +517,9 @@ class LevelRunner:
                 "in_flight": bucket.in_flight,
             }
         cpu_s, wall_s = self.cpu_window if self.cpu_window else (0.0, 0.0)
+        unreachable = self.unreachable_s
+        if self._unreachable_since is not None:  # still refused when the level ended
+            unreachable += max(0.0, min(t_end, self.t_e) - max(self._unreachable_since, self.t_w))
         return {
             "proc": self.proc,
             "status": self.stop_reason or "completed",
@@ -504,6 +539,7 @@ class LevelRunner:
             "loop_lag": stats.encode(self.loop_lag),
             "cpu_s": cpu_s,
             "wall_s": wall_s,
+            "unreachable_s": unreachable,
             "seconds": seconds,
             "examples": dict(self.examples),
             "samples": self.samples,

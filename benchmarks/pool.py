@@ -6,9 +6,21 @@ stall the hot loop. With P > 1 the load runs in P spawned processes (one event l
 live for the whole sweep, so their input streams (unique counters, corpus positions) carry on
 from level to level. Both speak the same protocol: the controller sends one work dict per level,
 the runner answers with ("second" | "samples" | "done" | "failed", proc, payload) messages.
+
+The caller may itself be a daemonic process: a Celery prefork pool child is a daemonic billiard
+process, which billiard also installs as multiprocessing's current process. Two things then stand
+in the way of spawning, and `_children_allowed` sets both aside while the load processes are made
+and started, restoring them after:
+- multiprocessing refuses children to a daemonic process. The refusal protects one thing, that
+  daemonic children do not outlive their parent; load processes see to that themselves (each
+  leaves when its parent is gone, between levels, and levels are bounded in time);
+- the authentication key is billiard's own string type, which multiprocessing's spawn refuses to
+  pickle; the same key is handed over as multiprocessing's type.
 """
 import asyncio
+import contextlib
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -27,8 +39,40 @@ def _loop_factory():
     return uvloop.new_event_loop
 
 
-def serve(proc: int, config: dict, commands, out, stop_event, cpu_clock_name: str) -> None:
-    """Body of one load thread or process: set up once, then run each level it is sent."""
+PARENT_CHECK_S = 1.0  # how often an idle load process looks whether its parent still lives
+
+
+@contextlib.contextmanager
+def _children_allowed():
+    """Let this process make and start child processes also when it is a daemonic pool child
+    (see the module docstring)."""
+    config = multiprocessing.current_process()._config
+    saved = {key: config[key] for key in ("daemon", "authkey") if key in config}
+    config["daemon"] = False
+    if "authkey" in config:
+        config["authkey"] = multiprocessing.process.AuthenticationString(bytes(config["authkey"]))
+    try:
+        yield
+    finally:
+        config.pop("daemon", None)
+        config.update(saved)
+
+
+def _next_work(commands, parent_pid: int | None):
+    """The next level to run, or None when told to stop or when the parent process is gone."""
+    while True:
+        try:
+            return commands.get(timeout=PARENT_CHECK_S)
+        except queue.Empty:
+            if parent_pid is not None and os.getppid() != parent_pid:
+                return None
+
+
+def serve(proc: int, config: dict, commands, out, stop_event, cpu_clock_name: str,
+          parent_pid: int | None = None) -> None:
+    """Body of one load thread or process: set up once, then run each level it is sent.
+
+    `parent_pid` (load processes only): the controller's pid; the process leaves when it is gone."""
     try:
         flavor = make_flavor(config["flavor"], config["model"], dimensions=config.get("dimensions"),
                              encoding=config.get("encoding", "float"))
@@ -47,7 +91,7 @@ def serve(proc: int, config: dict, commands, out, stop_event, cpu_clock_name: st
         return
     out.put(("ready", proc, None))
     while True:
-        work = commands.get()
+        work = _next_work(commands, parent_pid)
         if work is None:
             return
         try:
@@ -68,6 +112,7 @@ class LoadPool:
         self.processes = processes
         self.config = dict(config, processes=processes)
         self._workers = []
+        self._started = []
         self._commands = []
         if processes == 1:
             self.out = queue.Queue()
@@ -82,17 +127,24 @@ class LoadPool:
             ctx = multiprocessing.get_context("spawn")
             self.out = ctx.Queue()
             self.stop_event = ctx.Event()
-            for proc in range(processes):
-                commands = ctx.Queue()
-                worker = ctx.Process(target=serve, name=f"embperf-load-{proc}", daemon=True,
-                                     args=(proc, self.config, commands, self.out, self.stop_event, "process_time"))
-                self._commands.append(commands)
-                self._workers.append(worker)
+            with _children_allowed():  # each Process copies the current process's settings when made
+                for proc in range(processes):
+                    commands = ctx.Queue()
+                    worker = ctx.Process(target=serve, name=f"embperf-load-{proc}", daemon=True,
+                                         args=(proc, self.config, commands, self.out, self.stop_event,
+                                               "process_time", os.getpid()))
+                    self._commands.append(commands)
+                    self._workers.append(worker)
 
     def start(self, timeout_s: float = 60.0) -> None:
-        """Start every runner and wait until each has set up."""
-        for worker in self._workers:
-            worker.start()
+        """Start every runner and wait until each has set up (SweepError names why one could not)."""
+        with _children_allowed():
+            for proc, worker in enumerate(self._workers):
+                try:
+                    worker.start()
+                except Exception as exc:
+                    raise SweepError(f"could not start load process {proc}: {type(exc).__name__}: {exc}") from exc
+                self._started.append(worker)
         ready = 0
         deadline = time.monotonic() + timeout_s
         while ready < self.processes:
@@ -126,7 +178,7 @@ class LoadPool:
 
     def dead(self) -> str | None:
         """A description of a runner that died, if one did."""
-        for proc, worker in enumerate(self._workers):
+        for proc, worker in enumerate(self._started):
             if not worker.is_alive():
                 code = getattr(worker, "exitcode", None)
                 return f"load process {proc} exited" + (f" with code {code}" if code is not None else "")
@@ -137,7 +189,7 @@ class LoadPool:
         self.stop_event.set()
         for commands in self._commands:
             commands.put(None)
-        for worker in self._workers:
+        for worker in self._started:  # one that never started has nothing to wait for
             worker.join(timeout=5)
             if worker.is_alive() and hasattr(worker, "terminate"):
                 worker.terminate()

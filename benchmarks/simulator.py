@@ -197,6 +197,9 @@ class Simulator:
         self._latency_counts = [0] * (len(_LATENCY_BUCKETS_S) + 1)
         self._latency_sum = 0.0
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._host: str | None = None
+        self._outage: asyncio.Task | None = None
         self.port: int | None = None
         self.app = self._build_app()
 
@@ -224,14 +227,33 @@ class Simulator:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
                                      shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host or self.config.host,
-                           self.config.port if port is None else port, reuse_address=True)
+        self._host = host or self.config.host
+        site = web.TCPSite(self._runner, self._host, self.config.port if port is None else port, reuse_address=True)
         await site.start()
+        self._site = site
         self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
         return self.port
 
+    async def outage(self, seconds: float) -> None:
+        """Go away for ``seconds``: stop listening and drop every open connection, so new connections
+        are refused (as when the server process is down), then listen on the same port again."""
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        server = self._runner.server if self._runner is not None else None
+        for handler in list(getattr(server, "connections", None) or []):
+            transport = handler.transport
+            if transport is not None:
+                transport.abort()
+        await asyncio.sleep(seconds)
+        site = web.TCPSite(self._runner, self._host, self.port, reuse_address=True)
+        await site.start()
+        self._site = site
+
     async def close(self) -> None:
         """Stop serving and the scheduler."""
+        if self._outage is not None:
+            self._outage.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._scheduler is not None:
@@ -608,6 +630,16 @@ class SimulatorHandle:
         """What ``GET /metrics`` would return now."""
         assert self._simulator is not None
         return self._simulator.metrics_text()
+
+    def refuse_now(self, seconds: float) -> None:
+        """From now, refuse connections for ``seconds`` (open ones are dropped), then serve again."""
+        assert self._simulator is not None and self._loop is not None
+        simulator = self._simulator
+
+        def begin() -> None:
+            simulator._outage = asyncio.ensure_future(simulator.outage(seconds))
+
+        self._loop.call_soon_threadsafe(begin)
 
     def start(self) -> SimulatorHandle:
         """Start serving; returns once the port is bound. Raises the server's error if it could not start."""

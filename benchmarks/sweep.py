@@ -170,6 +170,7 @@ class Sweep:
         self.chars_per_text = 1
         self.status = "succeeded"
         self.status_reason = ""
+        self.aborted_at_level = None  # the load of the level the abort policy stopped the sweep at
         self.telemetry_notes: list[str] = []
         self._telemetry_closed = False
 
@@ -446,6 +447,7 @@ class Sweep:
                 break
             if level["status"] == "aborted":
                 # Higher load would only fail harder: the sweep ends here, its levels stand.
+                self.aborted_at_level = load
                 self.status_reason = f"stopped after level {index} (load {load}): {level['abort_reason']}"
                 break
 
@@ -463,10 +465,11 @@ class Sweep:
         plan = self.plan
         run = {
             "id": None, "uuid": str(uuid.uuid4()), "label": "", "notes": "", "server_config": {},
-            "status": self.status, "status_reason": self.status_reason,
+            "status": self.status, "status_reason": self.status_reason, "aborted_at_level": self.aborted_at_level,
             "started_at": started_at, "finished_at": utc_now(),
         }
-        run.update({k: v for k, v in self.run_info.items() if k not in ("status", "status_reason")})
+        run.update({k: v for k, v in self.run_info.items()
+                    if k not in ("status", "status_reason", "aborted_at_level")})
         return {
             "schema": SCHEMA,
             "run": run,

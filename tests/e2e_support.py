@@ -325,8 +325,26 @@ def _page(state: dict, *, run: int) -> dict:
     return {"status": response.status_code, "html": response.content.decode()}
 
 
-COMMANDS = {"setup": _setup, "start": _start, "run": _run, "cancel": _cancel, "page": _page,
-            "backend_pid": _backend_pid, "press_cancel": _press_cancel, "progress": _progress}
+def _plan(state: dict, **fields) -> dict:
+    from portal.accounts.models import Team
+    from portal.sweeps.models import Plan
+
+    team = Team.objects.get(memberships__user=state["user"])
+    return {"plan": Plan.objects.create(team=team, **fields).pk}
+
+
+def _api(state: dict, *, method: str, path: str, body: dict | None = None) -> dict:
+    """One API request as the stack's user; answers its status and JSON body."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(state["user"])
+    response = getattr(client, method.lower())(path, body or {}, content_type="application/json")
+    return {"status": response.status_code, "json": response.json()}
+
+
+COMMANDS = {"setup": _setup, "start": _start, "run": _run, "cancel": _cancel, "page": _page, "plan": _plan,
+            "api": _api, "backend_pid": _backend_pid, "press_cancel": _press_cancel, "progress": _progress}
 
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
     _serve()

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,49 @@ def test_module_entry_point_dispatches():
     sim_help = subprocess.run([sys.executable, "-m", "benchmarks", "simulate", "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
     assert sim_help.returncode == 0 and "simulate" in sim_help.stdout
+
+
+def test_wrong_vectors_above_the_error_limit_exit_3(capsys):
+    with running_simulator(wrong_dimensions_rate=0.2, **FAST) as sim:
+        code = main(["run", "--url", sim.base_url, "--model", "sim-embed", "--levels", "2", "--duration", "1",
+                     "--warmup", "0", "--tokens", "16", "--dimensions", "64", "--seed", "1"])
+    printed = capsys.readouterr()
+    assert code == 3, printed.out
+    assert "error rate" in printed.err and "above --max-error-rate 1.00%" in printed.err
+
+
+def test_max_error_rate_lets_a_tolerated_error_rate_pass(capsys):
+    with running_simulator(wrong_dimensions_rate=0.2, **FAST) as sim:
+        code = main(["run", "--url", sim.base_url, "--model", "sim-embed", "--levels", "2", "--duration", "1",
+                     "--warmup", "0", "--tokens", "16", "--dimensions", "64", "--max-error-rate", "0.5"])
+    assert code == 0, capsys.readouterr().err
+
+
+def test_a_sweep_the_abort_policy_stopped_exits_3(capsys):
+    with running_simulator(**FAST) as sim:
+        # Every request fails from 1.5 s on: after the probe and calibration, inside the first level.
+        timer = threading.Timer(1.5, lambda: setattr(sim.config, "error_rate", 1.0))
+        timer.start()
+        try:
+            code = main(["run", "--url", sim.base_url, "--model", "sim-embed", "--levels", "1,2", "--duration", "6",
+                         "--warmup", "0", "--tokens", "16", "--abort-window", "1", "--max-error-rate", "1"])
+        finally:
+            timer.cancel()
+    printed = capsys.readouterr()
+    assert code == 3, printed.out
+    assert "the abort policy stopped the sweep at level 1" in printed.err
+
+
+def test_an_outage_is_named_and_exits_3(capsys):
+    with running_simulator(**FAST) as sim:
+        timer = threading.Timer(1.5, sim.refuse_now, args=(4.0,))
+        timer.start()
+        try:
+            code = main(["run", "--url", sim.base_url, "--model", "sim-embed", "--levels", "2,4", "--duration", "6",
+                         "--warmup", "0", "--tokens", "16", "--abort-window", "1"])
+        finally:
+            timer.cancel()
+    printed = capsys.readouterr()
+    assert code == 3, printed.out
+    assert "level 0: the target refused connections for" in printed.out
+    assert "the abort policy stopped the sweep at level 2" in printed.err

@@ -374,3 +374,18 @@ def test_stop_does_not_wait_for_a_long_stall():
         with pytest.raises(httpx.TimeoutException):
             httpx.post(f"{sim.base_url}/embeddings", json={"input": "x"}, timeout=0.3)
     assert time.monotonic() - started < 10
+
+
+def test_refuse_now_refuses_connections_for_a_while_then_serves_again():
+    with running_simulator(batch_ms=0, token_us=0) as sim:
+        with httpx.Client(timeout=5) as client:
+            assert client.post(f"{sim.base_url}/embeddings", json={"input": "before"}).status_code == 200
+            sim.refuse_now(1.0)
+            time.sleep(0.2)
+            # The open keep-alive connection was dropped and a new one is refused.
+            with pytest.raises(httpx.TransportError):
+                client.post(f"{sim.base_url}/embeddings", json={"input": "during"})
+            with pytest.raises(httpx.ConnectError):
+                httpx.post(f"{sim.base_url}/embeddings", json={"input": "during"}, timeout=5)
+            time.sleep(1.2)
+            assert _post(f"{sim.base_url}/embeddings", {"input": "after"}).status_code == 200

@@ -35,8 +35,16 @@ def result_document(run: Run) -> dict:
             "status_reason": run.status_reason,
             "started_at": _iso(run.started) or run_section.get("started_at"),
             "finished_at": _iso(run.finished) or run_section.get("finished_at"),
+            "aborted_at_level": run_section.get("aborted_at_level"),
         }
     )
+    if run.resumed_from_id is not None:
+        earlier = run.earlier_levels()
+        original = run.resumed_from
+        run_section["resumed_from"] = {"id": original.pk, "uuid": str(original.uuid),
+                                       "levels": [level.load for _, level in earlier]}
+    else:
+        run_section.setdefault("resumed_from", None)
     doc = {"schema": SCHEMA}
     doc.update(stored)
     doc["schema"] = SCHEMA
@@ -110,6 +118,9 @@ LEVEL_COLUMNS = (
     ("gpu_memory_used_peak_mib", _gpu("vram_peak_mib")),
     ("gpu_power_mean_w", _gpu("power_mean_w")),
     ("joules_per_1k_tokens", lambda run, lv: (lv.get("energy") or {}).get("joules_per_1k_tokens")),
+    ("run_aborted_at_level", lambda run, lv: run.aborted_at_level),
+    ("unreachable_s", lambda run, lv: lv.get("unreachable_s")),
+    ("run_resumed_from", lambda run, lv: run.resumed_from_id),
 )
 LEVEL_COLUMN_NAMES = tuple(name for name, _ in LEVEL_COLUMNS)
 
@@ -160,7 +171,15 @@ def levels_markdown(run: Run) -> str:
     )
     header = [load_name, "req/s", "texts/s", "tokens/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
               "GPU util", "power W"]
-    lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    lines = [title, ""]
+    if run.aborted_at_level is not None:
+        lines += [f"**Stopped by the abort policy at level {_fmt(run.aborted_at_level)}**: the levels after it "
+                  "were not measured.", ""]
+    if run.resumed_from_id is not None:
+        loads = ", ".join(_fmt(level.load) for _, level in run.earlier_levels())
+        lines += [f"Resumed from run {run.resumed_from_id}, which measured {loads or 'no level'}; "
+                  "this table holds only the levels measured in this run.", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     notes = []
     for level in run.levels.order_by("index"):
         lv = level.data
@@ -168,6 +187,8 @@ def levels_markdown(run: Run) -> str:
         gpu = gpu_totals(lv)
         load = lv.get("rate") if run.level_key == "rate" else lv.get("concurrency")
         load_text = _fmt(load)
+        if lv.get("status") in ("aborted", "cancelled"):
+            load_text += f" ({lv['status']})"
         if (lv.get("client") or {}).get("client_bound"):
             load_text += " ¹"
             notes.append("¹ the client, not the server, limited this level; its figures understate the server.")

@@ -248,6 +248,12 @@ class RunSerializer(serializers.ModelSerializer):
     web_url = serializers.SerializerMethodField()
     created_by = serializers.SerializerMethodField()
     links = serializers.SerializerMethodField()
+    aborted_at_level = serializers.FloatField(
+        read_only=True, allow_null=True,
+        help_text="The load of the level at which the abort policy stopped the sweep; null when it ran every level. "
+                  "A run with status succeeded and a non-null aborted_at_level did not measure its later levels.")
+    resumed_from = serializers.PrimaryKeyRelatedField(
+        read_only=True, help_text="The run this one continues (it measured only the levels that run had not finished).")
 
     class Meta:
         model = Run
@@ -255,6 +261,7 @@ class RunSerializer(serializers.ModelSerializer):
             "id", "url", "web_url", "uuid", "team", "target", "plan", "label", "notes", "status", "status_reason",
             "source", "created_by", "created", "started", "finished", "worker_host", "client_version",
             "cancel_requested", "is_baseline", "server_config", "target_config", "plan_config", "summary", "links",
+            "aborted_at_level", "resumed_from",
         ]
         read_only_fields = fields
 
@@ -275,6 +282,8 @@ class RunSerializer(serializers.ModelSerializer):
             "markdown": export + "?format=md",
             "samples": reverse("api:run-samples", args=[obj.pk]),
             "cancel": reverse("api:run-cancel", args=[obj.pk]),
+            "resume": reverse("api:run-resume", args=[obj.pk]),
+            "enqueue": reverse("api:run-enqueue", args=[obj.pk]),
         }
 
 

@@ -95,6 +95,30 @@ class PlanViewSet(TeamOwnedViewSet):
         return plans_for(self.request).order_by("name", "id")
 
 
+READ_ONLY = OpenApiResponse(description="Read-only role.")
+STATE_409 = OpenApiResponse(description="The run is not in a state that allows this; `detail` says why.")
+BROKER_503 = OpenApiResponse(
+    description="The task broker refused the run: `detail` gives the reason; the run is saved as failed "
+                "without having started and can be queued again (`links.enqueue`).")
+
+
+def _broker_refused(request, run: Run) -> Response:
+    data = RunSerializer(run, context={"request": request}).data
+    body = {"detail": run.status_reason, "id": run.pk, "url": data["url"], "web_url": data["web_url"],
+            "status": run.status, "links": {"enqueue": data["links"]["enqueue"]}}
+    return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "30"})
+
+
+def _started(request, run: Run) -> Response:
+    """201 with the new run's address, or 503 when the broker refused it."""
+    if run.never_started:
+        return _broker_refused(request, run)
+    data = RunSerializer(run, context={"request": request}).data
+    body = RunStartedSerializer(
+        {"id": run.pk, "url": data["url"], "web_url": data["web_url"], "status": run.status}).data
+    return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+
+
 def _attachment(response, filename: str):
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
@@ -104,7 +128,7 @@ def _attachment(response, filename: str):
     list=extend_schema(parameters=[RunFilterSerializer]),
     create=extend_schema(
         request=RunStartSerializer,
-        responses={201: RunStartedSerializer, 400: ERROR_400, 403: OpenApiResponse(description="Read-only role.")},
+        responses={201: RunStartedSerializer, 400: ERROR_400, 403: READ_ONLY, 503: BROKER_503},
     ),
 )
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
@@ -121,7 +145,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
         return RunSerializer
 
     def get_throttles(self):
-        if self.action == "create":
+        if self.action in ("create", "resume", "enqueue"):  # each publishes a sweep
             self.throttle_scope = "start"
         return super().get_throttles()
 
@@ -161,11 +185,36 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
             target=data["target"], plan=data["plan"], user=request.user, label=data["label"], notes=data["notes"],
             server_config=data["server_config"], source=Run.Source.API,
         )
-        body = RunStartedSerializer(
-            {"id": run.pk, "url": RunSerializer(run, context={"request": request}).data["url"],
-             "web_url": RunSerializer(run, context={"request": request}).data["web_url"], "status": run.status}
-        ).data
-        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+        return _started(request, run)
+
+    @extend_schema(request=None, responses={201: RunStartedSerializer, 403: READ_ONLY, 404: ERROR_404,
+                                            409: STATE_409, 503: BROKER_503})
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        """Continue an interrupted or failed run from its first unfinished level, as a new run linked to it
+        (`resumed_from`) that measures only the remaining levels."""
+        run = self.get_object()
+        check_write(request, run.team)
+        try:
+            new = services.resume_run(run, user=request.user, source=Run.Source.API)
+        except services.RunStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return _started(request, new)
+
+    @extend_schema(request=None, responses={200: RunSerializer, 403: READ_ONLY, 404: ERROR_404, 409: STATE_409,
+                                            503: BROKER_503})
+    @action(detail=True, methods=["post"])
+    def enqueue(self, request, pk=None):
+        """Queue again a run the broker refused when it was started (it never reached a worker)."""
+        run = self.get_object()
+        check_write(request, run.team)
+        try:
+            run = services.requeue_run(run)
+        except services.RunStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        if run.never_started:
+            return _broker_refused(request, run)
+        return Response(RunSerializer(run, context={"request": request}).data)
 
     @extend_schema(request=None, responses={200: RunSerializer, 403: OpenApiResponse(description="Read-only role."),
                                             404: ERROR_404})

@@ -22,6 +22,12 @@ def teams_for_user(user, *, write: bool = False):
     return Team.objects.filter(**memberships).distinct()
 
 
+def can_write(user, team: Team) -> bool:
+    """True when the user is an owner or member of the team (may change its objects)."""
+    return Membership.objects.filter(team=team, user=user,
+                                     role__in=[Membership.Role.OWNER, Membership.Role.MEMBER]).exists()
+
+
 def check_can_write(user, team: Team) -> None:
     """Raise PermissionDenied unless the user is an owner or member of the team."""
     membership = Membership.objects.filter(team=team, user=user).first()

@@ -18,4 +18,6 @@ urlpatterns = [
     path("runs/<int:pk>/", views.run_detail, name="run-detail"),
     path("runs/<int:pk>/progress/", views.run_progress, name="run-progress"),
     path("runs/<int:pk>/cancel/", views.run_cancel, name="run-cancel"),
+    path("runs/<int:pk>/resume/", views.run_resume, name="run-resume"),
+    path("runs/<int:pk>/enqueue/", views.run_enqueue, name="run-enqueue"),
 ]

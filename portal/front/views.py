@@ -15,6 +15,7 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
 from portal.front.access import (
+    can_write,
     get_plan_for_user,
     get_run_for_user,
     get_target_for_user,
@@ -23,7 +24,15 @@ from portal.front.access import (
 from portal.front.forms import PlanForm, RunFilterForm, RunForm, TargetForm
 from portal.front.presets import PLAN_PRESETS, PRESET_LABELS
 from portal.sweeps.models import Plan, Run, Target, WorkerPresence
-from portal.sweeps.services import request_cancel, request_probe, start_run
+from portal.sweeps.services import (
+    RunStateError,
+    request_cancel,
+    request_probe,
+    requeue_run,
+    resume_plan,
+    resume_run,
+    start_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +200,10 @@ def run_create(request):
             notes=data["notes"],
             server_config=data["server_config"],
         )
-        messages.success(request, "Run queued. This page follows it live.")
+        if run.never_started:
+            messages.error(request, "The run could not be queued; it is kept, and can be queued again from this page.")
+        else:
+            messages.success(request, "Run queued. This page follows it live.")
         return redirect(run)
     return render(request, "sweeps/run_form.html", {"form": form})
 
@@ -265,7 +277,25 @@ def run_detail(request, pk):
     context["waiting_note"] = waiting_note(run)
     context["levels_total"] = len(run.plan_config.get("levels") or [])
     context["elapsed_s"] = (run.finished - run.started).total_seconds() if run.started and run.finished else None
+    context.update(_continuation_context(request.user, run))
     return render(request, "sweeps/run_detail.html", context)
+
+
+def _continuation_context(user, run: Run) -> dict:
+    """What the run page offers after a run that did not finish: resume it, or queue it again; and for
+    a resumed run, the levels measured by the runs it continues."""
+    writer = can_write(user, run.team)
+    resumed_by = run.resumed_by.order_by("-created").first()
+    resume_levels = None
+    if writer and resumed_by is None and not run.never_started:
+        try:
+            resume_levels = resume_plan(run)
+        except RunStateError:
+            pass
+    earlier = [{"run": origin, "load": level.load, "qps": level.qps, "latency_p99_ms": level.latency_p99_ms,
+                "error_rate": level.error_rate} for origin, level in run.earlier_levels()]
+    return {"can_resume": resume_levels is not None, "resume_from_load": resume_levels[0] if resume_levels else None,
+            "can_enqueue": writer and run.never_started, "resumed_by": resumed_by, "earlier_levels": earlier}
 
 
 @login_required
@@ -318,4 +348,39 @@ def run_cancel(request, pk):
         messages.success(request, "Run cancelled: its worker had stopped reporting, so it was ended at once.")
     else:
         messages.info(request, "Cancelling: the worker stops within a few seconds and keeps the finished levels.")
+    return redirect(run)
+
+
+@login_required
+@require_POST
+def run_resume(request, pk):
+    """Continue an interrupted or failed run from its first unfinished level, as a new linked run."""
+    run = get_run_for_user(request.user, pk, write=True)
+    try:
+        new = resume_run(run, user=request.user)
+    except RunStateError as exc:
+        messages.error(request, str(exc))
+        return redirect(run)
+    if new.never_started:
+        messages.error(request, "The new run could not be queued: " + new.status_reason)
+    else:
+        messages.success(request, f"Resumed as run #{new.pk}: it measures only the levels "
+                                  f"run #{run.pk} had not finished.")
+    return redirect(new)
+
+
+@login_required
+@require_POST
+def run_enqueue(request, pk):
+    """Queue again a run the broker refused when it was started."""
+    run = get_run_for_user(request.user, pk, write=True)
+    try:
+        run = requeue_run(run)
+    except RunStateError as exc:
+        messages.error(request, str(exc))
+        return redirect(run)
+    if run.never_started:
+        messages.error(request, "Still not queued: " + run.status_reason)
+    else:
+        messages.success(request, "Run queued. This page follows it live.")
     return redirect(run)

@@ -286,6 +286,8 @@ class Run(models.Model):
     document = models.JSONField(default=dict, blank=True)
     summary = models.JSONField(default=dict, blank=True)
     is_baseline = models.BooleanField(default=False)
+    # A resumed run measures only the levels the run it continues had not finished (docs/api.md, Resume).
+    resumed_from = models.ForeignKey("self", models.SET_NULL, null=True, blank=True, related_name="resumed_by")
 
     objects = RunQuerySet.as_manager()
 
@@ -320,6 +322,39 @@ class Run(models.Model):
         """True for a running run whose worker has not reported within EMBPERF_STALE_AFTER_S."""
         age = self.heartbeat_age_s()
         return self.status == self.Status.RUNNING and (age is None or age > stale_after())
+
+    @property
+    def aborted_at_level(self) -> float | None:
+        """The load of the level at which the abort policy stopped the sweep, or None."""
+        return ((self.document or {}).get("run") or {}).get("aborted_at_level")
+
+    @property
+    def never_started(self) -> bool:
+        """True for a run the broker refused: it failed before any worker took it, so it can be queued again."""
+        return self.status == self.Status.FAILED and self.started is None and self.source != self.Source.INGEST
+
+    def finished_levels(self) -> list["Level"]:
+        """The levels this run finished, from its first up to (not including) its first unfinished one."""
+        done = []
+        for level in self.levels.order_by("index"):
+            if level.index != len(done) or (level.data or {}).get("status", "completed") != "completed":
+                break
+            done.append(level)
+        return done
+
+    def earlier_levels(self) -> list[tuple["Run", "Level"]]:
+        """For a resumed run: the finished levels of the runs it continues, oldest run first."""
+        chain = []
+        seen = {self.pk}
+        run = self.resumed_from
+        while run is not None and run.pk not in seen:
+            seen.add(run.pk)
+            chain.append(run)
+            run = run.resumed_from
+        earlier = []
+        for run in reversed(chain):
+            earlier += [(run, level) for level in run.finished_levels()]
+        return earlier
 
     @property
     def level_key(self) -> str:

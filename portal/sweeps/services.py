@@ -104,30 +104,104 @@ def _broker_name() -> str:
     return url.split("://", 1)[0] + "://…" if "://" in url else url or "default"
 
 
+def run_time_limits(run: Run) -> tuple[int, int]:
+    """(soft, hard) Celery time limits for a run, sized from the plan it runs (its snapshot)."""
+    spec = run.plan_config or {}
+    sizing = Plan(levels=list(spec.get("levels") or []), warmup_s=spec.get("warmup_s") or 0,
+                  duration_s=spec.get("duration_s") or 0, timeout_s=spec.get("timeout_s") or 0)
+    return sweep_time_limits(sizing)
+
+
+def enqueue_run(run: Run) -> str | None:
+    """Hand a queued run to the workers of its target's queue, with time limits sized from its plan.
+
+    Returns None, or the reason the broker refused it: the run is then marked failed without having
+    started (`Run.never_started`), so it can be queued again (`requeue_run`) once the broker is back.
+    """
+    from workers.tasks import run_sweep
+
+    soft, hard = run_time_limits(run)
+    queue = (run.target.queue if run.target_id else run.target_config.get("queue")) or "sweeps"
+    try:
+        run_sweep.apply_async(args=[run.pk], queue=queue, soft_time_limit=soft, time_limit=hard)
+    except Exception as exc:
+        logger.exception("run %s: could not enqueue", run.pk)
+        reason = _broker_failure(exc)
+        Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
+            status=Run.Status.FAILED, status_reason=reason, finished=timezone.now()
+        )
+        run.refresh_from_db()
+        return reason
+    return None
+
+
+def _enqueue_on_commit(run: Run) -> None:
+    # The worker must find the row: publish only once the transaction that created it commits
+    # (outside a transaction, at once; the caller then sees a refusal on the returned run).
+    transaction.on_commit(lambda: enqueue_run(run))
+
+
 def start_run(*, target: Target, plan: Plan, user=None, label: str = "", notes: str = "",
               server_config: dict | None = None, source: str = Run.Source.PORTAL) -> Run:
     """Create a queued run and hand it to the workers of the target's queue, with time limits sized
-    from the plan. When the broker cannot be reached the run is marked failed with the reason."""
-    from workers.tasks import run_sweep
-
+    from the plan. When the broker cannot be reached the run is marked failed with the reason
+    (`Run.never_started`: it can be queued again with `requeue_run`)."""
     run = create_run(target=target, plan=plan, user=user, label=label, notes=notes,
                      server_config=server_config, source=source)
-    soft, hard = sweep_time_limits(plan)
-    queue = target.queue or "sweeps"
-
-    def enqueue():
-        try:
-            run_sweep.apply_async(args=[run.pk], queue=queue, soft_time_limit=soft, time_limit=hard)
-        except Exception as exc:
-            logger.exception("run %s: could not enqueue", run.pk)
-            Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
-                status=Run.Status.FAILED, status_reason=_broker_failure(exc), finished=timezone.now()
-            )
-            run.refresh_from_db()
-
-    # The worker must find the row: publish only once the transaction that created it commits.
-    transaction.on_commit(enqueue)
+    _enqueue_on_commit(run)
     return run
+
+
+class RunStateError(Exception):
+    """The run is not in a state that allows this (the message says why and what to do instead)."""
+
+
+def requeue_run(run: Run) -> Run:
+    """Queue again a run the broker refused; raises RunStateError for a run a worker already took."""
+    if not run.never_started:
+        raise RunStateError(
+            f"Run {run.pk} is {run.status} and a worker has already taken it; only a run the broker refused "
+            "can be queued again. Resume an interrupted or failed run instead.")
+    Run.objects.filter(pk=run.pk, status=Run.Status.FAILED, started__isnull=True).update(
+        status=Run.Status.QUEUED, status_reason="", finished=None, cancel_requested=False)
+    run.refresh_from_db()
+    _enqueue_on_commit(run)
+    run.refresh_from_db()
+    return run
+
+
+RESUMABLE = (Run.Status.INTERRUPTED, Run.Status.FAILED)
+
+
+def resume_plan(run: Run) -> list:
+    """The levels a resumed run would measure: the plan's levels from the first one `run` did not finish
+    (raises RunStateError when the run cannot be resumed)."""
+    if run.status not in RESUMABLE:
+        raise RunStateError(f"Run {run.pk} is {run.status}; only an interrupted or failed run can be resumed.")
+    if run.source == Run.Source.INGEST:
+        raise RunStateError(f"Run {run.pk} was ingested from a result document; start a new run instead.")
+    if run.target_id is None:
+        raise RunStateError(f"The target of run {run.pk} has been deleted; there is nothing to resume against.")
+    levels = list((run.plan_config or {}).get("levels") or [])
+    remaining = levels[len(run.finished_levels()):]
+    if not remaining:
+        raise RunStateError(f"Run {run.pk} finished every level of its plan; there is nothing left to measure.")
+    return remaining
+
+
+def resume_run(run: Run, *, user=None, source: str = Run.Source.PORTAL) -> Run:
+    """Continue an interrupted or failed run: a new run, linked to it (`resumed_from`), with the same
+    target and plan snapshots but only the levels it had not finished; queued like `start_run`."""
+    remaining = resume_plan(run)
+    new = Run.objects.create(
+        team=run.team, target=run.target, plan=run.plan, target_config=dict(run.target_config),
+        plan_config={**run.plan_config, "levels": remaining}, server_config=dict(run.server_config or {}),
+        label=run.label, notes=run.notes, source=source, resumed_from=run,
+        created_by=user if user is not None and user.is_authenticated else None,
+    )
+    _enqueue_on_commit(new)
+    new.refresh_from_db()
+    return new
 
 
 def request_cancel(run: Run) -> Run:

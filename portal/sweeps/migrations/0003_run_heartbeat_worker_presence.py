@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('sweeps', '0001_initial'),
+        ('sweeps', '0002_run_resumed_from'),
     ]
 
     operations = [
