@@ -160,7 +160,7 @@ def test_duplicate_of_a_live_run_is_left_alone_and_a_stale_one_interrupted(trans
     assert run_sweep.apply(args=[stale.pk]).get() == Run.Status.INTERRUPTED
     stale.refresh_from_db()
     assert stale.status == Run.Status.INTERRUPTED
-    assert "w@b" in stale.status_reason and "start the run again" in stale.status_reason
+    assert "w@b" in stale.status_reason and "resume the run" in stale.status_reason
     # It ended when its worker was last heard from, not when the redelivery noticed.
     assert stale.finished == old
 

@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 # Longest status_reason kept for an unexpected error; the traceback goes to the worker log only.
 REASON_MAX = 300
+# How long the final write is tried when the database already stayed away past EMBPERF_DB_RETRY_S.
+FINAL_TRY_AFTER_LOSS_S = 5.0
 
 
 def client_version() -> str:
@@ -118,7 +120,7 @@ class SweepTask(Task):
         else:
             status, reason = Run.Status.INTERRUPTED, (
                 f"The worker process measuring this run on {node} died ({exc}). Levels finished before that "
-                "are kept; start the run again for a complete result.")
+                "are kept; resume the run to measure the rest.")
         try:
             ended = DatabaseWrites(f"run {run_id}", bound_s=10).call(
                 lambda: Run.objects.filter(pk=run_id).end_as(status, reason))
@@ -150,7 +152,7 @@ def run_sweep(self, run_id: int) -> str:
             return "duplicate"
         Run.objects.filter(pk=run_id).end_as(Run.Status.INTERRUPTED, (
             f"The worker {run.worker_host or '(unknown)'} stopped while this run was in progress and the "
-            "broker delivered it again. Levels finished before that are kept; start the run again."))
+            "broker delivered it again. Levels finished before that are kept; resume the run to measure the rest."))
         logger.warning("run %s: its worker %s went silent; marked interrupted", run_id, run.worker_host)
         return Run.Status.INTERRUPTED
     with transaction.atomic():
@@ -271,7 +273,7 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
         stopping = exc
         status = Run.Status.INTERRUPTED
         reason = (f"The worker {node} was stopped ({type(exc).__name__}) while this run was in progress. "
-                  "Levels finished before that are kept; start the run again for a complete result.")
+                  "Levels finished before that are kept; resume the run to measure the rest.")
     finally:
         final_phase = {"phase": "done", "updated_at": timezone.now().isoformat()}
         recorder.close(final_progress=final_phase)
@@ -294,7 +296,7 @@ def record_end(run_id: int, node: str, status: str, reason: str, document: dict 
         status = Run.Status.INTERRUPTED
         reason = (f"The worker {node} was asked to stop (SIGTERM) while this run was in progress; the sweep "
                   "stopped at once. Levels finished before that are kept (a level cut short is marked "
-                  "cancelled); start the run again for a complete result.")
+                  "cancelled); resume the run to measure the rest.")
     elif recorder.errors and status == Run.Status.SUCCEEDED:
         status = Run.Status.FAILED
         reason = "Could not save all results to the database: " + "; ".join(recorder.errors[:3])
@@ -315,8 +317,11 @@ def record_end(run_id: int, node: str, status: str, reason: str, document: dict 
                   "database answers again.")
         spill.save(path, run_id, status=status, reason=reason, levels=levels, document=document)
     db = DatabaseWrites(f"run {run_id}")
+    # The database already stayed away past its bound: one short try, the file keeps the rest and the
+    # worker's timer writes it once the database answers (workers.spill).
+    bound = FINAL_TRY_AFTER_LOSS_S if recorder.database_lost else None
     try:
-        db.call(lambda: finish(run_id, status, reason, document, progress))
+        db.call(lambda: finish(run_id, status, reason, document, progress), bound_s=bound)
     except DatabaseUnavailable as exc:
         if not recorder.database_lost:
             path = spill.path_for(run_id)

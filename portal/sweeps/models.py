@@ -223,8 +223,8 @@ class RunQuerySet(TeamOwnedQuerySet):
         ended = []
         for run in self.stale(stale_after_s=seconds).only("pk", "worker_host"):
             reason = (f"The worker {run.worker_host or '(unknown)'} stopped reporting for over {seconds:.0f} s; "
-                      "it probably died or was killed. Levels finished before that are kept; start the run "
-                      "again for a complete result.")
+                      "it probably died or was killed. Levels finished before that are kept; resume the run "
+                      "to measure the rest.")
             ended += Run.objects.filter(pk=run.pk).stale(stale_after_s=seconds).end_as(
                 Run.Status.INTERRUPTED, reason)
         return ended
@@ -232,7 +232,7 @@ class RunQuerySet(TeamOwnedQuerySet):
     def interrupt_of_node(self, node: str) -> list[int]:
         """A worker node just started: whatever it was running before is gone."""
         reason = (f"The worker {node} stopped while this run was in progress (it was restarted or killed). "
-                  "Levels finished before that are kept; start the run again for a complete result.")
+                  "Levels finished before that are kept; resume the run to measure the rest.")
         return self.running().filter(worker_host=node).end_as(Run.Status.INTERRUPTED, reason)
 
 
