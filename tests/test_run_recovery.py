@@ -335,3 +335,29 @@ def test_an_idle_recorder_does_not_spin_and_keeps_the_heartbeat_going(transactio
     assert sum(1 for kwargs in looks if kwargs["force"]) >= 2
     run.refresh_from_db()
     assert (timezone.now() - run.heartbeat).total_seconds() < 2
+
+
+def test_a_sweep_whose_database_is_away_at_its_start_goes_back_to_the_broker(transactional_db, target, plan,
+                                                                             monkeypatch):
+    import workers.tasks
+    from workers.tasks import run_sweep
+
+    run = create_run(target=target, plan=plan)
+    monkeypatch.setattr(workers.tasks, "START_DB_WAIT_S", 0.3)
+
+    def away(self, operation, *, bound_s=None):
+        raise DatabaseUnavailable("the database did not answer for 0 s (last error: OperationalError: refused)")
+
+    retries = []
+
+    def fake_retry(**kwargs):
+        retries.append(kwargs)
+        return RuntimeError("retry later")
+
+    monkeypatch.setattr(DatabaseWrites, "call", away)
+    monkeypatch.setattr(run_sweep, "retry", fake_retry)
+    assert run_sweep.apply(args=[run.pk]).failed()
+    assert retries and retries[0]["countdown"] > 0
+    monkeypatch.undo()
+    run.refresh_from_db()
+    assert run.status == Run.Status.QUEUED

@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 REASON_MAX = 300
 # How long the final write is tried when the database already stayed away past EMBPERF_DB_RETRY_S.
 FINAL_TRY_AFTER_LOSS_S = 5.0
+# A sweep whose database is away when it starts waits this long, then goes back to the broker for later.
+START_DB_WAIT_S = 30.0
+START_DB_RETRY_S = 30
 
 
 def client_version() -> str:
@@ -138,7 +141,13 @@ class SweepTask(Task):
              max_retries=None)
 def run_sweep(self, run_id: int) -> str:
     """Execute one queued run; returns the status it ended with (or why it was skipped)."""
-    run = Run.objects.filter(pk=run_id).first()
+    try:
+        run = DatabaseWrites(f"run {run_id}").call(lambda: Run.objects.filter(pk=run_id).first(),
+                                                   bound_s=START_DB_WAIT_S)
+    except DatabaseUnavailable as exc:
+        # The message must not be lost with the database: it comes back later, and the run starts then.
+        logger.warning("run %s: %s; the run is taken up again in %s s", run_id, exc, START_DB_RETRY_S)
+        raise self.retry(countdown=START_DB_RETRY_S) from None
     if run is None:
         logger.warning("run %s: not found (deleted?); nothing to do", run_id)
         return "missing"
