@@ -419,9 +419,14 @@ class WorkerPresence(models.Model):
     def __str__(self) -> str:
         return self.node
 
+    # Rows of workers not seen for this long are dropped (node names change with hosts and restarts).
+    FORGET_AFTER = timedelta(days=7)
+
     @classmethod
     def report(cls, node: str, queues: list[str]) -> None:
-        cls.objects.update_or_create(node=node, defaults={"queues": sorted(queues), "seen": timezone.now()})
+        now = timezone.now()
+        cls.objects.update_or_create(node=node, defaults={"queues": sorted(queues), "seen": now})
+        cls.objects.filter(seen__lt=now - cls.FORGET_AFTER).delete()
 
     @classmethod
     def listening_on(cls, queue: str) -> bool:
