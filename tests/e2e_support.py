@@ -146,9 +146,9 @@ def drop_redis_queue(queue: str) -> None:
 class Worker:
     """`celery -A workers worker` consuming one queue, in its own process group."""
 
-    def __init__(self, env: dict, queue: str, log_path: Path, *, node: str | None = None):
+    def __init__(self, env: dict, queue: str, log_path: Path):
         self.log_path = log_path
-        self.node = node or f"{unique_name('e2e')}@%h"
+        self.node = f"{unique_name('e2e')}@%h"
         self._log = open(log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
             [CELERY, "-A", "workers", "worker", "-Q", queue, "-c", "2", "-n", self.node, "--without-gossip",
