@@ -218,6 +218,8 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("EMBPERF_DEFAULT_QUEUE", "sweeps")
 EMBPERF_OPEN_QUEUES = env_list("EMBPERF_OPEN_QUEUES", [CELERY_TASK_DEFAULT_QUEUE])
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
+# The worker's upkeep (stale-run sweeper, presence, bounded shutdown) connects to the worker's signals.
+CELERY_IMPORTS = ["workers.recovery"]
 
 # Limits a plan may ask for; the plan rule (benchmarks.plan) enforces them at every door.
 EMBPERF_MAX_LEVELS = env_int("EMBPERF_MAX_LEVELS", PlanLimits.max_levels)
@@ -238,6 +240,24 @@ except ValueError as exc:
 EMBPERF_PROBE_RATE = env_str("EMBPERF_PROBE_RATE", "10/minute")
 # A sweep whose target another run is measuring waits, looking again this often (seconds).
 EMBPERF_TARGET_WAIT_S = env_float("EMBPERF_TARGET_WAIT_S", 5.0)
+
+# Crash recovery (docs/operations.md). A running sweep's worker writes its heartbeat this often (s):
+EMBPERF_HEARTBEAT_S = env_float("EMBPERF_HEARTBEAT_S", 5.0)
+# a run whose heartbeat is older than this is taken for dead and marked interrupted; every worker
+# looks for such runs this often (s), so a dead worker's run ends within STALE_AFTER + SWEEP_INTERVAL:
+EMBPERF_STALE_AFTER_S = env_float("EMBPERF_STALE_AFTER_S", 30.0)
+EMBPERF_SWEEP_INTERVAL_S = env_float("EMBPERF_SWEEP_INTERVAL_S", 10.0)
+if EMBPERF_STALE_AFTER_S < 3 * EMBPERF_HEARTBEAT_S:
+    raise ImproperlyConfigured(
+        f"EMBPERF_STALE_AFTER_S={EMBPERF_STALE_AFTER_S:g} must be at least 3 x EMBPERF_HEARTBEAT_S "
+        f"({EMBPERF_HEARTBEAT_S:g}), or live runs would be taken for dead")
+# A worker that loses the database retries its writes for this long (s), holding results in memory,
+# before it ends the run failed and saves the levels to a file under EMBPERF_VAR_DIR/unsaved/.
+EMBPERF_DB_RETRY_S = env_float("EMBPERF_DB_RETRY_S", 300.0)
+# On SIGTERM a worker stops its sweeps at once and marks them interrupted; it exits within this (s).
+EMBPERF_SHUTDOWN_S = env_float("EMBPERF_SHUTDOWN_S", 20.0)
+# A run queued this long (s) on a queue no worker reported consuming says so on its page.
+EMBPERF_NO_WORKER_AFTER_S = env_float("EMBPERF_NO_WORKER_AFTER_S", 5.0)
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

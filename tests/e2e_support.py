@@ -30,7 +30,7 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
-def base_env(var_dir: Path, *, database_url: str, broker_url: str) -> dict:
+def base_env(var_dir: Path, *, database_url: str, broker_url: str, extra: dict | None = None) -> dict:
     env = {key: value for key, value in os.environ.items()
            if key not in ("DATABASE_URL", "CELERY_BROKER_URL", "EMBPERF_VAR_DIR")}
     env.update({
@@ -44,6 +44,7 @@ def base_env(var_dir: Path, *, database_url: str, broker_url: str) -> dict:
         # A run waiting for its target looks again often, so a test sees many looks in a few seconds.
         "EMBPERF_TARGET_WAIT_S": "0.3",
     })
+    env.update(extra or {})
     return env
 
 
@@ -88,6 +89,52 @@ def drop_postgres_database(name: str) -> None:
 
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def terminate_backends(db_name: str, *, keep_pid: int | None = None) -> int:
+    """pg_terminate_backend on every connection to `db_name` (this test's own database) but `keep_pid`."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+            " AND pid IS DISTINCT FROM %s", (db_name, keep_pid)).fetchall()
+    return sum(1 for (done,) in rows if done)
+
+
+class RedisServer:
+    """A redis-server of the test's own on its own port (never the shared one), restartable."""
+
+    def __init__(self, port: int, log_path: Path):
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._log = open(log_path, "ab")  # closed in stop()
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=self._log, stderr=subprocess.STDOUT)
+        import redis
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(self.url, socket_connect_timeout=1).ping()
+                return
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.kill()
+        self._log.close()
 
 
 def drop_redis_queue(queue: str) -> None:
@@ -235,8 +282,11 @@ def _setup(state: dict, *, sim_url: str, queue: str) -> dict:
                                 dimensions=128, timeout_s=5)
     long = Plan.objects.create(team=team, name="long", levels=[1, 2], warmup_s=0, duration_s=60, tokens=64,
                                dimensions=128, timeout_s=5)
+    # Three short levels: long enough to act in the middle of one, short enough for a quick test.
+    steps = Plan.objects.create(team=team, name="steps", levels=[1, 2, 4], warmup_s=0.3, duration_s=4, tokens=64,
+                                dimensions=128, timeout_s=5)
     state["user"] = user
-    return {"target": target.pk, "short": short.pk, "long": long.pk}
+    return {"target": target.pk, "short": short.pk, "long": long.pk, "steps": steps.pk}
 
 
 def _start(state: dict, *, target: int, plan: int, label: str) -> dict:
@@ -260,7 +310,36 @@ def _run(state: dict, *, run: int) -> dict:
     ]
     return {"status": row.status, "reason": row.status_reason, "phase": (row.progress or {}).get("phase"),
             "recent": len((row.progress or {}).get("recent") or []), "finished": row.finished, "started": row.started,
-            "worker_host": row.worker_host, "levels": levels, "summary": row.summary}
+            "worker_host": row.worker_host, "levels": levels, "summary": row.summary, "heartbeat": row.heartbeat,
+            "level_index": (row.progress or {}).get("level_index")}
+
+
+def _backend_pid(state: dict) -> dict:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return {"pid": cursor.fetchone()[0]}
+
+
+def _press_cancel(state: dict, *, run: int) -> dict:
+    """The run page's Cancel button: POST, follow the redirect, return the page it lands on."""
+    from django.test import Client
+    from django.urls import reverse
+
+    client = Client()
+    client.force_login(state["user"])
+    response = client.post(reverse("run-cancel", args=[run]), follow=True)
+    return {"status": response.status_code, "html": response.content.decode()}
+
+
+def _progress(state: dict, *, run: int) -> dict:
+    from django.test import Client
+    from django.urls import reverse
+
+    client = Client()
+    client.force_login(state["user"])
+    return client.get(reverse("run-progress", args=[run]) + "?levels=0").json()
 
 
 def _cancel(state: dict, *, run: int) -> dict:
@@ -302,7 +381,7 @@ def _api(state: dict, *, method: str, path: str, body: dict | None = None) -> di
 
 
 COMMANDS = {"setup": _setup, "start": _start, "run": _run, "cancel": _cancel, "page": _page, "plan": _plan,
-            "api": _api}
+            "api": _api, "backend_pid": _backend_pid, "press_cancel": _press_cancel, "progress": _progress}
 
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
     _serve()

@@ -132,10 +132,13 @@ def test_cancel_queued_run(api, target, plan):
 
 
 def test_cancel_running_run_sets_the_flag(api, target, plan):
+    from django.utils import timezone
+
     from portal.sweeps.services import create_run
 
     run = create_run(target=target, plan=plan)
-    Run.objects.filter(pk=run.pk).update(status="running")
+    # A live run: its worker wrote a heartbeat just now (a silent one is ended at once, test_run_recovery.py).
+    Run.objects.filter(pk=run.pk).update(status="running", started=timezone.now(), heartbeat=timezone.now())
     body = api.post(f"/api/v1/runs/{run.pk}/cancel/").json()
     assert (body["status"], body["cancel_requested"]) == ("running", True)
 

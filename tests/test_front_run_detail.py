@@ -115,10 +115,13 @@ def test_cancel_queued_run_ends_it(client, owner, target, plan):
 
 
 def test_cancel_running_run_sets_the_flag(client, owner, target, plan):
+    from django.utils import timezone
+
     from portal.sweeps.services import create_run
 
     run = create_run(target=target, plan=plan)
-    Run.objects.filter(pk=run.pk).update(status="running")
+    # A live run: its worker wrote a heartbeat just now (a silent one is ended at once, test_run_recovery.py).
+    Run.objects.filter(pk=run.pk).update(status="running", started=timezone.now(), heartbeat=timezone.now())
     client.force_login(owner)
     html = client.post(reverse("run-cancel", args=[run.pk]), follow=True).content.decode()
     run.refresh_from_db()

@@ -9,13 +9,13 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
 from benchmarks.simulator import running_simulator
 from portal.sweeps.models import Level, Plan, Run, Target
 from portal.sweeps.services import create_run, request_cancel, start_run, sweep_time_limits
-from workers import recovery
 from workers.recorder import RECENT_POINTS, RunRecorder
 from workers.tasks import probe_target, run_sweep
 
@@ -149,19 +149,20 @@ def test_duplicate_of_a_live_run_is_left_alone_and_a_stale_one_interrupted(trans
                                                                             short_plan):
     live = create_run(target=sim_target, plan=short_plan)
     Run.objects.filter(pk=live.pk).update(status=Run.Status.RUNNING, started=timezone.now(), worker_host="w@a",
-                                          progress={"updated_at": timezone.now().isoformat()})
+                                          heartbeat=timezone.now())
     assert run_sweep.apply(args=[live.pk]).get() == "duplicate"
     live.refresh_from_db()
     assert live.status == Run.Status.RUNNING
 
-    old = timezone.now() - timedelta(seconds=recovery.STALE_AFTER_S + 60)
+    old = timezone.now() - timedelta(seconds=settings.EMBPERF_STALE_AFTER_S + 60)
     stale = create_run(target=sim_target, plan=short_plan)
-    Run.objects.filter(pk=stale.pk).update(status=Run.Status.RUNNING, started=old, worker_host="w@b",
-                                           progress={"updated_at": old.isoformat()})
+    Run.objects.filter(pk=stale.pk).update(status=Run.Status.RUNNING, started=old, worker_host="w@b", heartbeat=old)
     assert run_sweep.apply(args=[stale.pk]).get() == Run.Status.INTERRUPTED
     stale.refresh_from_db()
     assert stale.status == Run.Status.INTERRUPTED
-    assert "w@b" in stale.status_reason and "start the run again" in stale.status_reason
+    assert "w@b" in stale.status_reason and "resume the run" in stale.status_reason
+    # It ended when its worker was last heard from, not when the redelivery noticed.
+    assert stale.finished == old
 
 
 def test_worker_restart_interrupts_only_its_own_runs(db, target, plan):
@@ -169,8 +170,8 @@ def test_worker_restart_interrupts_only_its_own_runs(db, target, plan):
     other = create_run(target=target, plan=plan)
     Run.objects.filter(pk=mine.pk).update(status=Run.Status.RUNNING, worker_host="worker@gpu1")
     Run.objects.filter(pk=other.pk).update(status=Run.Status.RUNNING, worker_host="worker@gpu2",
-                                           progress={"updated_at": timezone.now().isoformat()})
-    assert recovery.interrupt_runs_of_node("worker@gpu1") == [mine.pk]
+                                           heartbeat=timezone.now())
+    assert Run.objects.interrupt_of_node("worker@gpu1") == [mine.pk]
     mine.refresh_from_db()
     other.refresh_from_db()
     assert mine.status == Run.Status.INTERRUPTED and "worker@gpu1" in mine.status_reason
@@ -311,7 +312,7 @@ def test_second_sweep_of_a_busy_target_waits_instead_of_running_beside_it(transa
                                                                           monkeypatch):
     live = create_run(target=sim_target, plan=short_plan)
     Run.objects.filter(pk=live.pk).update(status=Run.Status.RUNNING, started=timezone.now(), worker_host="w@a",
-                                          progress={"updated_at": timezone.now().isoformat()})
+                                          heartbeat=timezone.now())
     waiting = create_run(target=sim_target, plan=short_plan)
     retries = []
 

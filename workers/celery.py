@@ -5,7 +5,10 @@ importing the workers; here the workers' tasks are registered on it.
 """
 import os
 
+from workers import broker
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+broker.install()  # transports that survive a Redis restart and a removed broker folder
 
 from portal.taskqueue import app  # noqa: E402  (needs DJANGO_SETTINGS_MODULE)
 

@@ -1,69 +1,131 @@
-"""Runs left in "running" by a worker that died are marked interrupted.
+"""The worker's own upkeep: dead workers' runs, its presence, and a bounded shutdown.
 
-Two ways catch them:
-- when a worker starts (Celery's worker_ready signal, connected in workers.tasks), every run that
-  still says it runs on this same worker node cannot be running any more;
-- `manage.py embperf_interrupt_stale` marks running runs whose heartbeat (Run.progress
-  "updated_at", refreshed by the worker at least every 10 s) is older than a threshold, for a worker
-  that never comes back. Run it from cron or at deploy time.
+- Dead workers are found by their silence, not their name. Every worker's main process runs a
+  timer thread that, every EMBPERF_SWEEP_INTERVAL_S, marks running runs whose heartbeat is older
+  than EMBPERF_STALE_AFTER_S `interrupted` (Run.objects.interrupt_stale, whatever worker ran them),
+  reports which queues this worker consumes (WorkerPresence, read by the run page for "no worker
+  is listening on queue X"), and writes back results a database outage left in files (workers.spill).
+  With the defaults a dead worker's run ends within 40 s. No cron and no beat process are needed;
+  `manage.py embperf_interrupt_stale` does the same sweep by hand.
+- When a worker starts, runs still recorded as running on its own node name are interrupted at once.
+- Shutdown: SIGTERM to a pool process stops its sweep at once (workers.tasks.Shutdown); SIGTERM
+  (or Ctrl-C) to the main process is passed on to the pool processes, and a watchdog ends the main
+  process if it has not exited EMBPERF_SHUTDOWN_S later, so a worker never hangs on shutdown.
 """
 import logging
-from datetime import datetime, timedelta
+import os
+import signal
+import threading
+import time
 
-from django.utils import timezone
+import psutil
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from django.conf import settings
+from django.db import connections
 
-from portal.sweeps.models import Run
+from portal.sweeps.models import Run, WorkerPresence
+from workers import spill
+from workers.database import DatabaseWrites
 
 logger = logging.getLogger(__name__)
 
-STALE_AFTER_S = 120
 
+class Upkeep(threading.Thread):
+    """The timer thread of a worker's main process (see the module docstring)."""
 
-def heartbeat(run: Run) -> datetime | None:
-    """When the worker last wrote this run's progress, or when it started it."""
-    raw = (run.progress or {}).get("updated_at")
-    if raw:
+    def __init__(self, node: str, queues: list[str], *, interval_s: float | None = None):
+        super().__init__(name="embperf-upkeep", daemon=True)
+        self.node = node
+        self.queues = queues
+        self.interval_s = float(settings.EMBPERF_SWEEP_INTERVAL_S if interval_s is None else interval_s)
+        self.stopped = threading.Event()
+        # A database outage also stopped every live worker's heartbeat: judge silence only once the
+        # database has answered again for a whole stale bound.
+        self.db = DatabaseWrites(f"worker {node} upkeep", bound_s=float("inf"))
+        self._db_back_at = float("-inf")
+
+    def run(self) -> None:
         try:
-            return datetime.fromisoformat(raw)
-        except ValueError:
+            while not self.stopped.is_set():
+                self.tick()
+                self.stopped.wait(max(self.interval_s, self.db.seconds_to_next_try()))
+        finally:
+            connections.close_all()
+
+    def tick(self) -> None:
+        was_down = self.db.is_down
+        ok, _ = self.db.attempt(lambda: WorkerPresence.report(self.node, self.queues))
+        if not ok:
+            return
+        if was_down:
+            self._db_back_at = time.monotonic()
+        try:
+            if time.monotonic() - self._db_back_at >= settings.EMBPERF_STALE_AFTER_S:
+                ok, ids = self.db.attempt(lambda: Run.objects.interrupt_stale())
+                if ok and ids:
+                    logger.warning("marked runs %s interrupted: their workers stopped reporting", ids)
+            self.db.attempt(spill.write_pending)
+        except Exception:  # a bug must not end the timer: the next tick tries again
+            logger.exception("worker upkeep failed")
+
+
+_upkeep: Upkeep | None = None
+
+
+@worker_ready.connect
+def on_worker_ready(sender=None, **kwargs) -> None:
+    """Interrupt this node's leftover runs, then start the upkeep timer."""
+    global _upkeep
+    node = getattr(sender, "hostname", None)
+    if not node:
+        return
+    try:
+        ids = Run.objects.interrupt_of_node(node)
+        if ids:
+            logger.warning("marked runs %s interrupted: %s had been running them before it restarted", ids, node)
+    except Exception:
+        logger.exception("could not check for runs interrupted by a restart of %s", node)
+    finally:
+        # This runs in the main worker process; pool processes must not share its connection.
+        connections.close_all()
+    queues = sorted(sender.app.amqp.queues.consume_from or {})
+    _upkeep = Upkeep(node, queues)
+    _upkeep.start()
+
+
+@worker_process_init.connect
+def on_pool_process_start(**kwargs) -> None:
+    """An idle pool process ignores SIGTERM (billiard then leaves it so): the main process stops it
+    through the pool. Killed by a SIGTERM to the group instead, it would leave billiard waiting for
+    it and the main process hanging in its shutdown. While a sweep runs, workers.tasks.Shutdown
+    handles SIGTERM by stopping the sweep."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@worker_shutting_down.connect
+def on_worker_shutting_down(sig=None, how=None, exitcode=None, **kwargs) -> None:
+    """Pass the stop on to the pool processes, and make sure this process exits within the bound."""
+    if _upkeep is not None:
+        _upkeep.stopped.set()
+    if how == "Warm":
+        for child in psutil.Process().children():
+            try:
+                child.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+    threading.Thread(target=_exit_when_overdue, args=(exitcode,), name="embperf-shutdown-watchdog",
+                     daemon=True).start()
+
+
+def _exit_when_overdue(exitcode) -> None:
+    time.sleep(settings.EMBPERF_SHUTDOWN_S)
+    logger.error("the worker did not stop within %.0f s (EMBPERF_SHUTDOWN_S); exiting now",
+                 settings.EMBPERF_SHUTDOWN_S)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
             pass
-    return run.started
-
-
-def is_stale(run: Run, *, stale_after_s: float = STALE_AFTER_S) -> bool:
-    beat = heartbeat(run)
-    return beat is None or timezone.now() - beat > timedelta(seconds=stale_after_s)
-
-
-def mark_interrupted(run_id: int, reason: str) -> bool:
-    """Interrupt a run that is still marked running; False when it already ended meanwhile."""
-    done = Run.objects.filter(pk=run_id, status=Run.Status.RUNNING).update(
-        status=Run.Status.INTERRUPTED, status_reason=reason, finished=timezone.now()
-    )
-    if done:
-        logger.warning("run %s interrupted: %s", run_id, reason)
-    return bool(done)
-
-
-def interrupt_runs_of_node(node: str) -> list[int]:
-    """A worker node just started: whatever it was running before is gone."""
-    interrupted = []
-    for run_id in Run.objects.filter(status=Run.Status.RUNNING, worker_host=node).values_list("pk", flat=True):
-        reason = (f"The worker {node} stopped while this run was in progress (it was restarted or killed). "
-                  "Levels finished before that are kept; start the run again for a complete result.")
-        if mark_interrupted(run_id, reason):
-            interrupted.append(run_id)
-    return interrupted
-
-
-def interrupt_stale_runs(*, stale_after_s: float = STALE_AFTER_S) -> list[int]:
-    """Interrupt running runs whose worker has not written for `stale_after_s` seconds."""
-    interrupted = []
-    for run in Run.objects.filter(status=Run.Status.RUNNING).only("pk", "progress", "started", "worker_host"):
-        if is_stale(run, stale_after_s=stale_after_s):
-            reason = (f"The worker {run.worker_host or '(unknown)'} stopped reporting for over "
-                      f"{int(stale_after_s)} s; it probably died. Levels finished before that are kept; "
-                      "start the run again for a complete result.")
-            if mark_interrupted(run.pk, reason):
-                interrupted.append(run.pk)
-    return interrupted
+    os._exit(exitcode or 1)

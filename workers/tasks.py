@@ -3,18 +3,28 @@
 `run_sweep(run_id)` drives the engine (benchmarks.sweep.run_sweep) for one queued Run and writes the
 outcome back: each level the moment it finishes, progress about once a second (workers.recorder),
 and at the end the final status (succeeded, failed with a reason a person can act on, or
-cancelled) with the run-wide document and summary. Messages are acknowledged late, so a broker may
-deliver one twice: a run that already ended is skipped, a run another worker is still running is
-left alone. Time limits come with each message (portal.sweeps.services.start_run).
+cancelled, interrupted) with the run-wide document and summary. Messages are acknowledged late, so a
+broker may deliver one twice: a run that already ended is skipped, a run another worker is still
+running (its heartbeat is live) is left alone, and a run whose worker went silent is marked
+interrupted. Time limits come with each message (portal.sweeps.services.start_run).
+
+Every way the task can stop writes a final status: the engine's own end, a cancel, the soft time
+limit, an exception, SystemExit or KeyboardInterrupt, and SIGTERM (`Shutdown`: while a sweep runs,
+SIGTERM stops it at once and the run ends `interrupted`, its finished levels kept). When the pool
+process itself dies (the hard time limit, SIGKILL, out of memory), the worker's main process ends
+the run (`SweepTask.on_failure`). A whole worker that dies or a lost host is found by the run's
+silent heartbeat (Run.objects.interrupt_stale, run by every worker's timer, workers.recovery).
 """
 import logging
+import signal
 import socket
+import threading
 import traceback
 from datetime import UTC, datetime
 
-from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_ready
+from billiard.exceptions import WorkerLostError
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
@@ -30,13 +40,19 @@ from portal.sweeps.models import Level, Run, Target, new_servers
 from portal.sweeps.outbound import outbound_policy
 from portal.sweeps.samples import writer_for_run
 from portal.sweeps.services import store_level, sweep_time_limits
-from workers import recovery
+from workers import spill
+from workers.database import DatabaseUnavailable, DatabaseWrites
 from workers.recorder import RunRecorder
 
 logger = logging.getLogger(__name__)
 
 # Longest status_reason kept for an unexpected error; the traceback goes to the worker log only.
 REASON_MAX = 300
+# How long the final write is tried when the database already stayed away past EMBPERF_DB_RETRY_S.
+FINAL_TRY_AFTER_LOSS_S = 5.0
+# A sweep whose database is away when it starts waits this long, then goes back to the broker for later.
+START_DB_WAIT_S = 30.0
+START_DB_RETRY_S = 30
 
 
 def client_version() -> str:
@@ -47,11 +63,93 @@ def _node(task) -> str:
     return getattr(task.request, "hostname", None) or socket.gethostname()
 
 
+class Shutdown:
+    """The sweep running in this process, so a SIGTERM can stop it (see `on_sigterm`)."""
+
+    active: "Shutdown | None" = None
+
+    def __init__(self, token: CancelToken):
+        self.token = token
+        self.requested = False
+        self.previous_handler = None
+
+    def arm(self) -> "Shutdown":
+        # Only the main thread may set signal handlers (a task run eagerly in a test is not in one).
+        # Celery's pool process handles SIGTERM by raising SystemExit wherever the sweep happens to
+        # be; for the sweep's duration this handler stops it cleanly instead.
+        if threading.current_thread() is threading.main_thread():
+            Shutdown.active = self
+            self.previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+        return self
+
+    def disarm(self) -> None:
+        if Shutdown.active is self:
+            Shutdown.active = None
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGTERM, self.previous_handler or signal.SIG_DFL)
+
+
+class WorkerStopping(SystemExit):
+    """Raised in a pool process whose sweep did not stop within EMBPERF_SHUTDOWN_S of a SIGTERM."""
+
+
+def on_sigterm(signum, frame) -> None:
+    """SIGTERM while a sweep runs: it stops at once and ends `interrupted`; if it has not ended
+    within EMBPERF_SHUTDOWN_S, SIGALRM raises WorkerStopping, which still writes the status."""
+    current = Shutdown.active
+    if current is None or current.requested:
+        return
+    current.requested = True
+    current.token.cancel()
+    signal.signal(signal.SIGALRM, _on_shutdown_overdue)
+    signal.setitimer(signal.ITIMER_REAL, max(1.0, settings.EMBPERF_SHUTDOWN_S - 3))
+
+
+def _on_shutdown_overdue(signum, frame) -> None:
+    raise WorkerStopping(f"the sweep did not stop within {settings.EMBPERF_SHUTDOWN_S:.0f} s of SIGTERM")
+
+
+class SweepTask(Task):
+    """run_sweep's task class: the worker's main process ends the run when the pool process died."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        # Called in the main process when the hard time limit killed the pool process, or when the
+        # pool process died (SIGKILL, out of memory): nothing in it could record the run's end.
+        if not isinstance(exc, (TimeLimitExceeded, WorkerLostError)) or not args:
+            return
+        run_id, node = args[0], getattr(self.request, "hostname", None) or socket.gethostname()
+        if isinstance(exc, TimeLimitExceeded):
+            status, reason = Run.Status.FAILED, (
+                f"Killed after the hard time limit ({exc}), sized from the plan; the sweep did not stop at the "
+                "soft limit before it. The server probably stalled; check it, or raise the plan's timeout.")
+        else:
+            status, reason = Run.Status.INTERRUPTED, (
+                f"The worker process measuring this run on {node} died ({exc}). Levels finished before that "
+                "are kept; resume the run to measure the rest.")
+        try:
+            ended = DatabaseWrites(f"run {run_id}", bound_s=10).call(
+                lambda: Run.objects.filter(pk=run_id).end_as(status, reason))
+            if ended:
+                logger.warning("run %s: %s (%s)", run_id, status, exc)
+        except DatabaseUnavailable:
+            logger.error("run %s: could not record that its worker process died; the stale-run sweeper will", run_id)
+        finally:
+            # The main process forks new pool processes: they must not inherit its connection.
+            connections.close_all()
+
+
 # max_retries=None: a run waiting for its target (another run measuring it) waits as long as that takes.
-@shared_task(bind=True, name="workers.tasks.run_sweep", acks_late=True, ignore_result=True, max_retries=None)
+@shared_task(bind=True, base=SweepTask, name="workers.tasks.run_sweep", acks_late=True, ignore_result=True,
+             max_retries=None)
 def run_sweep(self, run_id: int) -> str:
     """Execute one queued run; returns the status it ended with (or why it was skipped)."""
-    run = Run.objects.filter(pk=run_id).first()
+    try:
+        run = DatabaseWrites(f"run {run_id}").call(lambda: Run.objects.filter(pk=run_id).first(),
+                                                   bound_s=START_DB_WAIT_S)
+    except DatabaseUnavailable as exc:
+        # The message must not be lost with the database: it comes back later, and the run starts then.
+        logger.warning("run %s: %s; the run is taken up again in %s s", run_id, exc, START_DB_RETRY_S)
+        raise self.retry(countdown=START_DB_RETRY_S) from None
     if run is None:
         logger.warning("run %s: not found (deleted?); nothing to do", run_id)
         return "missing"
@@ -60,12 +158,13 @@ def run_sweep(self, run_id: int) -> str:
         return run.status
     node = _node(self)
     if run.status == Run.Status.RUNNING:
-        if not recovery.is_stale(run):
+        if not run.worker_is_silent():
             logger.info("run %s: still running on %s; duplicate message skipped", run_id, run.worker_host)
             return "duplicate"
-        recovery.mark_interrupted(run_id, (
+        Run.objects.filter(pk=run_id).end_as(Run.Status.INTERRUPTED, (
             f"The worker {run.worker_host or '(unknown)'} stopped while this run was in progress and the "
-            "broker delivered it again. Levels finished before that are kept; start the run again."))
+            "broker delivered it again. Levels finished before that are kept; resume the run to measure the rest."))
+        logger.warning("run %s: its worker %s went silent; marked interrupted", run_id, run.worker_host)
         return Run.Status.INTERRUPTED
     with transaction.atomic():
         # Locks the target row (PostgreSQL; SQLite serialises write transactions) so two workers
@@ -76,7 +175,8 @@ def run_sweep(self, run_id: int) -> str:
         if busy is None:
             now = timezone.now()
             claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(
-                status=Run.Status.RUNNING, started=now, worker_host=node, client_version=client_version(),
+                status=Run.Status.RUNNING, started=now, heartbeat=now, worker_host=node,
+                client_version=client_version(),
                 status_reason="", progress={"phase": "starting", "updated_at": now.isoformat(), "recent": []},
             )
         else:
@@ -93,24 +193,34 @@ def run_sweep(self, run_id: int) -> str:
     time_limit = (getattr(self.request, "timelimit", None) or (None, None))[1] or planned_soft_limit(run)
     try:
         return execute_sweep(run_id, node=node, soft_time_limit=time_limit)
-    except Exception as exc:
+    except BaseException as exc:
         # Last resort (e.g. the engine failed to import): a run must never stay "running" forever.
         logger.error("run %s: the worker failed\n%s", run_id, traceback.format_exc())
-        Run.objects.filter(pk=run_id, status=Run.Status.RUNNING).update(
-            status=Run.Status.FAILED, status_reason=internal_error_reason(exc, node), finished=timezone.now()
-        )
+        why = internal_error_reason(exc, node)
+        try:
+            DatabaseWrites(f"run {run_id}").call(lambda: Run.objects.filter(
+                pk=run_id, status=Run.Status.RUNNING).update(
+                status=Run.Status.FAILED, status_reason=why, finished=timezone.now()))
+        except DatabaseUnavailable:
+            logger.error("run %s: could not record the failure; the stale-run sweeper will end it", run_id)
+        if not isinstance(exc, Exception):
+            raise
         return Run.Status.FAILED
 
 
 def target_busy_with(run: Run) -> int | None:
-    """The id of another run measuring this run's target right now (stale runs do not count), or None."""
+    """The id of another run measuring this run's target right now, or None.
+
+    A target is free only once its run has ended: a run whose worker went silent is first marked
+    interrupted (so its worker, should it still be alive, stops at its next heartbeat)."""
     if run.target_id is None:
         return None
-    others = Run.objects.filter(target_id=run.target_id, status=Run.Status.RUNNING).exclude(pk=run.pk)
-    for other in others.only("pk", "progress", "started"):
-        if not recovery.is_stale(other):
-            return other.pk
-    return None
+    others = Run.objects.filter(target_id=run.target_id).exclude(pk=run.pk)
+    ended = others.interrupt_stale()
+    if ended:
+        logger.warning("marked runs %s interrupted: their workers stopped reporting (same target as run %s)",
+                       ended, run.pk)
+    return others.running().values_list("pk", flat=True).first()
 
 
 def planned_soft_limit(run: Run) -> int:
@@ -146,6 +256,8 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
     }
     document = None
     status, reason = Run.Status.FAILED, ""
+    stopping: BaseException | None = None
+    shutdown = Shutdown(token).arm()
     recorder.start()
     try:
         document = engine_run_sweep(
@@ -169,33 +281,86 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
     except Exception as exc:
         logger.error("run %s: the sweep failed unexpectedly\n%s", run_id, traceback.format_exc())
         reason = internal_error_reason(exc, node)
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt: record the ending, then let the process go
+        token.cancel()
+        stopping = exc
+        status = Run.Status.INTERRUPTED
+        reason = (f"The worker {node} was stopped ({type(exc).__name__}) while this run was in progress. "
+                  "Levels finished before that are kept; resume the run to measure the rest.")
     finally:
         final_phase = {"phase": "done", "updated_at": timezone.now().isoformat()}
-        write_errors = recorder.close(final_progress=final_phase)
+        recorder.close(final_progress=final_phase)
         if telemetry is not None:
             # The engine closes telemetry itself (closing twice is safe); this covers a failure before it could.
             try:
                 telemetry.close()
             except Exception:
                 logger.debug("telemetry close after failure", exc_info=True)
+    try:
+        return record_end(run_id, node, status, reason, document, recorder, shutdown, stopping)
+    finally:
+        shutdown.disarm()
 
-    if write_errors and status == Run.Status.SUCCEEDED:
+
+def record_end(run_id: int, node: str, status: str, reason: str, document: dict | None, recorder: RunRecorder,
+               shutdown: Shutdown, stopping: BaseException | None) -> str:
+    """Settle the final status and reason, and write them (or save the levels to a file)."""
+    if shutdown.requested and stopping is None:
+        status = Run.Status.INTERRUPTED
+        reason = (f"The worker {node} was asked to stop (SIGTERM) while this run was in progress; the sweep "
+                  "stopped at once. Levels finished before that are kept (a level cut short is marked "
+                  "cancelled); resume the run to measure the rest.")
+    elif recorder.errors and status == Run.Status.SUCCEEDED:
         status = Run.Status.FAILED
-        reason = "Could not save all results to the database: " + "; ".join(write_errors[:3])
-    if status == Run.Status.CANCELLED:
+        reason = "Could not save all results to the database: " + "; ".join(recorder.errors[:3])
+    elif status == Run.Status.CANCELLED and recorder.database_lost:
+        status = Run.Status.FAILED
+    elif status == Run.Status.CANCELLED:
         reason = cancel_reason(run_id, document)
     elif status == Run.Status.SUCCEEDED:
         reason = stopped_levels_reason(document)
-    finish(run_id, status, reason, document, recorder.progress_snapshot())
-    logger.info("run %s: %s %s", run_id, status, reason)
-    return status
+    progress = recorder.progress_snapshot()
+    if recorder.database_lost:
+        levels = list((document or {}).get("levels") or []) or recorder.unsaved_levels()
+        path = spill.path_for(run_id)
+        status = Run.Status.FAILED
+        reason = (f"The database was unreachable for over {recorder.db.bound_s:.0f} s while this run was "
+                  f"measured ({recorder.db.last_error}), so the sweep was stopped. Its {len(levels)} measured "
+                  f"level(s) were saved to {path} on the worker {node}; the worker writes them here once the "
+                  "database answers again.")
+        spill.save(path, run_id, status=status, reason=reason, levels=levels, document=document)
+    db = DatabaseWrites(f"run {run_id}")
+    # The database already stayed away past its bound: one short try, the file keeps the rest and the
+    # worker's timer writes it once the database answers (workers.spill).
+    bound = FINAL_TRY_AFTER_LOSS_S if recorder.database_lost else None
+    try:
+        db.call(lambda: finish(run_id, status, reason, document, progress), bound_s=bound)
+    except DatabaseUnavailable as exc:
+        if not recorder.database_lost:
+            path = spill.path_for(run_id)
+            status = Run.Status.FAILED
+            levels = list((document or {}).get("levels") or []) or recorder.unsaved_levels()
+            reason = (f"The database was unreachable when this run ended ({exc}). Its {len(levels)} measured "
+                      f"level(s) were saved to {path} on the worker {node}; the worker writes them here once "
+                      "the database answers again.")
+            spill.save(path, run_id, status=status, reason=reason, levels=levels, document=document)
+        logger.error("run %s: could not record its end: %s", run_id, exc)
+    if recorder.ended_elsewhere:
+        logger.info("run %s: ended elsewhere as %s; its measured levels are kept", run_id, recorder.ended_elsewhere)
+    else:
+        logger.info("run %s: %s %s", run_id, status, reason)
+    if stopping is not None:
+        raise stopping
+    return recorder.ended_elsewhere or status
 
 
 def finish(run_id: int, status: str, reason: str, document: dict | None, progress: dict) -> None:
-    """Store the final status, the run-wide document and the summary; store any level not yet stored."""
+    """Store the final status, the run-wide document and the summary; store any level not yet stored.
+
+    A run someone else already ended (the stale-run sweeper, a cancel that found its worker silent)
+    keeps that ending; its levels are stored all the same."""
     finished = timezone.now()
-    fields = {"status": status, "status_reason": reason, "finished": finished,
-              "progress": {**progress, "phase": "done", "updated_at": finished.isoformat()}}
+    fields = {"progress": {**progress, "phase": "done", "updated_at": finished.isoformat()}}
     if document:
         run = Run(pk=run_id)
         for level in document.get("levels") or []:
@@ -208,7 +373,10 @@ def finish(run_id: int, status: str, reason: str, document: dict | None, progres
         version = (document.get("client") or {}).get("version")
         if version:
             fields["client_version"] = str(version)[:50]
-    Run.objects.filter(pk=run_id).update(**fields)
+    with transaction.atomic():
+        Run.objects.filter(pk=run_id, status=Run.Status.RUNNING).update(
+            status=status, status_reason=reason, finished=finished, heartbeat=finished)
+        Run.objects.filter(pk=run_id).update(**fields)
 
 
 def cancel_reason(run_id: int, document: dict | None) -> str:
@@ -271,20 +439,3 @@ def probe_target(self, target_id: int) -> dict | None:
     result = {**result, "at": datetime.now(UTC).isoformat(), "worker_host": node}
     Target.objects.filter(pk=target_id).update(last_probe=result)
     return result
-
-
-@worker_ready.connect
-def interrupt_runs_left_by_this_node(sender=None, **kwargs) -> None:
-    """On worker start: runs still marked running on this node died with its previous process."""
-    node = getattr(sender, "hostname", None)
-    if not node:
-        return
-    try:
-        ids = recovery.interrupt_runs_of_node(node)
-        if ids:
-            logger.warning("marked runs %s interrupted: %s had been running them before it restarted", ids, node)
-    except Exception:
-        logger.exception("could not check for runs interrupted by a restart of %s", node)
-    finally:
-        # This runs in the main worker process; pool processes must not share its connection.
-        connections.close_all()

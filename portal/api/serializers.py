@@ -265,7 +265,7 @@ class RunSerializer(serializers.ModelSerializer):
         model = Run
         fields = [
             "id", "url", "web_url", "uuid", "team", "target", "plan", "label", "notes", "status", "status_reason",
-            "source", "created_by", "created", "started", "finished", "worker_host", "client_version",
+            "source", "created_by", "created", "started", "finished", "worker_host", "heartbeat", "client_version",
             "cancel_requested", "is_baseline", "server_config", "target_config", "plan_config", "summary", "links",
             "aborted_at_level", "resumed_from",
         ]

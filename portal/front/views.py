@@ -1,6 +1,7 @@
 """Pages for targets, plans and runs. Views stay thin: access checks, a form, a template."""
 import math
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -18,7 +19,7 @@ from portal.accounts.access import can_write, get_owned_or_404, teams_for_user
 from portal.front.charts import run_charts
 from portal.front.forms import PlanForm, RunFilterForm, RunForm, TargetForm
 from portal.front.presets import PLAN_PRESETS, PRESET_LABELS
-from portal.sweeps.models import Plan, Run, Target
+from portal.sweeps.models import Plan, Run, Target, WorkerPresence
 from portal.sweeps.services import (
     ProbeThrottle,
     RunStateError,
@@ -272,10 +273,24 @@ def _results_context(run: Run) -> dict:
     }
 
 
+def waiting_note(run: Run) -> str:
+    """For a run queued a while on a queue no worker reported consuming: says so, and what to do."""
+    if run.status != Run.Status.QUEUED:
+        return ""
+    if (timezone.now() - run.created).total_seconds() < settings.EMBPERF_NO_WORKER_AFTER_S:
+        return ""
+    queue = (run.target_config or {}).get("queue") or "sweeps"
+    if WorkerPresence.listening_on(queue):
+        return ""
+    return (f"No worker is listening on queue {queue}: the run starts when one does "
+            f"(.venv/bin/celery -A workers worker -Q {queue}).")
+
+
 @login_required
 def run_detail(request, pk):
     run = get_owned_or_404(Run, request.user, pk)
     context = _results_context(run)
+    context["waiting_note"] = waiting_note(run)
     context["levels_total"] = len(run.plan_config.get("levels") or [])
     context["elapsed_s"] = (run.finished - run.started).total_seconds() if run.started and run.finished else None
     context.update(_continuation_context(request.user, run))
@@ -326,6 +341,9 @@ def run_progress(request, pk):
         "queue_position": run.queue_position(),
         "queue_text": run.queue_text(),
         "progress": run.progress or {},
+        "heartbeat_age_s": run.heartbeat_age_s() if run.status == Run.Status.RUNNING else None,
+        "worker_silent": run.worker_is_silent(),
+        "waiting_note": waiting_note(run),
         "levels": None,
         "results_html": None,
     }
@@ -345,8 +363,10 @@ def run_cancel(request, pk):
         messages.info(request, f"This run has already finished ({run.get_status_display().lower()}).")
         return redirect(run)
     run = request_cancel(run)
-    if run.status == Run.Status.CANCELLED:
+    if run.status == Run.Status.CANCELLED and run.started is None:
         messages.success(request, "Run cancelled before it started.")
+    elif run.status == Run.Status.CANCELLED:
+        messages.success(request, "Run cancelled: its worker had stopped reporting, so it was ended at once.")
     else:
         messages.info(request, "Cancelling: the worker stops within a few seconds and keeps the finished levels.")
     return redirect(run)

@@ -7,11 +7,15 @@ keeps copies of both so that editing a target or plan never rewrites history.
 """
 import re
 import uuid
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import models
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django.urls import reverse
+from django.utils import timezone
 
 from benchmarks.document import key_figures, level_load
 from benchmarks.plan import PLAN_DEFAULTS, planned_seconds
@@ -247,8 +251,61 @@ class Plan(models.Model):
 
 
 class RunQuerySet(TeamOwnedQuerySet):
+    """Besides the team filter, the recovery rules: a running run is alive while its worker's
+    heartbeat (Run.heartbeat, written every EMBPERF_HEARTBEAT_S) is younger than EMBPERF_STALE_AFTER_S;
+    past that its worker is taken for dead, whatever its host or node name."""
+
     def active(self):
         return self.filter(status__in=[Run.Status.QUEUED, Run.Status.RUNNING])
+
+    def running(self):
+        return self.filter(status=Run.Status.RUNNING)
+
+    def stale(self, *, stale_after_s: float | None = None):
+        """Running runs whose worker has been silent for longer than `stale_after_s` seconds."""
+        cutoff = timezone.now() - timedelta(seconds=stale_after(stale_after_s))
+        silent = Q(heartbeat__lt=cutoff) | Q(heartbeat__isnull=True, started__lt=cutoff) | Q(
+            heartbeat__isnull=True, started__isnull=True)
+        return self.running().filter(silent)
+
+    def live(self, *, stale_after_s: float | None = None):
+        """Running runs whose worker is still heard from."""
+        return self.running().exclude(pk__in=self.stale(stale_after_s=stale_after_s).values("pk"))
+
+    def end_as(self, status: str, reason: str) -> list[int]:
+        """End these runs if they still run; their finish time is their last heartbeat (when the
+        worker was last heard from), not now. Returns the ids that were ended here."""
+        ended = []
+        for pk in self.running().values_list("pk", flat=True):
+            # One row at a time, still conditional on "running": a run that ended meanwhile keeps its end.
+            if Run.objects.filter(pk=pk, status=Run.Status.RUNNING).update(
+                    status=status, status_reason=reason,
+                    finished=Coalesce(F("heartbeat"), F("started"), Value(timezone.now()))):
+                ended.append(pk)
+        return ended
+
+    def interrupt_stale(self, *, stale_after_s: float | None = None) -> list[int]:
+        """Mark running runs whose worker went silent `interrupted`, each with a reason naming its worker."""
+        seconds = stale_after(stale_after_s)
+        ended = []
+        for run in self.stale(stale_after_s=seconds).only("pk", "worker_host"):
+            reason = (f"The worker {run.worker_host or '(unknown)'} stopped reporting for over {seconds:.0f} s; "
+                      "it probably died or was killed. Levels finished before that are kept; resume the run "
+                      "to measure the rest.")
+            ended += Run.objects.filter(pk=run.pk).stale(stale_after_s=seconds).end_as(
+                Run.Status.INTERRUPTED, reason)
+        return ended
+
+    def interrupt_of_node(self, node: str) -> list[int]:
+        """A worker node just started: whatever it was running before is gone."""
+        reason = (f"The worker {node} stopped while this run was in progress (it was restarted or killed). "
+                  "Levels finished before that are kept; resume the run to measure the rest.")
+        return self.running().filter(worker_host=node).end_as(Run.Status.INTERRUPTED, reason)
+
+
+def stale_after(seconds: float | None = None) -> float:
+    """The heartbeat age past which a running run's worker is taken for dead (EMBPERF_STALE_AFTER_S)."""
+    return float(seconds if seconds is not None else settings.EMBPERF_STALE_AFTER_S)
 
 
 class Run(models.Model):
@@ -290,6 +347,8 @@ class Run(models.Model):
     worker_host = models.CharField(max_length=200, blank=True, default="")
     client_version = models.CharField(max_length=50, blank=True, default="")
     cancel_requested = models.BooleanField(default=False)
+    # The worker's liveness: written with the progress, at least every EMBPERF_HEARTBEAT_S seconds.
+    heartbeat = models.DateTimeField(null=True, blank=True)
     progress = models.JSONField(default=dict, blank=True)
     # Run-wide parts of the result document: client, host, inputs, summary, telemetry notes.
     document = models.JSONField(default=dict, blank=True)
@@ -318,6 +377,20 @@ class Run(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in self.FINAL
+
+    def last_heard(self):
+        """When the worker last reported on this run (its heartbeat, else its start)."""
+        return self.heartbeat or self.started
+
+    def heartbeat_age_s(self) -> float | None:
+        """Seconds since the worker last reported; None for a run no worker has started."""
+        beat = self.last_heard()
+        return None if beat is None else max(0.0, (timezone.now() - beat).total_seconds())
+
+    def worker_is_silent(self) -> bool:
+        """True for a running run whose worker has not reported within EMBPERF_STALE_AFTER_S."""
+        age = self.heartbeat_age_s()
+        return self.status == self.Status.RUNNING and (age is None or age > stale_after())
 
     @property
     def aborted_at_level(self) -> float | None:
@@ -453,3 +526,35 @@ class RawSampleChunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id}#{self.level_index}: {self.count} samples"
+
+
+class WorkerPresence(models.Model):
+    """A Celery worker node and the queues it consumes, as last reported by its own timer.
+
+    The run page reads it to say "no worker is listening on queue X" for a run that stays queued.
+    """
+
+    node = models.CharField(max_length=200, unique=True)
+    queues = models.JSONField(default=list)
+    seen = models.DateTimeField()
+
+    class Meta:
+        ordering = ["node"]
+
+    def __str__(self) -> str:
+        return self.node
+
+    # Rows of workers not seen for this long are dropped (node names change with hosts and restarts).
+    FORGET_AFTER = timedelta(days=7)
+
+    @classmethod
+    def report(cls, node: str, queues: list[str]) -> None:
+        now = timezone.now()
+        cls.objects.update_or_create(node=node, defaults={"queues": sorted(queues), "seen": now})
+        cls.objects.filter(seen__lt=now - cls.FORGET_AFTER).delete()
+
+    @classmethod
+    def listening_on(cls, queue: str) -> bool:
+        """Whether a worker reported consuming `queue` within the stale bound."""
+        cutoff = timezone.now() - timedelta(seconds=stale_after())
+        return any(queue in (row.queues or []) for row in cls.objects.filter(seen__gte=cutoff).only("queues"))

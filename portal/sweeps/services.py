@@ -258,13 +258,22 @@ def resume_run(run: Run, *, user=None, source: str = Run.Source.PORTAL) -> Run:
 
 def request_cancel(run: Run) -> Run:
     """Cancel a run: a queued one ends at once, a running one is asked to stop (the worker checks
-    the flag every half second and the engine stops within a second). Returns the refreshed run."""
+    the flag every half second and the engine stops within a second). A running run whose worker
+    went silent (heartbeat older than EMBPERF_STALE_AFTER_S) ends at once too: no worker would read
+    the flag. Returns the refreshed run."""
     cancelled = Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
         status=Run.Status.CANCELLED, cancel_requested=True, finished=timezone.now(),
         status_reason="Cancelled before it started.",
     )
     if not cancelled:
         Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(cancel_requested=True)
+        silent = Run.objects.filter(pk=run.pk).stale()
+        for row in silent.only("pk", "worker_host", "heartbeat", "started"):
+            age = row.heartbeat_age_s()
+            heard = f"{age:.0f} s ago" if age is not None else "never"
+            silent.end_as(Run.Status.CANCELLED, (
+                f"Cancelled on request. Its worker {row.worker_host or '(unknown)'} was last heard from {heard} "
+                "(it probably died), so the run was ended here at once; levels finished before that are kept."))
     run.refresh_from_db()
     return run
 

@@ -133,6 +133,15 @@
     }
     if (state.started_display) $("run-started").textContent = state.started_display;
     if (state.worker_host) $("run-worker").textContent = state.worker_host;
+    // The worker's heartbeat: how long since it last reported, and whether it has gone silent.
+    if ($("run-heartbeat") && state.heartbeat_age_s !== null && state.heartbeat_age_s !== undefined) {
+      $("run-heartbeat").textContent = Math.round(state.heartbeat_age_s) + " s ago" +
+        (state.worker_silent ? " (worker silent: it probably died; any running worker marks the run interrupted, or cancel it)" : "");
+    }
+    if ($("waiting-note")) {
+      $("waiting-note").hidden = !state.waiting_note;
+      $("waiting-note").textContent = state.waiting_note || "";
+    }
     if (state.levels !== null) {
       $("results").innerHTML = state.results_html;
       shownLevels = state.levels.length;
