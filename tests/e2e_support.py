@@ -271,11 +271,12 @@ def _setup(state: dict, *, sim_url: str, queue: str) -> dict:
     from django.contrib.auth.models import User
 
     from portal.accounts.models import Membership, Team
-    from portal.sweeps.models import Plan, Target
+    from portal.sweeps.models import Plan, QueueGrant, Target
 
     user = User.objects.create_user("e2e", password=uuid.uuid4().hex)
     team = Team.objects.create(name="E2E")
     Membership.objects.create(team=team, user=user, role=Membership.Role.OWNER)
+    QueueGrant.objects.create(team=team, queue=queue)  # the operator lends the team this worker's queue
     target = Target.objects.create(team=team, name="simulator", base_urls=[sim_url], model_name="sim-embed",
                                    engine="simulator", queue=queue)
     short = Plan.objects.create(team=team, name="short", levels=[1, 2], warmup_s=0.5, duration_s=1, tokens=64,
