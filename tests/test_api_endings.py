@@ -6,7 +6,7 @@ import io
 import pytest
 
 from portal.sweeps.models import Run
-from tests.api_support import document, fresh_throttles, token_client  # noqa: F401  (fixture)
+from tests.api_support import document, token_client
 from tests.factories import level_docs, stored_run
 
 pytestmark = pytest.mark.usefixtures("fresh_throttles")
