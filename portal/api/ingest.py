@@ -3,8 +3,9 @@
 The document is checked against benchmarks/result-schema.json and a few rules JSON Schema cannot
 say; every problem is reported with the path of the field (`levels[2].latency_ms.p99`). Nothing is
 saved unless the whole document is accepted. The target and plan are matched by name within the
-team (and created from the document when missing), so ingested runs sit in history beside runs
-started in the browser.
+team (and created from the document when missing, `Target/Plan.from_spec`), so ingested runs sit
+in history beside runs started in the browser. The accepted document is recorded by
+`portal.sweeps.documents.record_document`, as the worker records the runs it measures.
 """
 import json
 import uuid
