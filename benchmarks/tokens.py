@@ -19,7 +19,6 @@ from benchmarks.errors import ConfigError
 TOKENIZER = "tokenizer"
 USAGE = "server usage"
 ESTIMATE = "estimate"
-SOURCES = (TOKENIZER, USAGE, ESTIMATE)
 
 # Characters per token that English prose can have: word-piece and BPE vocabularies give about 4;
 # below 2 the server counts something finer than tokens, above 8 something coarser.
