@@ -40,6 +40,11 @@ def test_the_api_names_the_level_the_abort_policy_stopped_at(api, aborted, targe
     assert listed == {aborted.pk: 4, complete.pk: None}
 
 
+def test_each_level_in_the_api_carries_its_status(api, aborted):
+    levels = api.get(f"/api/v1/runs/{aborted.pk}/").json()["levels"]
+    assert [(level["concurrency"], level["status"]) for level in levels] == [(1, "completed"), (4, "aborted")]
+
+
 def test_the_document_csv_and_markdown_say_the_sweep_was_stopped(api, aborted):
     doc = api.get(f"/api/v1/runs/{aborted.pk}/export/").json()
     assert doc["run"]["aborted_at_level"] == 4 and doc["run"]["resumed_from"] is None
