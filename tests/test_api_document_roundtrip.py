@@ -53,7 +53,10 @@ def _assert_second_portal_gives_it_back(first: dict, outsider, other_team) -> No
     target = Target.objects.get(team=other_team)
     plan = Plan.objects.get(team=other_team)
     target_spec, plan_spec = target.to_spec(with_secret=False), plan.to_spec()
-    assert {key: target_spec[key] for key in first["target"]} == first["target"]
+    # Except the worker queue and the tokenizer, which name things where the sweep ran.
+    assert target_spec["queue"] == "sweeps" and "tokenizer" not in target_spec
+    taken = [key for key in first["target"] if key not in ("queue", "tokenizer")]
+    assert {key: target_spec[key] for key in taken} == {key: first["target"][key] for key in taken}
     shared = [key for key in first["plan"] if key in plan_spec]
     assert {"levels", "tokens", "dimensions", "slo_p99_ms", "abort_window_s"} <= set(shared)
     assert {key: plan_spec[key] for key in shared} == {key: first["plan"][key] for key in shared}
@@ -68,7 +71,7 @@ def simulator():
 def test_a_run_the_worker_measured_exports_identically_from_a_second_portal(
         transactional_db, team, owner, other_team, outsider, simulator):
     target = Target.objects.create(team=team, name="sim", base_urls=[simulator.base_url], model_name="sim-embed",
-                                   engine="simulator", launch_config={"--max-batch": "64"})
+                                   engine="simulator", launch_config={"--max-batch": "64"}, queue="gpu-host-1")
     plan = Plan.objects.create(team=team, name="short", **PLAN)
     run = create_run(target=target, plan=plan, label="night build", notes="first try",
                      server_config={"--max-running-requests": "128"})
@@ -78,6 +81,7 @@ def test_a_run_the_worker_measured_exports_identically_from_a_second_portal(
     assert [level["concurrency"] for level in first["levels"]] == [1, 2]
     assert first["summary"]["peak_level"] in (1, 2) and first["probe"] and first["client"]["version"]
     assert (first["run"]["label"], first["run"]["status"]) == ("night build", "succeeded")
+    assert first["target"]["queue"] == "gpu-host-1"
     _assert_second_portal_gives_it_back(first, outsider, other_team)
 
 

@@ -23,7 +23,7 @@ from portal.accounts.models import Team
 from portal.front.fields import URLListField
 from portal.sweeps.bounds import plan_document_errors, target_field_errors
 from portal.sweeps.documents import record_document
-from portal.sweeps.models import Plan, QueueGrant, Run, Target
+from portal.sweeps.models import Plan, Run, Target
 from portal.sweeps.outbound import outbound_policy, validate_outbound_url
 
 MAX_ERRORS = 20
@@ -222,10 +222,9 @@ def _match_target(team, spec: dict) -> Target:
     target = Target.objects.filter(team=team, name=spec["name"]).order_by("id").first()
     if target is not None:
         return target
-    spec = public_target(spec)
-    if spec.get("queue") and not QueueGrant.objects.allows(team, spec["queue"]):
-        # A queue this team may not send work to is not taken over; the target gets the default one.
-        spec.pop("queue")
+    # The worker queue and the tokenizer name things where the sweep ran (a queue of that portal, a file on
+    # that host); the run's snapshot keeps them, the new target takes this portal's defaults.
+    spec = {key: value for key, value in public_target(spec).items() if key not in ("queue", "tokenizer")}
     target = Target.from_spec(spec, team=team)
     target.save()
     return target
