@@ -23,15 +23,6 @@ def small_model(target):
     return target
 
 
-@pytest.fixture
-def enqueued(monkeypatch):
-    from workers import tasks
-
-    calls = []
-    monkeypatch.setattr(tasks.run_sweep, "apply_async", lambda *a, **kw: calls.append(kw))
-    return calls
-
-
 def preset_plan(team, key, **changes) -> Plan:
     fields = {k: v for k, v in PLAN_PRESETS[key].items()}
     return Plan.objects.create(team=team, **{**fields, **changes})

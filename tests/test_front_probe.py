@@ -7,6 +7,9 @@ pytestmark = pytest.mark.django_db
 
 
 def test_probe_is_enqueued_on_the_targets_queue(client, owner, target, enqueued):
+    from portal.sweeps.models import QueueGrant
+
+    QueueGrant.objects.create(team=target.team, queue="gpu-host-1")
     target.queue = "gpu-host-1"
     target.save()
     client.force_login(owner)
