@@ -21,14 +21,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be above 0")
-    return value
-
-
 def non_negative(text: str) -> float:
     """A finite number >= 0."""
     value = _number(text, float)

@@ -21,9 +21,10 @@ from rich.text import Text
 from benchmarks import __version__, push
 from benchmarks.argtypes import fraction, number, whole_number
 from benchmarks.control import CancelToken
-from benchmarks.document import token_notes
+from benchmarks.document import level_load, token_notes
 from benchmarks.errors import ConfigError, SweepError
 from benchmarks.flavors import FLAVORS
+from benchmarks.numbers import figure, percent
 from benchmarks.plan import PLAN_DEFAULTS, FieldErrors, PlanLimits, normalize_plan
 
 D = PLAN_DEFAULTS  # the plan rule's defaults are the command line's defaults
@@ -70,10 +71,6 @@ def _gpus(text: str) -> list[int]:
         return [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--gpus takes indices like 0,1 (or 'all'), not {text!r}") from None
-
-
-
-
 
 
 def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,12 +194,6 @@ def plan_from_args(args) -> dict:
     }
 
 
-def _fmt(value, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
 def results_table(document: dict) -> Table:
     """The per-level table: load, QPS, average and p99 latency, error rate, tokens/s."""
     open_loop = document["plan"]["mode"] == "open"
@@ -213,7 +204,6 @@ def results_table(document: dict) -> Table:
     table.add_column("note")
     tokens_short, _ = token_notes(document)
     for level in document["levels"]:
-        load = level["rate"] if open_loop else level["concurrency"]
         notes = []
         if level["status"] != "completed":
             notes.append(level["status"])
@@ -229,8 +219,9 @@ def results_table(document: dict) -> Table:
         for stall in level.get("stalls") or []:
             notes.append(f"stalled {stall['duration_s']:g} s at t = {stall['t']:g} s")
         table.add_row(
-            f"{load:g}", _fmt(level["qps"]), _fmt(level["latency_ms"]["mean"]), _fmt(level["latency_ms"]["p99"]),
-            f"{level['error_rate']:.2%}", _fmt(level["tokens_per_s"], 0), ", ".join(notes),
+            figure(level_load(level)), figure(level["qps"]), figure(level["latency_ms"]["mean"]),
+            figure(level["latency_ms"]["p99"]), percent(level["error_rate"]), figure(level["tokens_per_s"]),
+            ", ".join(notes),
         )
     return table
 
@@ -240,13 +231,13 @@ def summary_lines(document: dict) -> list[str]:
     summary = document["summary"]
     lines = []
     if summary["peak_qps"] is not None:
-        lines.append(f"peak {summary['peak_qps']:,.1f} req/s at {summary['peak_level']:g}")
+        lines.append(f"peak {figure(summary['peak_qps'])} req/s at {figure(summary['peak_level'])}")
     if summary["knee_level"] is not None:
-        lines.append(f"knee at {summary['knee_level']:g} (after it, throughput grows < 10 % while p99 grows)")
+        lines.append(f"knee at {figure(summary['knee_level'])} (after it, throughput grows < 10 % while p99 grows)")
     if summary["slo_p99_ms"] is not None:
         best = summary["slo_max_level"]
-        lines.append(f"p99 <= {summary['slo_p99_ms']:g} ms up to level {best:g}" if best is not None
-                     else f"no level met p99 <= {summary['slo_p99_ms']:g} ms")
+        lines.append(f"p99 <= {figure(summary['slo_p99_ms'])} ms up to level {figure(best)}" if best is not None
+                     else f"no level met p99 <= {figure(summary['slo_p99_ms'])} ms")
     if document["inputs"].get("cache_study"):
         lines.append("cache study: every request sent the same text (--repeat-input)")
     lines.extend(token_notes(document)[1])
@@ -291,19 +282,19 @@ class LiveView:
         if self.live is None:
             return
         second = p.get("second") or {}
-        text = (f"level {p['level_index'] + 1}/{p['levels_total']}  {self.unit} {p['load']:g}  {p['phase']:<7}"
+        text = (f"level {p['level_index'] + 1}/{p['levels_total']}  {self.unit} {figure(p['load'])}  {p['phase']:<7}"
                 f"  {p['level_elapsed_s']:5.1f}/{p['level_total_s']:g} s"
                 f"  ok {p['completed']:,}  failed {p['failed']:,}")
         if second:
-            text += (f"  last second: {second['completed']} done, p50 {_fmt(second['p50_ms'])} ms,"
-                     f" p99 {_fmt(second['p99_ms'])} ms, {second['in_flight']} in flight")
+            text += (f"  last second: {second['completed']} done, p50 {figure(second['p50_ms'])} ms,"
+                     f" p99 {figure(second['p99_ms'])} ms, {second['in_flight']} in flight")
         text += f"  eta {p['run_eta_s']:.0f} s"
         self.live.update(Text(text))
 
     def level(self, level: dict) -> None:
-        load = level["rate"] if level["rate"] is not None else level["concurrency"]
-        self.console.print(f"level {level['index'] + 1} ({self.unit} {load:g}): {level['qps']:,.1f} req/s, "
-                           f"p99 {_fmt(level['latency_ms']['p99'])} ms, errors {level['error_rate']:.2%}"
+        self.console.print(f"level {level['index'] + 1} ({self.unit} {figure(level_load(level))}): "
+                           f"{figure(level['qps'])} req/s, p99 {figure(level['latency_ms']['p99'])} ms, "
+                           f"errors {percent(level['error_rate'])}"
                            + (f" [{level['status']}]" if level["status"] != "completed" else ""))
 
 
@@ -384,13 +375,12 @@ def sweep_flaws(document: dict, max_error_rate: float) -> list[str]:
     flaws = []
     aborted_at = document["run"].get("aborted_at_level")
     if aborted_at is not None:
-        flaws.append(f"the abort policy stopped the sweep at level {aborted_at:g}; "
+        flaws.append(f"the abort policy stopped the sweep at level {figure(aborted_at)}; "
                      "the levels after it were not measured")
     for level in document["levels"]:
         if level["error_rate"] > max_error_rate:
-            load = level["rate"] if level["rate"] is not None else level["concurrency"]
-            flaws.append(f"level {load:g}: error rate {level['error_rate']:.2%} is above "
-                         f"--max-error-rate {max_error_rate:.2%}")
+            flaws.append(f"level {figure(level_load(level))}: error rate {percent(level['error_rate'], 2)} is above "
+                         f"--max-error-rate {percent(max_error_rate, 2)}")
     return flaws
 
 

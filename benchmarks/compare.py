@@ -124,19 +124,6 @@ def _series(timeseries: Iterable[dict], key: str) -> list[float]:
     return [float(s[key]) for s in timeseries if s.get(key) is not None]
 
 
-def level_values(doc: dict) -> dict[str, float | None]:
-    """The compared figures of one level document, keyed like METRICS."""
-    latency = doc.get("latency_ms") or {}
-    return {
-        "qps": doc.get("qps"),
-        "tokens_per_s": doc.get("tokens_per_s"),
-        "p50_ms": latency.get("p50"),
-        "p90_ms": latency.get("p90"),
-        "p99_ms": latency.get("p99"),
-        "error_rate": doc.get("error_rate"),
-    }
-
-
 def level_noise(doc: dict, quantile: Callable[[float], float] | None = None) -> dict[str, float | None]:
     """Standard error of each compared figure of one level, from the variation inside the level.
 

@@ -340,8 +340,3 @@ def key_figures(summary: dict | None) -> dict:
 def public_target(target: dict) -> dict:
     """The target as stored in a document: everything except the API key."""
     return {k: v for k, v in target.items() if k != "api_key"}
-
-
-def public_plan(plan: dict) -> dict:
-    """The plan as stored in a document (as run, defaults filled in)."""
-    return dict(plan)

@@ -11,7 +11,8 @@ Clock: `time.perf_counter()` throughout (CLOCK_MONOTONIC on Linux, shared by all
 host, so the controller can hand every process the same start instant).
 
 Timing rules (docs/result-schema.md, "In-flight rule"):
-- the window is [t_w, t_e): t_w = level start + warm-up, t_e = t_w + duration;
+- the measured window is [window_start, window_end): it starts after the level's warm-up and lasts
+  its duration;
 - a request belongs to the window when its intended start (closed loop: actual start) lies in it;
   latency (from the intended start) and service time (from the actual start) are recorded for
   those requests that succeeded or timed out, so a stall can never hide behind a timeout;
@@ -82,7 +83,7 @@ def host_cpu_times() -> tuple[float, float] | None:
         import psutil
 
         times = psutil.cpu_times()
-    except Exception:  # noqa: BLE001 - host figures are context, never a reason to fail
+    except Exception:  # host figures are context, never a reason to fail
         return None
     total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
     idle = times.idle + getattr(times, "iowait", 0.0)
@@ -126,8 +127,8 @@ class LevelRunner:
         self.cpu_clock = cpu_clock
 
         self.t0 = work["t0"]
-        self.t_w = self.t0 + work["warmup_s"]
-        self.t_e = self.t_w + work["duration_s"]
+        self.window_start = self.t0 + work["warmup_s"]
+        self.window_end = self.window_start + work["duration_s"]
         self.window_seconds = math.ceil(work["duration_s"])
         self.timeout_s = work["timeout_s"]
         self.dims = work["dims"]
@@ -156,14 +157,14 @@ class LevelRunner:
         self.token_source = work.get("token_source") or USAGE
         self.window_usage = 0  # the server's usage, for requests the tokenizer counted too
         self.window_counted = 0  # the tokenizer's count of the same requests
-        self.tpt_sum = 0.0  # tokens per text, over window requests that reported tokens
-        self.tpt_n = 0
-        self.tpt_min = None
-        self.tpt_max = None
+        self.tokens_per_text_sum = 0.0  # tokens per text, over window requests that reported tokens
+        self.tokens_per_text_count = 0
+        self.tokens_per_text_min = None
+        self.tokens_per_text_max = None
         self.seconds: dict[int, Second] = {}
         self.examples: dict[str, str] = {}
         self.samples: list[tuple] = []
-        self.rr = 0
+        self.next_url = 0  # the base URLs take turns (round robin)
         self.stop_reason = None  # "cancelled" or "aborted" when told to stop early
         self.window_closed_at = None
         self.cpu_window_start = None
@@ -186,8 +187,8 @@ class LevelRunner:
         counted = self.inputs.last_tokens
         n_texts = len(texts)
         body = self.flavor.body(texts)
-        url = self.urls[self.rr % len(self.urls)]
-        self.rr += 1
+        url = self.urls[self.next_url % len(self.urls)]
+        self.next_url += 1
         self.in_flight += 1
         start = time.perf_counter()
         if intended is None:
@@ -238,7 +239,7 @@ class LevelRunner:
                 except InvalidResponse as exc:
                     outcome = INVALID_RESPONSE
                     self._example(outcome, str(exc))
-                except Exception as exc:  # noqa: BLE001 - a hostile answer must never end the load slot
+                except Exception as exc:  # a hostile answer must never end the load slot
                     outcome = INVALID_RESPONSE
                     self._example(outcome, f"the answer could not be checked ({type(exc).__name__}: {exc})")
             else:
@@ -263,13 +264,13 @@ class LevelRunner:
             self._unreachable_since = None
 
     def _window_overlap(self, begin: float, end: float) -> float:
-        return max(0.0, min(end, self.t_e) - max(begin, self.t_w))
+        return max(0.0, min(end, self.window_end) - max(begin, self.window_start))
 
     def _example(self, outcome: str, message: str) -> None:
         self.examples.setdefault(outcome, message[:300])
 
     def _record(self, intended, start, end, outcome, status, tokens, n_texts, nbytes, counted=None) -> None:
-        t_w = self.t_w
+        window_start = self.window_start
         ok = outcome == OK
         usage = tokens
         if ok:
@@ -282,28 +283,28 @@ class LevelRunner:
             elif tokens is None:
                 self.tokens_missing += 1
                 tokens = round(n_texts * self.est_tokens)
-        if t_w <= intended < self.t_e:
+        if window_start <= intended < self.window_end:
             self.counts[outcome] += 1
             if ok or outcome == TIMEOUT:
                 stats.record_seconds(self.latency, end - intended)
                 stats.record_seconds(self.service, end - start)
             if ok and tokens:
                 per_text = tokens / n_texts
-                self.tpt_sum += per_text
-                self.tpt_n += 1
-                if self.tpt_min is None or per_text < self.tpt_min:
-                    self.tpt_min = per_text
-                if self.tpt_max is None or per_text > self.tpt_max:
-                    self.tpt_max = per_text
+                self.tokens_per_text_sum += per_text
+                self.tokens_per_text_count += 1
+                if self.tokens_per_text_min is None or per_text < self.tokens_per_text_min:
+                    self.tokens_per_text_min = per_text
+                if self.tokens_per_text_max is None or per_text > self.tokens_per_text_max:
+                    self.tokens_per_text_max = per_text
             if self.keep_samples:
-                self.samples.append((round(intended - t_w, 6), round(start - t_w, 6), round(end - t_w, 6),
-                                     outcome, status, tokens, n_texts, nbytes))
+                self.samples.append((round(intended - window_start, 6), round(start - window_start, 6),
+                                     round(end - window_start, 6), outcome, status, tokens, n_texts, nbytes))
         # Per-second series and throughput go by completion time; completions after the window
         # (the drain) get seconds of their own, so the window's last, partial second stays exact.
-        if end < self.t_e:
-            sec = math.floor(end - t_w)
+        if end < self.window_end:
+            sec = math.floor(end - window_start)
         else:
-            sec = self.window_seconds + math.floor(end - self.t_e)
+            sec = self.window_seconds + math.floor(end - self.window_end)
         bucket = self.seconds.get(sec)
         if bucket is None:
             bucket = self.seconds[sec] = Second()
@@ -316,7 +317,7 @@ class LevelRunner:
         if ok:
             bucket.ok += 1
             stats.record_seconds(bucket.hist, end - intended)
-            if t_w <= end < self.t_e:
+            if window_start <= end < self.window_end:
                 self.window_ok += 1
                 self.window_texts += n_texts
                 self.window_tokens += tokens or 0
@@ -327,9 +328,9 @@ class LevelRunner:
             bucket.errors += 1
 
     def _note_stall(self, begin: float, end: float) -> None:
-        begin, end = max(begin, self.t_w), min(end, self.t_e)
+        begin, end = max(begin, self.window_start), min(end, self.window_end)
         if end - begin >= STALL_MIN_S:
-            self.stalls.append((round(begin - self.t_w, 3), round(end - begin, 3)))
+            self.stalls.append((round(begin - self.window_start, 3), round(end - begin, 3)))
 
     # ---- load patterns -----------------------------------------------------------------------
 
@@ -343,8 +344,8 @@ class LevelRunner:
         perf = time.perf_counter
         intended = self.t0 + float(work.get("phase_s") or 0.0)
         back_to_back = 0
-        deadline = self.t_e + self.timeout_s
-        while intended < self.t_e and self._issuing:
+        deadline = self.window_end + self.timeout_s
+        while intended < self.window_end and self._issuing:
             delay = intended - perf()
             if delay > 0:
                 back_to_back = 0
@@ -360,7 +361,7 @@ class LevelRunner:
                 except TimeoutError:
                     break
             now = perf()
-            if intended >= self.t_w:
+            if intended >= self.window_start:
                 self.started += 1
                 lag = now - intended
                 stats.record_seconds(self.schedule, lag if lag > 0 else 0)
@@ -370,8 +371,8 @@ class LevelRunner:
             intended += rng.expovariate(rate) if poisson else 1.0 / rate
         # Arrivals due inside the window that could not even start before the deadline (the
         # in-flight cap held them back): they count as timeouts, latency as long as they waited.
-        while intended < self.t_e and self._issuing and self.stop_reason is None:
-            if intended >= self.t_w:
+        while intended < self.window_end and self._issuing and self.stop_reason is None:
+            if intended >= self.window_start:
                 self.started += 1
                 self.counts[TIMEOUT] += 1
                 stats.record_seconds(self.latency, max(deadline - intended, 0))
@@ -399,7 +400,7 @@ class LevelRunner:
             before = perf()
             await asyncio.sleep(LAG_PROBE_INTERVAL_S)
             now = perf()
-            if self.t_w <= now < self.t_e:
+            if self.window_start <= now < self.window_end:
                 stats.record_seconds(self.loop_lag, max(0.0, now - before - LAG_PROBE_INTERVAL_S))
             polls += 1
             if polls >= STOP_POLL_EVERY:
@@ -411,9 +412,9 @@ class LevelRunner:
         # Timers on the loop's own clock: window start, window end and every second boundary.
         loop = asyncio.get_running_loop()
         offset = loop.time() - time.perf_counter()
-        loop.call_at(self.t_w + offset, self._open_window)
-        self._close_handle = loop.call_at(self.t_e + offset, self._on_window_end)
-        self._next_tick = self.t_w + math.floor(time.perf_counter() - self.t_w) + 1
+        loop.call_at(self.window_start + offset, self._open_window)
+        self._close_handle = loop.call_at(self.window_end + offset, self._on_window_end)
+        self._next_tick = self.window_start + math.floor(time.perf_counter() - self.window_start) + 1
         self._tick_offset = offset
         self._tick_handle = loop.call_at(self._next_tick + offset, self._on_tick)
 
@@ -435,7 +436,7 @@ class LevelRunner:
             self._tick_handle = loop.call_at(self._next_tick + self._tick_offset, self._on_tick)
 
     def _close_window(self, now: float) -> None:
-        self.window_closed_at = min(now, self.t_e)
+        self.window_closed_at = min(now, self.window_end)
         if self.cpu_window_start is not None:
             cpu0, wall0 = self.cpu_window_start
             self.cpu_window = (self.cpu_clock() - cpu0, now - wall0)
@@ -464,25 +465,25 @@ class LevelRunner:
         self.stop_reason = "stopped"
         self._issuing = False
         if self.window_closed_at is None:
-            if now > self.t_w:
+            if now > self.window_start:
                 self._close_window(now)
-                self.t_e = now
+                self.window_end = now
             else:
-                self.window_closed_at = self.t_w
-                self.t_e = self.t_w
+                self.window_closed_at = self.window_start
+                self.window_end = self.window_start
                 self._in_flight_at_close = self.in_flight
         for task in list(self._tasks):
             task.cancel()
 
     def _report_second(self, tick: float) -> None:
-        sec = round(tick - self.t_w) - 1
+        sec = round(tick - self.window_start) - 1
         bucket = self.seconds.get(sec)
         if bucket is None:
             bucket = self.seconds[sec] = Second()
         bucket.in_flight = self.in_flight
         if sec < 0:
             phase = "warmup"
-        elif tick <= self.t_e + 1e-9 or self.window_closed_at is None:
+        elif tick <= self.window_end + 1e-9 or self.window_closed_at is None:
             phase = "measure"
         else:
             phase = "drain"
@@ -554,13 +555,13 @@ class LevelRunner:
         pause = 0.0
         while self._issuing:
             now = perf()
-            if now >= self.t_e:
+            if now >= self.window_end:
                 break
-            if now >= self.t_w:
+            if now >= self.window_start:
                 self.started += 1
             if await request(None):
                 pause = min(BACKOFF_MAX_S, pause * 2 if pause else BACKOFF_FIRST_S)
-                await asyncio.sleep(min(pause, max(0.0, self.t_e - perf())))
+                await asyncio.sleep(min(pause, max(0.0, self.window_end - perf())))
             else:
                 pause = 0.0
 
@@ -570,7 +571,7 @@ class LevelRunner:
         if not tasks:
             return
         while True:
-            remaining = self.t_e + self.timeout_s + 1.0 - time.perf_counter()
+            remaining = self.window_end + self.timeout_s + 1.0 - time.perf_counter()
             done, pending = await asyncio.wait(tasks, timeout=max(0.05, min(remaining, 0.25)))
             if not pending:
                 return
@@ -582,8 +583,8 @@ class LevelRunner:
                 return
 
     def _partial(self) -> dict:
-        t_end = self.window_closed_at if self.window_closed_at is not None else self.t_e
-        duration = max(0.0, min(t_end, self.t_e) - self.t_w)
+        t_end = self.window_closed_at if self.window_closed_at is not None else self.window_end
+        duration = max(0.0, min(t_end, self.window_end) - self.window_start)
         n_seconds = math.ceil(duration - 1e-9) if duration > 0 else 0
         seconds = {}
         for sec in range(n_seconds):
@@ -597,7 +598,7 @@ class LevelRunner:
         cpu_s, wall_s = self.cpu_window if self.cpu_window else (0.0, 0.0)
         unreachable = self.unreachable_s
         if self._unreachable_since is not None:  # still refused when the level ended
-            unreachable += max(0.0, min(t_end, self.t_e) - max(self._unreachable_since, self.t_w))
+            unreachable += max(0.0, min(t_end, self.window_end) - max(self._unreachable_since, self.window_start))
         run_wait_s, host_busy_s, host_total_s, load_average = self.host_window or (None, None, None, None)
         return {
             "proc": self.proc,
@@ -612,7 +613,8 @@ class LevelRunner:
             "tokens_missing": self.tokens_missing,
             "window_usage": self.window_usage,
             "window_counted": self.window_counted,
-            "tokens_per_text": {"sum": self.tpt_sum, "n": self.tpt_n, "min": self.tpt_min, "max": self.tpt_max},
+            "tokens_per_text": {"sum": self.tokens_per_text_sum, "n": self.tokens_per_text_count,
+                                "min": self.tokens_per_text_min, "max": self.tokens_per_text_max},
             "latency": stats.encode(self.latency),
             "service": stats.encode(self.service),
             "schedule": stats.encode(self.schedule) if self.work["mode"] == "open" else None,

@@ -164,10 +164,10 @@ class LoadPool:
             if kind == "ready":
                 ready += 1
 
-    def run_level(self, works: dict[int, dict]) -> None:
+    def run_level(self, work_by_process: dict[int, dict]) -> None:
         """Hand each runner its share of the next level (runners without a share sit it out)."""
         self.stop_event.clear()
-        for proc, work in works.items():
+        for proc, work in work_by_process.items():
             self._commands[proc].put(work)
 
     def get(self, timeout: float):

@@ -18,7 +18,6 @@ from benchmarks.document import (
     build_level,
     client_info,
     merge_second,
-    public_plan,
     public_target,
     summarize,
     utc_now,
@@ -139,7 +138,7 @@ class Sweep:
         }
         try:
             self.on_progress(progress)
-        except Exception:  # noqa: BLE001 - live progress is a view; it must never cost the measurement
+        except Exception:  # live progress is a view; it must never cost the measurement
             logger.exception("the progress callback failed; the sweep goes on")
 
     def _latest_telemetry(self):
@@ -147,7 +146,7 @@ class Sweep:
             return None
         try:
             return self.telemetry.latest()
-        except Exception:  # noqa: BLE001 - telemetry never breaks a sweep
+        except Exception:  # telemetry never breaks a sweep
             return None
 
     # ---- probe and calibration -------------------------------------------------------------
@@ -252,7 +251,8 @@ class Sweep:
 
     # ---- levels ----------------------------------------------------------------------------
 
-    def _works(self, index: int, load: float, processes: int, t0: float) -> dict[int, dict]:
+    def _work_by_process(self, index: int, load: float, processes: int, t0: float) -> dict[int, dict]:
+        """What each load process is to do in this level: its share of the load, the common timing."""
         plan = self.plan
         common = {
             "index": index, "mode": plan["mode"], "t0": t0, "warmup_s": plan["warmup_s"],
@@ -260,31 +260,32 @@ class Sweep:
             "keep_samples": plan["keep_samples"], "arrival": plan["arrival"],
             "tokens_per_text_estimate": self.tokens_per_text_estimate, "token_source": self.token_source,
         }
-        works = {}
+        work_by_process = {}
         if plan["mode"] == "closed":
             for proc in range(processes):
                 share = load // processes + (1 if proc < load % processes else 0)
                 if share:
-                    works[proc] = dict(common, concurrency=share)
+                    work_by_process[proc] = dict(common, concurrency=share)
         else:
             cap = plan["max_in_flight"]
             for proc in range(processes):
                 seed = None if plan["seed"] is None else plan["seed"] + 1000 * index + proc
-                works[proc] = dict(
+                work_by_process[proc] = dict(
                     common, rate=load / processes, seed=seed,
                     # Constant arrivals: processes interleave so the combined stream stays evenly spaced.
                     phase_s=proc / load if plan["arrival"] == "constant" else 0.0,
                     max_in_flight=max(1, cap // processes + (1 if proc < cap % processes else 0)) if cap else None,
                 )
-        return works
+        return work_by_process
 
     def _run_level(self, pool, index: int, load) -> dict:
         plan = self.plan
         # Give every runner time to receive its work, so all of them start at the same instant.
         t0 = time.perf_counter() + (0.05 if pool.processes == 1 else 0.3)
-        works = self._works(index, load, pool.processes, t0)
-        pool.run_level(works)
-        t_w = t0 + plan["warmup_s"]
+        work_by_process = self._work_by_process(index, load, pool.processes, t0)
+        pool.run_level(work_by_process)
+        window_start = t0 + plan["warmup_s"]
+        window_end = window_start + plan["duration_s"]
         per_level = plan["warmup_s"] + plan["duration_s"]
         partials: dict[int, dict] = {}
         pending: dict[int, dict[int, dict]] = {}
@@ -295,12 +296,12 @@ class Sweep:
         last_progress = 0.0
         totals = {"completed": 0, "failed": 0}
         self._progress(level_index=index, phase="warmup" if plan["warmup_s"] else "measure")
-        while len(partials) < len(works):
+        while len(partials) < len(work_by_process):
             message = pool.get(timeout=POLL_S)
             now = time.perf_counter()
-            if started_at is None and now >= t_w:
+            if started_at is None and now >= window_start:
                 started_at = utc_now()
-            if not began_telemetry and now >= t_w and self.telemetry is not None:
+            if not began_telemetry and now >= window_start and self.telemetry is not None:
                 began_telemetry = True
                 self.telemetry.begin_level(index)
             if status == "completed" and self.cancel.cancelled:
@@ -313,7 +314,7 @@ class Sweep:
                 if now - last_progress > 1.5:
                     # Nothing reported for a while (a stalled server): keep live views ticking.
                     last_progress = now
-                    phase = "warmup" if now < t_w else ("measure" if now < t_w + plan["duration_s"] else "drain")
+                    phase = "warmup" if now < window_start else ("measure" if now < window_end else "drain")
                     self._progress(level_index=index, phase=phase, level_elapsed_s=now - t0, **totals)
                 continue
             kind, proc, payload = message
@@ -329,7 +330,7 @@ class Sweep:
                 pending.setdefault(payload["sec"], {})[proc] = payload
                 for sec in sorted(pending):
                     rows = pending[sec]
-                    if len(rows) < len(works):
+                    if len(rows) < len(work_by_process):
                         break
                     del pending[sec]
                     merged = self._merge_second(sec, rows)
@@ -361,7 +362,7 @@ class Sweep:
                 extra = self.telemetry.end_level(requests_ok=level["requests_ok"],
                                                  prompt_tokens=round(level["tokens_per_s"] * level["duration_s"]),
                                                  duration_s=level["duration_s"])
-            except Exception as exc:  # noqa: BLE001 - telemetry never costs a level its figures
+            except Exception as exc:  # telemetry never costs a level its figures
                 extra = {"telemetry_notes": [f"telemetry failed: {type(exc).__name__}: {exc}"]}
             level.update(extra or {})
         self._progress(level_index=index, phase="drain", level_elapsed_s=min(per_level, time.perf_counter() - t0),
@@ -450,7 +451,7 @@ class Sweep:
         self.telemetry_notes = list(getattr(self.telemetry, "notes", []) or [])
         try:
             self.telemetry.close()
-        except Exception:  # noqa: BLE001 - closing telemetry must not mask the real outcome
+        except Exception:  # closing telemetry must not mask the real outcome
             pass
 
     def _document(self, started_at: str) -> dict:
@@ -466,7 +467,7 @@ class Sweep:
             "schema": SCHEMA,
             "run": run,
             "target": public_target(self.target),
-            "plan": public_plan(plan),
+            "plan": dict(plan),  # as run: defaults filled in
             "probe": self.probe,
             "inputs": self.inputs,
             "client": client_info(plan["processes"]),

@@ -19,7 +19,6 @@ from benchmarks.errors import ConfigError
 TOKENIZER = "tokenizer"
 USAGE = "server usage"
 ESTIMATE = "estimate"
-SOURCES = (TOKENIZER, USAGE, ESTIMATE)
 
 # Characters per token that English prose can have: word-piece and BPE vocabularies give about 4;
 # below 2 the server counts something finer than tokens, above 8 something coarser.
@@ -88,7 +87,7 @@ def _fetch_from_hub(model_id: str, var_dir: Path, timeout_s: float) -> str:
                           f"{fallback}") from None
     except hub_errors.EntryNotFoundError:
         raise ConfigError(f"tokenizer: model {model_id} has no tokenizer.json on {where}; {fallback}") from None
-    except Exception as exc:  # noqa: BLE001 - no network, DNS, TLS, proxy: all mean "cannot fetch"
+    except Exception as exc:  # no network, DNS, TLS, proxy: all mean "cannot fetch"
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise ConfigError(f"tokenizer: cannot fetch {model_id} from {where} (is this host offline?): {reason}; "
                           f"{fallback}") from None
@@ -114,7 +113,7 @@ def load_tokenizer(path: str):
 
     try:
         tokenizer = Tokenizer.from_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - the Rust side raises plain Exceptions
+    except Exception as exc:  # the Rust side raises plain Exceptions
         raise ConfigError(f"{path} is not a tokenizer.json the tokenizers library can read: {exc}") from None
     # Count every token: a tokenizer saved with truncation or padding would hide or invent some.
     tokenizer.no_truncation()

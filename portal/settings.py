@@ -294,6 +294,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # Separate request/response components, so write-only fields (a target's api_key) show correctly.
     "COMPONENT_SPLIT_REQUEST": True,
+    # A run's and a level's status are two choice sets under one field name: each keeps a name of its own.
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "portal.sweeps.models.Run.Status",
+        "LevelStatusEnum": "portal.sweeps.models.Level.Status",
+    },
 }
 
 LOGGING = {

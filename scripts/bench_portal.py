@@ -41,8 +41,8 @@ def fill(n_runs: int, seconds: int):
     from benchmarks.document import summarize
     from portal.accounts.models import Membership, Team
     from portal.history.models import LevelStats
+    from portal.sweeps.documents import level_columns
     from portal.sweeps.models import Level, Plan, Run, Target
-    from portal.sweeps.services import level_columns
     from tests.factories import level_docs
 
     templates = []

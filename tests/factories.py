@@ -131,22 +131,23 @@ def level_docs(levels=(1, 4, 8, 16, 32, 64), **kwargs) -> list[dict]:
 def stored_run(*, target, plan, docs: list[dict] | None = None, label: str = "", notes: str = "",
                server_config: dict | None = None, created: dt.datetime | None = None,
                status: str = "succeeded", **level_kwargs):
-    """A finished Run in the database with its levels stored through services.store_level."""
+    """A finished Run in the database with its levels recorded through documents.record_level."""
     from benchmarks.document import summarize
+    from portal.sweeps.documents import record_level
     from portal.sweeps.models import Run
-    from portal.sweeps.services import create_run, store_level
+    from portal.sweeps.services import create_run
 
     run = create_run(target=target, plan=plan, label=label, notes=notes, server_config=server_config)
     docs = docs if docs is not None else level_docs(plan.levels or (1, 4, 8, 16, 32, 64), **level_kwargs)
     for doc in docs:
-        store_level(run, doc)
+        record_level(run, doc)
     # The summary the engine writes at the end of a sweep.
     run.summary = summarize(docs, plan.slo_p99_ms)
     run.status = status
     run.worker_host = "bench-01"
     run.client_version = "0.1.0"
     run.document = {"client": {"version": "0.1.0", "host": "bench-01", "python": "3.11", "cpu_count": 16,
-                               "processes": 1}, "summary": run.summary, "telemetry_notes": []}
+                               "processes": 1}, "telemetry_notes": []}
     when = created or dt.datetime.now(dt.UTC)
     run.started = when
     run.finished = when + dt.timedelta(minutes=len(docs))

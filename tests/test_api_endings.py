@@ -6,7 +6,7 @@ import io
 import pytest
 
 from portal.sweeps.models import Run
-from tests.api_support import document, fresh_throttles, token_client  # noqa: F401  (fixture)
+from tests.api_support import document, token_client
 from tests.factories import level_docs, stored_run
 
 pytestmark = pytest.mark.usefixtures("fresh_throttles")
@@ -38,6 +38,11 @@ def test_the_api_names_the_level_the_abort_policy_stopped_at(api, aborted, targe
     assert api.get(f"/api/v1/runs/{complete.pk}/").json()["aborted_at_level"] is None
     listed = {r["id"]: r["aborted_at_level"] for r in api.get("/api/v1/runs/").json()["results"]}
     assert listed == {aborted.pk: 4, complete.pk: None}
+
+
+def test_each_level_in_the_api_carries_its_status(api, aborted):
+    levels = api.get(f"/api/v1/runs/{aborted.pk}/").json()["levels"]
+    assert [(level["concurrency"], level["status"]) for level in levels] == [(1, "completed"), (4, "aborted")]
 
 
 def test_the_document_csv_and_markdown_say_the_sweep_was_stopped(api, aborted):

@@ -1,6 +1,6 @@
 """The run page's extra charts, a compare of three runs and a history of ten runs in a real browser.
 
-Runs are written straight into the database (services.store_level with realistic level documents
+Runs are written straight into the database (documents.record_level with realistic level documents
 from tests/factories.py) and pytest-django's live server serves the pages. Every chart must draw
 (its canvas holds non-white pixels), "Copy as Markdown table" must copy a valid table, and the
 browser console must stay free of errors. Screenshots go to var/screenshots/ for a person to look at.

@@ -5,7 +5,7 @@ import pytest
 from benchmarks.tables import csv_cell, markdown_table, md_escape
 from portal.api.export import levels_csv, levels_markdown
 from portal.sweeps.models import Run
-from tests.api_support import document, fresh_throttles, token_client  # noqa: F401  (fixture)
+from tests.api_support import document, token_client
 from tests.factories import stored_run
 
 pytestmark = pytest.mark.usefixtures("fresh_throttles")

@@ -7,7 +7,7 @@ from benchmarks.simulator import running_simulator
 from benchmarks.sweep import run_sweep
 from portal.front.presets import PLAN_PRESETS
 from portal.sweeps.models import Plan, Run
-from tests.api_support import fresh_throttles, token_client  # noqa: F401  (fixture)
+from tests.api_support import token_client
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_throttles")]
 

@@ -76,7 +76,8 @@ def test_running_run_has_progress_and_cancel(client, owner, target, plan):
 
 
 def test_progress_json(client, owner, target, plan):
-    from portal.sweeps.services import create_run, store_level
+    from portal.sweeps.documents import record_level
+    from portal.sweeps.services import create_run
     from tests.factories import level_doc
 
     run = create_run(target=target, plan=plan)
@@ -88,7 +89,7 @@ def test_progress_json(client, owner, target, plan):
     run.progress = {"level_index": 1, "levels_total": 2, "load": 4, "phase": "measure", "level_elapsed_s": 3,
                     "level_total_s": 6, "run_elapsed_s": 13, "run_eta_s": 4, "recent": recent}
     run.save()
-    store_level(run, level_doc(0, 1, duration_s=3))
+    record_level(run, level_doc(0, 1, duration_s=3))
     client.force_login(owner)
     state = client.get(reverse("run-progress", args=[run.pk])).json()
     assert state["status"] == "running" and state["is_final"] is False

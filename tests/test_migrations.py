@@ -40,3 +40,22 @@ def test_api_tokens_and_raw_samples_keep_their_rows_when_their_models_move():
     assert (moved.name, moved.digest, list(moved.teams.values_list("name", flat=True))) == ("ci", "d" * 64, ["t"])
     assert new.get_model("sweeps", "RawSampleChunk").objects.get().count == 2
     migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+
+
+def test_the_summary_is_kept_once_in_its_column():
+    old = migrate([("sweeps", "0008_run_heartbeat_worker_presence")])
+    team = old.get_model("accounts", "Team").objects.create(name="t", slug="t")
+    Run = old.get_model("sweeps", "Run")
+    summary = {"peak_qps": 120.0, "peak_level": 8, "knee_level": 4, "slo_p99_ms": None, "slo_max_level": None}
+    both = Run.objects.create(team=team, summary=summary, document={"summary": summary, "client": {"host": "h"}})
+    # Written by an ingest that kept the summary in the document only.
+    only_document = Run.objects.create(team=team, document={"summary": summary})
+    untouched = Run.objects.create(team=team)
+    new = migrate([("sweeps", "0009_run_summary_once")])
+    rows = {run.pk: run for run in new.get_model("sweeps", "Run").objects.all()}
+    assert (rows[both.pk].summary, rows[both.pk].document) == (summary, {"client": {"host": "h"}})
+    assert (rows[only_document.pk].summary, rows[only_document.pk].document) == (summary, {})
+    assert (rows[untouched.pk].summary, rows[untouched.pk].document) == ({}, {})
+    back = migrate([("sweeps", "0008_run_heartbeat_worker_presence")])
+    assert back.get_model("sweeps", "Run").objects.get(pk=both.pk).document["summary"] == summary
+    migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())

@@ -1,5 +1,6 @@
+from portal.sweeps.documents import record_level
 from portal.sweeps.models import Run
-from portal.sweeps.services import create_run, store_level
+from portal.sweeps.services import create_run
 
 
 def test_run_snapshots_target_and_plan(target, plan, owner):
@@ -27,11 +28,11 @@ def test_target_api_key_is_encrypted_and_not_snapshotted(target, plan):
     assert "api_key" not in run.target_config
 
 
-def test_store_level_is_idempotent(target, plan):
+def test_record_level_is_idempotent(target, plan):
     run = create_run(target=target, plan=plan)
     doc = {"index": 0, "concurrency": 4, "qps": 100.0, "latency_ms": {"p99": 12.5}, "errors": {}, "error_rate": 0}
-    store_level(run, doc)
-    store_level(run, {**doc, "qps": 110.0})
+    record_level(run, doc)
+    record_level(run, {**doc, "qps": 110.0})
     assert run.levels.count() == 1
     assert run.levels.get().qps == 110.0
     assert run.levels.get().latency_p99_ms == 12.5
@@ -39,8 +40,8 @@ def test_store_level_is_idempotent(target, plan):
 
 def test_level_keeps_its_status_and_its_load(target, plan):
     run = create_run(target=target, plan=plan)
-    closed = store_level(run, {"index": 0, "concurrency": 4, "rate": None, "status": "aborted", "qps": 1.0})
-    opened = store_level(run, {"index": 1, "concurrency": None, "rate": 2.5, "qps": 1.0})
+    closed = record_level(run, {"index": 0, "concurrency": 4, "rate": None, "status": "aborted", "qps": 1.0})
+    opened = record_level(run, {"index": 1, "concurrency": None, "rate": 2.5, "qps": 1.0})
     assert (closed.status, closed.load) == ("aborted", 4)
     assert (opened.status, opened.load) == ("completed", 2.5)  # a document without a status completed
 

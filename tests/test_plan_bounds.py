@@ -9,7 +9,7 @@ from benchmarks.cli import main
 from benchmarks.plan import PLAN_BOUNDS, PLAN_DEFAULTS, FieldErrors, PlanLimits, normalize_plan, plan_errors
 from portal.front.presets import PLAN_PRESETS
 from portal.sweeps.models import Plan, Run, Target
-from tests.api_support import document, fresh_throttles, token_client  # noqa: F401  (fixture)
+from tests.api_support import document, token_client
 
 pytestmark = pytest.mark.usefixtures("fresh_throttles")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from portal.accounts.models import Membership
-from tests.api_support import fresh_throttles, token_client  # noqa: F401  (fixture)
+from tests.api_support import token_client
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP = "[" * 5000 + "]" * 5000

@@ -5,7 +5,7 @@ from django.urls import reverse
 
 from portal.sweeps.models import QueueGrant, Run, Target
 from portal.sweeps.services import create_run, request_probe
-from tests.api_support import fresh_throttles, token_client  # noqa: F401  (fixture)
+from tests.api_support import token_client
 
 pytestmark = pytest.mark.usefixtures("fresh_throttles")
 

@@ -164,7 +164,7 @@ def test_recorder_holds_levels_while_the_database_is_away_and_writes_them_after(
     run = running(create_run(target=target, plan=plan), heard_s_ago=0)
     away_until = time.monotonic() + 1.5
     calls = []
-    real_store = recorder_module.store_level
+    real_store = recorder_module.record_level
 
     def flaky_store(run_, doc):
         calls.append(time.monotonic())
@@ -172,7 +172,7 @@ def test_recorder_holds_levels_while_the_database_is_away_and_writes_them_after(
             raise OperationalError("server closed the connection unexpectedly")
         return real_store(run_, doc)
 
-    monkeypatch.setattr(recorder_module, "store_level", flaky_store)
+    monkeypatch.setattr(recorder_module, "record_level", flaky_store)
     caplog.set_level(logging.WARNING)
     token = CancelToken()
     recorder = RunRecorder(run.pk, token, progress_interval_s=0.1, cancel_poll_s=0.1, heartbeat_s=0.2)
@@ -196,7 +196,7 @@ def test_recorder_stops_the_sweep_when_the_database_stays_away(transactional_db,
     def down(*args, **kwargs):
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr(recorder_module, "store_level", down)
+    monkeypatch.setattr(recorder_module, "record_level", down)
     token = CancelToken()
     recorder = RunRecorder(run.pk, token, progress_interval_s=0.1, cancel_poll_s=0.1, db_retry_s=0.5)
     recorder.start()
@@ -275,7 +275,7 @@ def test_a_database_away_past_the_bound_fails_the_run_and_keeps_its_levels_in_a_
         raise OperationalError("could not connect to server: Connection refused")
 
     # Only the recorder's level writes fail: the run's end can still be recorded, naming the file.
-    monkeypatch.setattr(recorder_module, "store_level", down)
+    monkeypatch.setattr(recorder_module, "record_level", down)
     with running_simulator() as sim:
         target = Target.objects.create(team=team, name="sim", base_urls=[sim.base_url], model_name="sim-embed")
         plan = Plan.objects.create(team=team, name="p", levels=[1, 2, 4], warmup_s=0.2, duration_s=1.5, tokens=32,

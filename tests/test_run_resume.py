@@ -5,7 +5,7 @@ from django.urls import reverse
 
 from portal.sweeps.models import Plan, Run
 from portal.sweeps.services import RunStateError, resume_run
-from tests.api_support import fresh_throttles, token_client  # noqa: F401  (fixture)
+from tests.api_support import token_client
 from tests.factories import level_docs, stored_run
 
 pytestmark = pytest.mark.usefixtures("fresh_throttles")
@@ -72,9 +72,9 @@ def test_resume_starts_again_at_an_aborted_or_cancelled_level(db, target, four_l
 
 def test_a_resumed_run_that_fails_again_resumes_with_the_whole_chain(db, interrupted, owner, sent):
     second = resume_run(interrupted, user=owner)
-    from portal.sweeps.services import store_level
+    from portal.sweeps.documents import record_level
 
-    store_level(second, level_docs((8,))[0])
+    record_level(second, level_docs((8,))[0])
     Run.objects.filter(pk=second.pk).update(status="failed")
     second.refresh_from_db()
     third = resume_run(second, user=owner)
@@ -232,11 +232,11 @@ def test_run_page_offers_queue_again_for_a_refused_run(client, owner, target, pl
 
 def test_a_resumed_runs_document_ingests_into_another_portal(db, interrupted, owner, other_team, outsider, sent):
     # The exported document of a resumed run is a valid embperf.run/1 document (resumed_from included).
-    from portal.sweeps.services import store_level
+    from portal.sweeps.documents import record_level
 
     new = resume_run(interrupted, user=owner)
     for doc in level_docs((8, 16)):
-        store_level(new, doc)
+        record_level(new, doc)
     Run.objects.filter(pk=new.pk).update(status="succeeded")
     doc = token_client(owner).get(f"/api/v1/runs/{new.pk}/export/").json()
     assert doc["run"]["resumed_from"]["levels"] == [1, 4]

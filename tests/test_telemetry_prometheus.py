@@ -157,7 +157,7 @@ def endpoint():
     world = MetricsWorld()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):  # http.server's naming
             try:
                 body, status = world.text(self.path).encode(), 200
             except KeyError:

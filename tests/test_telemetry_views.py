@@ -1,6 +1,6 @@
 """The run page's telemetry: the per-level table and the charts, from level documents whose `gpu`,
 `server` and `energy` sections come out of the telemetry code itself (summarise_gpus/summarise_server
-over readings of two GPUs and a vLLM server), stored through services.store_level."""
+over readings of two GPUs and a vLLM server), stored through documents.record_level."""
 import os
 from pathlib import Path
 
@@ -62,7 +62,7 @@ def telemetry_run(transactional_db, target, plan):
 
 
 def test_level_columns_take_the_telemetry_sections(telemetry_run):
-    """services.level_columns reads the sections as the telemetry code writes them."""
+    """documents.level_columns reads the sections as the telemetry code writes them."""
     level = telemetry_run.levels.get(index=2)
     gpus = level.data["gpu"]["gpus"]
     assert level.gpu_util_mean == pytest.approx((gpus[0]["utilization_mean"] + gpus[1]["utilization_mean"]) / 2)

@@ -60,7 +60,7 @@ def test_sweep_succeeds_and_stores_levels(transactional_db, sim_target, short_pl
     assert "levels" not in run.document
     assert run.document["run"]["status"] == "succeeded"
     assert run.document["run"]["id"] == run.pk
-    assert run.summary == run.document["summary"]
+    assert run.summary["peak_level"] in (1, 2) and "summary" not in run.document, "the summary is kept once"
     assert run.progress["phase"] == "done"
     assert run.progress["recent"], "per-second points for the live chart"
     assert {"t", "completed", "p99_ms", "level_index", "run_t"} <= set(run.progress["recent"][-1])

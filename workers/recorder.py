@@ -33,8 +33,8 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
+from portal.sweeps.documents import record_level
 from portal.sweeps.models import Run
-from portal.sweeps.services import store_level
 from workers.database import DatabaseWrites
 
 logger = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class RunRecorder:
         for index in sorted(self._levels):
             doc = self._levels[index]
             try:
-                ok, _ = self.db.attempt(lambda doc=doc: store_level(Run(pk=self.run_id), doc))
+                ok, _ = self.db.attempt(lambda doc=doc: record_level(Run(pk=self.run_id), doc))
             except Exception as exc:  # bad data, not a lost connection: keep measuring, report it at the end
                 logger.exception("run %s: could not store level %s", self.run_id, index)
                 self.errors.append(f"level {index}: {exc}")

@@ -14,8 +14,8 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
+from portal.sweeps.documents import record_level
 from portal.sweeps.models import Run
-from portal.sweeps.services import store_level
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def write_pending() -> list[int]:
         if Run.objects.filter(pk=run_id).exists():
             run = Run(pk=run_id)
             for level in body.get("levels") or []:
-                store_level(run, level)
+                record_level(run, level)
             # A run the stale sweeper meanwhile marked interrupted gets its real ending and reason.
             Run.objects.filter(pk=run_id, status__in=[Run.Status.RUNNING, Run.Status.INTERRUPTED]).update(
                 status=body["status"], status_reason=body["reason"],

@@ -36,10 +36,11 @@ from benchmarks.document import level_load
 from benchmarks.errors import SweepError
 from benchmarks.sweep import run_sweep as engine_run_sweep
 from portal.sweeps.bounds import plan_limits
+from portal.sweeps.documents import record_document
 from portal.sweeps.models import Level, Run, Target, new_servers
 from portal.sweeps.outbound import outbound_policy
 from portal.sweeps.samples import writer_for_run
-from portal.sweeps.services import store_level, sweep_time_limits
+from portal.sweeps.services import sweep_time_limits
 from workers import spill
 from workers.database import DatabaseUnavailable, DatabaseWrites
 from workers.recorder import RunRecorder
@@ -355,28 +356,8 @@ def record_end(run_id: int, node: str, status: str, reason: str, document: dict 
 
 
 def finish(run_id: int, status: str, reason: str, document: dict | None, progress: dict) -> None:
-    """Store the final status, the run-wide document and the summary; store any level not yet stored.
-
-    A run someone else already ended (the stale-run sweeper, a cancel that found its worker silent)
-    keeps that ending; its levels are stored all the same."""
-    finished = timezone.now()
-    fields = {"progress": {**progress, "phase": "done", "updated_at": finished.isoformat()}}
-    if document:
-        run = Run(pk=run_id)
-        for level in document.get("levels") or []:
-            store_level(run, level)  # idempotent: repeats what the recorder wrote, adds what it missed
-        doc = {key: value for key, value in document.items() if key != "levels"}
-        doc["run"] = {**(doc.get("run") or {}), "status": status, "status_reason": reason,
-                      "finished_at": finished.astimezone(UTC).isoformat()}
-        fields["document"] = doc
-        fields["summary"] = document.get("summary") or {}
-        version = (document.get("client") or {}).get("version")
-        if version:
-            fields["client_version"] = str(version)[:50]
-    with transaction.atomic():
-        Run.objects.filter(pk=run_id, status=Run.Status.RUNNING).update(
-            status=status, status_reason=reason, finished=finished, heartbeat=finished)
-        Run.objects.filter(pk=run_id).update(**fields)
+    """Store the final status, the run-wide document and the summary; store any level not yet stored."""
+    record_document(Run(pk=run_id), document, status=status, status_reason=reason, progress=progress)
 
 
 def cancel_reason(run_id: int, document: dict | None) -> str:

@@ -82,7 +82,7 @@ class GpuAgent:
         agent = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
+            def do_GET(self):  # http.server's naming
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     try:
@@ -100,7 +100,7 @@ class GpuAgent:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
+            def log_message(self, format, *args):  # http.server's signature
                 pass  # one line per scrape each second would drown the console
 
         self.server = ThreadingHTTPServer((host, port), Handler)

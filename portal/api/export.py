@@ -1,100 +1,61 @@
-"""Exports of a run: the result document (embperf.run/1), a CSV row per level, a Markdown table.
+"""Exports of a run: the result document (embperf.run/1, `Run.to_document()`), a CSV row per level,
+a Markdown table. Each is written from the run's document, so all of them say the same.
 
 The column names of the CSV are a public contract (docs/api.md): add columns at the end,
 never rename or drop one.
 """
-from benchmarks.document import SCHEMA, public_target, token_notes
+from benchmarks.document import level_load, token_notes
+from benchmarks.numbers import MISSING, figure, percent
 from benchmarks.tables import csv_text, markdown_table, md_escape
+from portal.sweeps.documents import gpu_totals
 from portal.sweeps.models import Run
-from portal.sweeps.services import gpu_totals
 
 
-def _iso(value) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
+# (column, function of (run document, level document)) -- the CSV export, one row per level.
+def _section(section, key):
+    return lambda doc, lv: (doc.get(section) or {}).get(key)
 
 
-def result_document(run: Run) -> dict:
-    """Rebuild the run's result document from Run.document and its Level rows.
-
-    The portal's own fields (id, status, label, notes, snapshots) win over the stored document,
-    so a label edited later or a run that stopped before finishing still exports correctly.
-    """
-    stored = dict(run.document or {})
-    stored.pop("levels", None)
-    run_section = dict(stored.get("run") or {})
-    run_section.update(
-        {
-            "id": run.pk,
-            "uuid": str(run.uuid),
-            "label": run.label,
-            "notes": run.notes,
-            "server_config": dict(run.server_config or {}),
-            "status": run.status,
-            "status_reason": run.status_reason,
-            "started_at": _iso(run.started) or run_section.get("started_at"),
-            "finished_at": _iso(run.finished) or run_section.get("finished_at"),
-            "aborted_at_level": run_section.get("aborted_at_level"),
-        }
-    )
-    if run.resumed_from_id is not None:
-        earlier = run.earlier_levels()
-        original = run.resumed_from
-        run_section["resumed_from"] = {"id": original.pk, "uuid": str(original.uuid),
-                                       "levels": [level.load for _, level in earlier]}
-    else:
-        run_section.setdefault("resumed_from", None)
-    doc = {"schema": SCHEMA}
-    doc.update(stored)
-    doc["schema"] = SCHEMA
-    doc["run"] = run_section
-    doc["target"] = public_target(run.target_config or stored.get("target") or {})
-    doc["plan"] = dict(run.plan_config or stored.get("plan") or {})
-    doc["levels"] = [level.data for level in run.levels.order_by("index")]
-    doc["summary"] = dict(run.summary or stored.get("summary") or {})
-    return doc
-
-
-# (column, function of (run, level document)) -- the CSV export, one row per level.
 def _latency(key):
-    return lambda run, lv: (lv.get("latency_ms") or {}).get(key)
+    return lambda doc, lv: (lv.get("latency_ms") or {}).get(key)
 
 
 def _service(key):
-    return lambda run, lv: (lv.get("service_ms") or {}).get(key)
+    return lambda doc, lv: (lv.get("service_ms") or {}).get(key)
 
 
 def _error(key):
-    return lambda run, lv: (lv.get("errors") or {}).get(key, 0)
+    return lambda doc, lv: (lv.get("errors") or {}).get(key, 0)
 
 
 def _gpu(key):
-    return lambda run, lv: gpu_totals(lv)[key]
+    return lambda doc, lv: gpu_totals(lv)[key]
 
 
 LEVEL_COLUMNS = (
-    ("run_id", lambda run, lv: run.pk),
-    ("run_uuid", lambda run, lv: str(run.uuid)),
-    ("run_label", lambda run, lv: run.label),
-    ("run_status", lambda run, lv: run.status),
-    ("target", lambda run, lv: run.target_config.get("name")),
-    ("model", lambda run, lv: run.target_config.get("model")),
-    ("engine", lambda run, lv: run.target_config.get("engine")),
-    ("engine_version", lambda run, lv: run.target_config.get("engine_version")),
-    ("plan", lambda run, lv: run.plan_config.get("name")),
-    ("mode", lambda run, lv: run.plan_config.get("mode")),
-    ("level_index", lambda run, lv: lv.get("index")),
-    ("concurrency", lambda run, lv: lv.get("concurrency")),
-    ("rate", lambda run, lv: lv.get("rate")),
-    ("level_status", lambda run, lv: lv.get("status")),
-    ("duration_s", lambda run, lv: lv.get("duration_s")),
-    ("requests_started", lambda run, lv: lv.get("requests_started")),
-    ("requests_ok", lambda run, lv: lv.get("requests_ok")),
-    ("requests_failed", lambda run, lv: lv.get("requests_failed")),
-    ("in_flight_at_end", lambda run, lv: lv.get("in_flight_at_end")),
-    ("qps", lambda run, lv: lv.get("qps")),
-    ("texts_per_s", lambda run, lv: lv.get("texts_per_s")),
-    ("tokens_per_s", lambda run, lv: lv.get("tokens_per_s")),
-    ("tokens_estimated", lambda run, lv: lv.get("tokens_estimated")),
+    ("run_id", _section("run", "id")),
+    ("run_uuid", _section("run", "uuid")),
+    ("run_label", _section("run", "label")),
+    ("run_status", _section("run", "status")),
+    ("target", _section("target", "name")),
+    ("model", _section("target", "model")),
+    ("engine", _section("target", "engine")),
+    ("engine_version", _section("target", "engine_version")),
+    ("plan", _section("plan", "name")),
+    ("mode", _section("plan", "mode")),
+    ("level_index", lambda doc, lv: lv.get("index")),
+    ("concurrency", lambda doc, lv: lv.get("concurrency")),
+    ("rate", lambda doc, lv: lv.get("rate")),
+    ("level_status", lambda doc, lv: lv.get("status")),
+    ("duration_s", lambda doc, lv: lv.get("duration_s")),
+    ("requests_started", lambda doc, lv: lv.get("requests_started")),
+    ("requests_ok", lambda doc, lv: lv.get("requests_ok")),
+    ("requests_failed", lambda doc, lv: lv.get("requests_failed")),
+    ("in_flight_at_end", lambda doc, lv: lv.get("in_flight_at_end")),
+    ("qps", lambda doc, lv: lv.get("qps")),
+    ("texts_per_s", lambda doc, lv: lv.get("texts_per_s")),
+    ("tokens_per_s", lambda doc, lv: lv.get("tokens_per_s")),
+    ("tokens_estimated", lambda doc, lv: lv.get("tokens_estimated")),
     ("latency_mean_ms", _latency("mean")),
     ("latency_p50_ms", _latency("p50")),
     ("latency_p90_ms", _latency("p90")),
@@ -104,21 +65,21 @@ LEVEL_COLUMNS = (
     ("latency_max_ms", _latency("max")),
     ("service_p50_ms", _service("p50")),
     ("service_p99_ms", _service("p99")),
-    ("error_rate", lambda run, lv: lv.get("error_rate")),
+    ("error_rate", lambda doc, lv: lv.get("error_rate")),
     ("errors_http_4xx", _error("http_4xx")),
     ("errors_http_429", _error("http_429")),
     ("errors_http_5xx", _error("http_5xx")),
     ("errors_timeout", _error("timeout")),
     ("errors_connect_error", _error("connect_error")),
     ("errors_invalid_response", _error("invalid_response")),
-    ("client_bound", lambda run, lv: bool((lv.get("client") or {}).get("client_bound"))),
+    ("client_bound", lambda doc, lv: bool((lv.get("client") or {}).get("client_bound"))),
     ("gpu_util_mean", _gpu("gpu_util_mean")),
     ("gpu_memory_used_peak_mib", _gpu("vram_peak_mib")),
     ("gpu_power_mean_w", _gpu("power_mean_w")),
-    ("joules_per_1k_tokens", lambda run, lv: (lv.get("energy") or {}).get("joules_per_1k_tokens")),
-    ("run_aborted_at_level", lambda run, lv: run.aborted_at_level),
-    ("unreachable_s", lambda run, lv: lv.get("unreachable_s")),
-    ("run_resumed_from", lambda run, lv: run.resumed_from_id),
+    ("joules_per_1k_tokens", lambda doc, lv: (lv.get("energy") or {}).get("joules_per_1k_tokens")),
+    ("run_aborted_at_level", _section("run", "aborted_at_level")),
+    ("unreachable_s", lambda doc, lv: lv.get("unreachable_s")),
+    ("run_resumed_from", lambda doc, lv: (doc["run"].get("resumed_from") or {}).get("id")),
 )
 LEVEL_COLUMN_NAMES = tuple(name for name, _ in LEVEL_COLUMNS)
 
@@ -127,69 +88,65 @@ def levels_csv(runs: list[Run]) -> str:
     """One CSV row per level of each run, header first (floats exact, text cells formula-safe)."""
     rows = [LEVEL_COLUMN_NAMES]
     for run in runs:
-        for level in run.levels.order_by("index"):
-            rows.append([fn(run, level.data) for _, fn in LEVEL_COLUMNS])
+        doc = run.to_document()
+        rows.extend([fn(doc, level) for _, fn in LEVEL_COLUMNS] for level in doc["levels"])
     return csv_text(rows)
 
 
-def _fmt(value, unit: str = "") -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
-    else:
-        text = f"{value:,}"
-    return text + unit
+def _with_unit(value, unit: str) -> str:
+    text = figure(value)
+    return text if text == MISSING else f"{text} {unit}"
 
 
 def levels_markdown(run: Run) -> str:
     """The run's levels as a Markdown table, with a title line naming target, plan and status."""
-    load_name = "Rate (req/s)" if run.level_key == "rate" else "Concurrency"
+    doc = run.to_document()
+    section = doc["run"]
+    load_name = "Rate (req/s)" if doc["plan"].get("mode") == "open" else "Concurrency"
     title = (
-        f"**Run {run.pk}** {md_escape(run.label) + ' ' if run.label else ''}"
-        f"– target {md_escape(run.target_config.get('name', '?'))}, "
-        f"plan {md_escape(run.plan_config.get('name', '?'))}, {run.status}"
+        f"**Run {section['id']}** {md_escape(section['label']) + ' ' if section['label'] else ''}"
+        f"– target {md_escape(doc['target'].get('name', '?'))}, "
+        f"plan {md_escape(doc['plan'].get('name', '?'))}, {section['status']}"
     )
     header = [load_name, "req/s", "texts/s", "tokens/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
               "GPU util", "power W"]
     preamble = []
-    if run.aborted_at_level is not None:
-        preamble += [f"**Stopped by the abort policy at level {_fmt(run.aborted_at_level)}**: the levels after it "
-                     "were not measured.", ""]
-    if run.resumed_from_id is not None:
-        loads = ", ".join(_fmt(level.load) for _, level in run.earlier_levels())
-        preamble += [f"Resumed from run {run.resumed_from_id}, which measured {loads or 'no level'}; "
+    if section.get("aborted_at_level") is not None:
+        preamble += [f"**Stopped by the abort policy at level {figure(section['aborted_at_level'])}**: the levels "
+                     "after it were not measured.", ""]
+    resumed = section.get("resumed_from")
+    if resumed:
+        loads = ", ".join(figure(load) for load in resumed.get("levels") or [])
+        preamble += [f"Resumed from run {resumed['id']}, which measured {loads or 'no level'}; "
                      "this table holds only the levels measured in this run.", ""]
     rows = []
     notes = []
     # Where the token counts come from, and what each level's notes say (a stall, ...).
-    said = [md_escape(line[:1].upper() + line[1:]) + "." for line in token_notes(run.document or {})[1]]
-    for level in run.levels.order_by("index"):
-        lv = level.data
+    said = [md_escape(line[:1].upper() + line[1:]) + "." for line in token_notes(doc)[1]]
+    for lv in doc["levels"]:
         latency = lv.get("latency_ms") or {}
         gpu = gpu_totals(lv)
-        load = lv.get("rate") if run.level_key == "rate" else lv.get("concurrency")
-        load_text = _fmt(load)
+        load = figure(level_load(lv))
+        load_text = load
         if lv.get("status") in ("aborted", "cancelled"):
             load_text += f" ({lv['status']})"
         if (lv.get("client") or {}).get("client_bound"):
             load_text += " ¹"
             notes.append("¹ the client, not the server, limited this level; its figures understate the server.")
-        said.extend(f"{load_name} {_fmt(load)}: {md_escape(note)}." for note in lv.get("notes") or [])
-        row = [
+        said.extend(f"{load_name} {load}: {md_escape(note)}." for note in lv.get("notes") or [])
+        rows.append([
             load_text,
-            _fmt(lv.get("qps")),
-            _fmt(lv.get("texts_per_s")),
-            _fmt(lv.get("tokens_per_s")),
-            _fmt(latency.get("p50")),
-            _fmt(latency.get("p90")),
-            _fmt(latency.get("p99")),
-            _fmt(latency.get("max")),
-            _fmt((lv.get("error_rate") or 0) * 100, " %"),
-            _fmt(gpu["gpu_util_mean"], " %"),
-            _fmt(gpu["power_mean_w"]),
-        ]
-        rows.append(row)
+            figure(lv.get("qps")),
+            figure(lv.get("texts_per_s")),
+            figure(lv.get("tokens_per_s")),
+            figure(latency.get("p50")),
+            figure(latency.get("p90")),
+            figure(latency.get("p99")),
+            figure(latency.get("max")),
+            percent(lv.get("error_rate") or 0),
+            _with_unit(gpu["gpu_util_mean"], "%"),
+            figure(gpu["power_mean_w"]),
+        ])
     lines = [title, "", *preamble, *markdown_table(header, rows, ["right"] * len(header))]
     if notes:
         lines += ["", notes[0]]

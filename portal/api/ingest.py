@@ -3,8 +3,9 @@
 The document is checked against benchmarks/result-schema.json and a few rules JSON Schema cannot
 say; every problem is reported with the path of the field (`levels[2].latency_ms.p99`). Nothing is
 saved unless the whole document is accepted. The target and plan are matched by name within the
-team (and created from the document when missing), so ingested runs sit in history beside runs
-started in the browser.
+team (and created from the document when missing, `Target/Plan.from_spec`), so ingested runs sit
+in history beside runs started in the browser. The accepted document is recorded by
+`portal.sweeps.documents.record_document`, as the worker records the runs it measures.
 """
 import json
 import uuid
@@ -21,9 +22,9 @@ from benchmarks.document import SCHEMA_PATH, public_target
 from portal.accounts.models import Team
 from portal.front.fields import URLListField
 from portal.sweeps.bounds import plan_document_errors, target_field_errors
+from portal.sweeps.documents import record_document
 from portal.sweeps.models import Plan, Run, Target
 from portal.sweeps.outbound import outbound_policy, validate_outbound_url
-from portal.sweeps.services import store_level
 
 MAX_ERRORS = 20
 
@@ -221,20 +222,12 @@ def _match_target(team, spec: dict) -> Target:
     target = Target.objects.filter(team=team, name=spec["name"]).order_by("id").first()
     if target is not None:
         return target
-    engine = spec.get("engine") or "other"
-    return Target.objects.create(
-        team=team,
-        name=spec["name"],
-        flavor=spec.get("flavor") or Target.Flavor.OPENAI,
-        base_urls=list(spec.get("base_urls") or []),
-        model_name=spec.get("model") or "",
-        engine=engine if engine in Target.Engine.values else Target.Engine.OTHER,
-        engine_version=spec.get("engine_version") or "",
-        launch_config=dict(spec.get("launch_config") or {}),
-        gpu_source=spec.get("gpu_source") or Target.GpuSource.NONE,
-        gpu_indices=",".join(str(g) for g in spec.get("gpus") or []),
-        metrics_urls=list(spec.get("metrics_urls") or []),
-    )
+    # The worker queue and the tokenizer name things where the sweep ran (a queue of that portal, a file on
+    # that host); the run's snapshot keeps them, the new target takes this portal's defaults.
+    spec = {key: value for key, value in public_target(spec).items() if key not in ("queue", "tokenizer")}
+    target = Target.from_spec(spec, team=team)
+    target.save()
+    return target
 
 
 def _match_plan(team, spec: dict) -> Plan:
@@ -242,20 +235,9 @@ def _match_plan(team, spec: dict) -> Plan:
     plan = Plan.objects.filter(team=team, name=name).order_by("id").first()
     if plan is not None:
         return plan
-    fields = {
-        key: spec[key]
-        for key in (
-            "mode", "arrival", "max_in_flight", "warmup_s", "duration_s", "tokens", "batch", "dimensions",
-            "encoding", "timeout_s", "abort_error_rate", "abort_window_s", "slo_p99_ms", "processes",
-            "keep_samples",
-        )
-        if spec.get(key) is not None
-    }
-    if spec.get("input"):
-        fields["input_mode"] = spec["input"]
-    if spec.get("corpus"):
-        fields["corpus_text"] = "\n".join(spec["corpus"])
-    return Plan.objects.create(team=team, name=name, levels=list(spec["levels"]), **fields)
+    plan = Plan.from_spec({**spec, "name": name}, team=team)
+    plan.save()
+    return plan
 
 
 def ingest_document(doc, *, team, user=None) -> Run:
@@ -278,7 +260,6 @@ def ingest_document(doc, *, team, user=None) -> Run:
         target_config = public_target(doc["target"])
         plan_config = dict(doc["plan"])
         plan_config.setdefault("name", plan.name)
-        document = {k: v for k, v in doc.items() if k != "levels"}
         run = Run.objects.create(
             team=team,
             target=target,
@@ -295,15 +276,11 @@ def ingest_document(doc, *, team, user=None) -> Run:
             started=times["started"],
             finished=times["finished"],
             worker_host=str((doc.get("client") or {}).get("host") or "")[:200],
-            client_version=str((doc.get("client") or {}).get("version") or "")[:50],
-            document=document,
-            summary=dict(doc.get("summary") or {}),
             **({"uuid": run_spec["uuid"]} if run_spec.get("uuid") else {}),
         )
         if times["started"] is not None:
             # History orders by creation: an ingested run belongs where it was run, not where it was uploaded.
             Run.objects.filter(pk=run.pk).update(created=times["started"])
             run.created = times["started"]
-        for level in doc["levels"]:
-            store_level(run, level)
+        record_document(run, doc)
     return run

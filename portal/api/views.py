@@ -246,7 +246,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
             return _attachment(Response(export.levels_csv([run])), f"embperf-run-{run.pk}.csv")
         if fmt == "md":
             return Response(export.levels_markdown(run))
-        return Response(export.result_document(run))
+        return Response(run.to_document())
 
     @extend_schema(
         responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="Streamed raw samples"),

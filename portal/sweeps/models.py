@@ -17,7 +17,7 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 
-from benchmarks.document import key_figures, level_load
+from benchmarks.document import SCHEMA, key_figures, level_load, public_target
 from benchmarks.plan import PLAN_DEFAULTS, planned_seconds
 from portal.accounts.models import Team
 from portal.sweeps.fields import EncryptedTextField
@@ -25,6 +25,10 @@ from portal.sweeps.fields import EncryptedTextField
 # A key of a launch or server configuration (`--max-running-requests`, `tp_size`): what the pages and
 # the API accept, so a key saved through one is valid through the other.
 CONFIG_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-/:]+$")
+
+
+def _iso(value) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 class TeamOwnedQuerySet(models.QuerySet):
@@ -165,6 +169,28 @@ class Target(models.Model):
             spec["api_key"] = self.api_key
         return spec
 
+    @classmethod
+    def from_spec(cls, spec: dict, *, team: Team) -> "Target":
+        """The unsaved Target that `to_spec()` describes (the inverse: a target section of a result
+        document becomes a target of `team`). An engine this portal does not list becomes "other"."""
+        engine = spec.get("engine") or cls.Engine.OTHER
+        return cls(
+            team=team,
+            name=spec["name"],
+            flavor=spec.get("flavor") or cls.Flavor.OPENAI,
+            base_urls=list(spec.get("base_urls") or []),
+            model_name=spec.get("model") or "",
+            tokenizer=spec.get("tokenizer") or "",
+            api_key=spec.get("api_key") or "",
+            engine=engine if engine in cls.Engine.values else cls.Engine.OTHER,
+            engine_version=spec.get("engine_version") or "",
+            launch_config=dict(spec.get("launch_config") or {}),
+            gpu_source=spec.get("gpu_source") or cls.GpuSource.NONE,
+            gpu_indices=",".join(str(g) for g in spec.get("gpus") or []),
+            metrics_urls=list(spec.get("metrics_urls") or []),
+            **({"queue": spec["queue"]} if spec.get("queue") else {}),
+        )
+
 
 class Plan(models.Model):
     class Mode(models.TextChoices):
@@ -244,6 +270,22 @@ class Plan(models.Model):
             "processes": self.processes,
             "keep_samples": self.keep_samples,
         }
+
+    # Plan fields whose engine name (to_spec) is the model's name too.
+    SPEC_FIELDS = ("mode", "arrival", "max_in_flight", "warmup_s", "duration_s", "tokens", "batch", "dimensions",
+                   "encoding", "timeout_s", "abort_error_rate", "abort_window_s", "slo_p99_ms", "processes",
+                   "keep_samples")
+
+    @classmethod
+    def from_spec(cls, spec: dict, *, team: Team) -> "Plan":
+        """The unsaved Plan that `to_spec()` describes (the inverse: a plan section of a result document
+        becomes a plan of `team`). Values the spec leaves out, or gives as null, take the model's defaults."""
+        fields = {key: spec[key] for key in cls.SPEC_FIELDS if spec.get(key) is not None}
+        if spec.get("input"):
+            fields["input_mode"] = spec["input"]
+        if spec.get("corpus"):
+            fields["corpus_text"] = "\n".join(spec["corpus"])
+        return cls(team=team, name=spec["name"], levels=list(spec["levels"]), **fields)
 
     def expected_seconds(self) -> float:
         """The longest this plan may take (every level's warm-up, duration and a last timeout)."""
@@ -350,7 +392,8 @@ class Run(models.Model):
     # The worker's liveness: written with the progress, at least every EMBPERF_HEARTBEAT_S seconds.
     heartbeat = models.DateTimeField(null=True, blank=True)
     progress = models.JSONField(default=dict, blank=True)
-    # Run-wide parts of the result document: client, host, inputs, summary, telemetry notes.
+    # Run-wide sections of the result document (run, probe, inputs, client, telemetry notes), as recorded
+    # by sweeps/documents.py; the levels have rows of their own and the summary this column only.
     document = models.JSONField(default=dict, blank=True)
     summary = models.JSONField(default=dict, blank=True)
     is_baseline = models.BooleanField(default=False)
@@ -448,6 +491,40 @@ class Run(models.Model):
         ahead = position - 1
         line = "next in line" if ahead == 0 else f"{ahead} run{'s' if ahead != 1 else ''} ahead of it"
         return f"Waiting for a worker on queue “{self.queue}”: position {position}, {line}."
+
+    def to_document(self) -> dict:
+        """The run's result document (embperf.run/1): what every export gives and ingest takes back.
+
+        The run's own columns (id, uuid, label, notes, server configuration, status, times, the target
+        and plan snapshots, the summary) are the truth, so a label edited later or a run that stopped
+        before finishing exports as it stands; the other run-wide sections are as recorded
+        (sweeps/documents.py) and the levels come from the Level rows, in order."""
+        stored = dict(self.document or {})
+        section = dict(stored.get("run") or {})
+        section.update({
+            "id": self.pk, "uuid": str(self.uuid), "label": self.label, "notes": self.notes,
+            "server_config": dict(self.server_config or {}), "status": self.status,
+            "status_reason": self.status_reason,
+            "started_at": _iso(self.started) or section.get("started_at"),
+            "finished_at": _iso(self.finished) or section.get("finished_at"),
+            "aborted_at_level": section.get("aborted_at_level"),
+        })
+        if self.resumed_from_id is not None:
+            original = self.resumed_from
+            section["resumed_from"] = {"id": original.pk, "uuid": str(original.uuid),
+                                       "levels": [level.load for _, level in self.earlier_levels()]}
+        else:
+            # A run ingested from a resumed run keeps what its document said it continued.
+            section.setdefault("resumed_from", None)
+        return {
+            **stored,
+            "schema": SCHEMA,
+            "run": section,
+            "target": public_target(self.target_config or {}),
+            "plan": dict(self.plan_config or {}),
+            "levels": [level.data for level in self.levels.order_by("index")],
+            "summary": dict(self.summary or {}),
+        }
 
     @property
     def figures(self) -> dict:

@@ -1,7 +1,8 @@
 """Per-request raw samples: written compressed beside the main tables, read back as streamed CSV.
 
 A plan with `keep_samples` makes the engine hand batches of raw-sample tuples to a sink
-(see contracts: `samples_sink(level_index, batch)`). The worker passes `writer_for_run(run)` (workers/tasks.py).
+(`benchmarks.sweep.run_sweep(samples_sink=...)`, called with `(level_index, batch)`). The worker passes
+`writer_for_run(run)` (workers/tasks.py).
 Each batch is formatted once into final CSV lines, compressed with zlib and stored as one
 or more `RawSampleChunk` rows, so the export only decompresses and streams: memory stays
 flat whatever the number of requests.

@@ -1,4 +1,6 @@
-"""Operations that span several models: starting a run, storing a finished level."""
+"""Operations that span several models: starting, queueing, resuming and cancelling a run; probing a target.
+
+Recording what a run measured is in documents.py."""
 import logging
 
 from django.conf import settings
@@ -7,7 +9,7 @@ from django.utils import timezone
 from rest_framework.throttling import UserRateThrottle
 
 from portal.sweeps.bounds import plan_field_errors, sweep_seconds
-from portal.sweeps.models import Level, Plan, QueueGrant, Run, Target
+from portal.sweeps.models import Plan, QueueGrant, Run, Target
 from portal.taskqueue import PROBE_TARGET, RUN_SWEEP, enqueue
 
 logger = logging.getLogger(__name__)
@@ -38,58 +40,6 @@ def create_run(*, target: Target, plan: Plan, user=None, label: str = "", notes:
         source=source,
     )
 
-
-def gpu_totals(doc: dict) -> dict:
-    """One level's GPUs taken together: mean utilization, summed peak memory and summed mean power
-    (None where no GPU reported the figure)."""
-    gpus = (doc.get("gpu") or {}).get("gpus") or []
-    util = [g["utilization_mean"] for g in gpus if g.get("utilization_mean") is not None]
-    vram = [g["memory_used_peak_mib"] for g in gpus if g.get("memory_used_peak_mib") is not None]
-    power = [g["power_mean_w"] for g in gpus if g.get("power_mean_w") is not None]
-    return {
-        "gpu_util_mean": sum(util) / len(util) if util else None,
-        "vram_peak_mib": sum(vram) if vram else None,
-        "power_mean_w": sum(power) if power else None,
-    }
-
-
-def level_columns(doc: dict) -> dict:
-    """Map one level of a result document (embperf.run/1) onto Level's columns."""
-    latency = doc.get("latency_ms") or {}
-    client = doc.get("client") or {}
-    energy = doc.get("energy") or {}
-    return {
-        "status": doc.get("status") or Level.Status.COMPLETED,
-        "concurrency": doc.get("concurrency"),
-        "rate": doc.get("rate"),
-        "duration_s": doc.get("duration_s") or 0,
-        "requests_ok": doc.get("requests_ok") or 0,
-        "requests_failed": doc.get("requests_failed") or 0,
-        "qps": doc.get("qps") or 0,
-        "texts_per_s": doc.get("texts_per_s") or 0,
-        "tokens_per_s": doc.get("tokens_per_s") or 0,
-        "latency_mean_ms": latency.get("mean"),
-        "latency_p50_ms": latency.get("p50"),
-        "latency_p90_ms": latency.get("p90"),
-        "latency_p95_ms": latency.get("p95"),
-        "latency_p99_ms": latency.get("p99"),
-        "latency_p999_ms": latency.get("p999"),
-        "latency_max_ms": latency.get("max"),
-        "error_rate": doc.get("error_rate") or 0,
-        "errors": doc.get("errors") or {},
-        "client_bound": bool(client.get("client_bound")),
-        **gpu_totals(doc),
-        "joules_per_1k_tokens": energy.get("joules_per_1k_tokens"),
-    }
-
-
-@transaction.atomic
-def store_level(run: Run, doc: dict) -> Level:
-    """Write one finished level; storing the same (run, index) again replaces it (idempotent)."""
-    level, _ = Level.objects.update_or_create(
-        run=run, index=doc["index"], defaults={**level_columns(doc), "data": doc}
-    )
-    return level
 
 
 def plan_misfits(target: Target, plan: Plan) -> list[str]:
