@@ -313,7 +313,7 @@ def test_moving_a_target_with_a_key_needs_the_key_again(transactional_db, member
     assert api.patch(f"/api/v1/targets/{target.pk}/", {"base_urls": [evil.url], "api_key": ""},
                      format="json").status_code == 200
     probe_target.apply(args=[target.pk])
-    assert evil.accepted == 1 and b"Authorization" not in evil.received
+    assert evil.accepted >= 1 and b"Authorization" not in evil.received
 
 
 def test_a_queued_run_does_not_carry_a_new_key_to_the_old_server(transactional_db, team, plan, peers):

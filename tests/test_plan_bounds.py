@@ -215,7 +215,8 @@ def _start_form_errors(user, target, plan) -> dict:
     return form.errors
 
 
-def test_worker_refuses_a_plan_outside_the_bounds_with_the_rule_message(team, target):
+def test_worker_refuses_a_plan_outside_the_bounds_with_the_rule_message(transactional_db, team, target):
+    # transactional_db: the task's recorder writes from a thread of its own (see test_worker_tasks.py).
     from workers.tasks import execute_sweep
 
     plan = {**PLAN_DEFAULTS, "levels": [1], "warmup_s": 1e300}
