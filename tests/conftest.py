@@ -1,11 +1,5 @@
 """Shared fixtures: an owner, a team member and an outsider, with a target and a plan."""
-import os
-import tempfile
-
-# Tests never touch the developer's var/ (database, broker, secret key).
-os.environ.setdefault("EMBPERF_VAR_DIR", tempfile.mkdtemp(prefix="embperf-test-var-"))
-
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(autouse=True)

@@ -106,3 +106,9 @@ def test_var_folder_and_database_file_are_private(tmp_path):
 def test_make_run_serves_through_gunicorn_on_loopback():
     web = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
     assert "gunicorn portal.wsgi" in web and "${HOST:-127.0.0.1}" in web and "runserver" not in web
+
+
+def test_the_tests_never_use_the_checkouts_data_folder(settings):
+    # tests/isolated_var.py runs before Django reads its settings; a conftest.py would be too late.
+    assert settings.VAR_DIR != settings.BASE_DIR / "var"
+    assert "embperf-test-var-" in settings.VAR_DIR.name
