@@ -11,6 +11,8 @@ def setup_django(tmp: Path, *, migrate: bool = True) -> None:
     os.environ["EMBPERF_VAR_DIR"] = str(tmp / "var")
     os.environ["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
     os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
+    # Pages render as in the tests: static files from the source folders, no collectstatic manifest needed.
+    os.environ.setdefault("EMBPERF_STATIC_FROM_SOURCE", "true")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
