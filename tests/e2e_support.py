@@ -144,21 +144,37 @@ def drop_redis_queue(queue: str) -> None:
     client.delete(queue, f"_kombu.binding.{queue}")
 
 
-class Worker:
-    """`celery -A workers worker` consuming one queue, in its own process group."""
+class _ProcessGroup:
+    """A command in its own process group, its output in a log file; stop() ends the whole group."""
 
-    def __init__(self, env: dict, queue: str, log_path: Path):
+    def __init__(self, command: list[str], env: dict, log_path: Path):
         self.log_path = log_path
-        self.node = f"{unique_name('e2e')}@%h"
         self._log = open(log_path, "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            [CELERY, "-A", "workers", "worker", "-Q", queue, "-c", "2", "-n", self.node, "--without-gossip",
-             "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+
+
+class Worker(_ProcessGroup):
+    """`celery -A workers worker` consuming one queue, in its own process group."""
+
+    def __init__(self, env: dict, queue: str, log_path: Path):
+        self.node = f"{unique_name('e2e')}@%h"
+        super().__init__(
+            [CELERY, "-A", "workers", "worker", "-Q", queue, "-c", "2", "-n", self.node, "--without-gossip",
+             "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"], env, log_path)
 
     def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -170,34 +186,19 @@ class Worker:
             time.sleep(0.2)
         raise RuntimeError(f"the Celery worker was not ready within {timeout} s:\n{self.log()[-4000:]}")
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._log.close()
 
-
-class WebServer:
+class WebServer(_ProcessGroup):
     """gunicorn on 127.0.0.1, port 0; the port is read from its log."""
 
     def __init__(self, env: dict, log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # closed in stop()
         gunicorn = str(Path(PYTHON).parent / "gunicorn")
-        self.proc = subprocess.Popen(
-            [gunicorn, "-b", "127.0.0.1:0", "-w", "1", "--threads", "8", "--access-logfile", "-",
-             "portal.wsgi"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        super().__init__([gunicorn, "-b", "127.0.0.1:0", "-w", "1", "--threads", "8", "--access-logfile", "-",
+                          "portal.wsgi"], env, log_path)
 
     def wait_url(self, timeout: float = 60) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
+            text = self.log()
             match = re.search(r"Listening at: (http://127\.0\.0\.1:\d+)", text)
             if match and "Booting worker" in text:
                 return match.group(1)
@@ -205,16 +206,6 @@ class WebServer:
                 raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{text[-4000:]}")
             time.sleep(0.2)
         raise RuntimeError(f"gunicorn did not start within {timeout} s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._log.close()
 
 
 class Driver:
