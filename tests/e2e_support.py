@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -377,3 +379,35 @@ COMMANDS = {"setup": _setup, "start": _start, "run": _run, "cancel": _cancel, "p
 
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
     _serve()
+
+
+@contextmanager
+def worker_stack(env: dict, queue: str, log_dir: Path, sim_url: str) -> Iterator[dict]:
+    """A migrated database, a worker on `queue` and a driver with the set-up data (the simulator as a
+    target, short plans); yields {"driver", "worker", "ids"} and stops both processes afterwards."""
+    worker = driver = None
+    try:
+        migrate(env)
+        worker = Worker(env, queue, log_dir / "worker.log")
+        driver = Driver(env, log_dir / "driver.log")
+        ids = driver.call("setup", sim_url=sim_url, queue=queue)
+        worker.wait_ready()
+        yield {"driver": driver, "worker": worker, "ids": ids}
+    finally:
+        for part in (driver, worker):
+            if part is not None:
+                part.stop()
+
+
+def wait_for(driver, run_id: int, predicate, *, timeout: float, worker=None) -> dict:
+    """The run's state (the driver's "run" answer) once `predicate` holds; fails after `timeout` s with
+    the state and the end of the worker's log."""
+    deadline = time.monotonic() + timeout
+    state = driver.call("run", run=run_id)
+    while not predicate(state):
+        if time.monotonic() > deadline:
+            log = worker.log()[-3000:] if worker is not None else ""
+            raise AssertionError(f"run {run_id} did not get there within {timeout} s: {state}\n{log}")
+        time.sleep(0.1)
+        state = driver.call("run", run=run_id)
+    return state

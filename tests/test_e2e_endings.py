@@ -8,7 +8,6 @@ import pytest
 
 from benchmarks.simulator import running_simulator
 from tests import e2e_support as e2e
-from tests.test_e2e_worker import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -24,18 +23,8 @@ def stack(simulator, tmp_path_factory):
     var_dir = tmp_path_factory.mktemp("e2e-endings")
     queue = e2e.unique_name("e2e_endings")
     env = e2e.base_env(var_dir, database_url=f"sqlite:///{var_dir / 'e2e.sqlite3'}", broker_url="filesystem://")
-    worker = driver = None
-    try:
-        e2e.migrate(env)
-        worker = e2e.Worker(env, queue, var_dir / "worker.log")
-        driver = e2e.Driver(env, var_dir / "driver.log")
-        ids = driver.call("setup", sim_url=simulator.base_url, queue=queue)
-        worker.wait_ready()
-        yield {"driver": driver, "worker": worker, "ids": ids}
-    finally:
-        for part in (driver, worker):
-            if part is not None:
-                part.stop()
+    with e2e.worker_stack(env, queue, var_dir, simulator.base_url) as parts:
+        yield parts
 
 
 def ended(state: dict) -> bool:
@@ -47,7 +36,7 @@ def test_two_load_processes_run_under_the_worker(stack, simulator):
     plan = driver.call("plan", name="two processes", levels=[2], warmup_s=0.5, duration_s=2, tokens=16,
                        dimensions=128, timeout_s=5, processes=2)["plan"]
     run_id = driver.call("start", target=ids["target"], plan=plan, label="processes 2")["run"]
-    state = wait_for(driver, run_id, ended, timeout=120, worker=worker)
+    state = e2e.wait_for(driver, run_id, ended, timeout=120, worker=worker)
     assert state["status"] == "succeeded", (state["reason"], worker.log()[-3000:])
     doc = driver.call("api", method="GET", path=f"/api/v1/runs/{run_id}/export/")["json"]
     level = doc["levels"][0]
@@ -63,10 +52,10 @@ def test_a_target_outage_mid_level_ends_as_stopped_by_the_abort_policy(stack, si
     plan = driver.call("plan", name="outage", levels=[4, 8], warmup_s=0, duration_s=12, tokens=16, dimensions=128,
                        timeout_s=5, abort_error_rate=0.5, abort_window_s=2)["plan"]
     run_id = driver.call("start", target=ids["target"], plan=plan, label="outage")["run"]
-    wait_for(driver, run_id, lambda s: s["phase"] == "measure" or ended(s), timeout=60, worker=worker)
+    e2e.wait_for(driver, run_id, lambda s: s["phase"] == "measure" or ended(s), timeout=60, worker=worker)
     time.sleep(1.0)
     simulator.refuse_now(6.0)
-    state = wait_for(driver, run_id, ended, timeout=60, worker=worker)
+    state = e2e.wait_for(driver, run_id, ended, timeout=60, worker=worker)
     assert state["status"] == "succeeded", (state["reason"], worker.log()[-3000:])
     assert "refused connections" in state["reason"]
     run = driver.call("api", method="GET", path=f"/api/v1/runs/{run_id}/")["json"]

@@ -79,18 +79,6 @@ def start_worker(parts: dict, name: str) -> e2e.Worker:
     return worker
 
 
-def wait_for(driver, run_id: int, predicate, *, timeout: float, worker=None) -> dict:
-    deadline = time.monotonic() + timeout
-    state = driver.call("run", run=run_id)
-    while not predicate(state):
-        if time.monotonic() > deadline:
-            log = worker.log()[-3000:] if worker is not None else ""
-            raise AssertionError(f"run {run_id} did not get there within {timeout} s: {state}\n{log}")
-        time.sleep(0.1)
-        state = driver.call("run", run=run_id)
-    return state
-
-
 def measuring_level(index: int):
     return lambda s: s["status"] in ENDED or (s["phase"] == "measure" and s["level_index"] == index)
 
@@ -107,11 +95,11 @@ def test_postgres_connections_dropped_mid_level_the_run_completes_with_every_lev
         run_id = driver.call("start", target=ids["target"], plan=ids["steps"], label="pg drop")["run"]
         terminated = 0
         for level in (0, 1):
-            wait_for(driver, run_id, measuring_level(level), timeout=60, worker=worker)
+            e2e.wait_for(driver, run_id, measuring_level(level), timeout=60, worker=worker)
             time.sleep(1.0)
             terminated += e2e.terminate_backends(s["db_name"], keep_pid=keep)
         assert terminated >= 2, "the worker's connections were found and terminated"
-        state = wait_for(driver, run_id, ended, timeout=90, worker=worker)
+        state = e2e.wait_for(driver, run_id, ended, timeout=90, worker=worker)
         assert state["status"] == "succeeded", (state["reason"], worker.log()[-3000:])
         assert [level["concurrency"] for level in state["levels"]] == [1, 2, 4]
         assert all(level["status"] == "completed" and level["requests_ok"] > 0 for level in state["levels"])
@@ -127,11 +115,11 @@ def test_postgres_connections_dropped_mid_level_the_run_completes_with_every_lev
         e2e.terminate_backends(s["db_name"], keep_pid=keep)
         # Cancel works after the database came back.
         second = driver.call("start", target=ids["target"], plan=ids["long"], label="after drop")["run"]
-        wait_for(driver, second, measuring_level(0), timeout=60, worker=worker)
+        e2e.wait_for(driver, second, measuring_level(0), timeout=60, worker=worker)
         e2e.terminate_backends(s["db_name"], keep_pid=keep)
         time.sleep(1.0)
         driver.call("cancel", run=second)
-        assert wait_for(driver, second, ended, timeout=20, worker=worker)["status"] == "cancelled"
+        assert e2e.wait_for(driver, second, ended, timeout=20, worker=worker)["status"] == "cancelled"
 
 
 @pytest.mark.parametrize("to", ["group", "main process"])
@@ -140,7 +128,7 @@ def test_sigterm_to_the_worker_mid_level_interrupts_the_run_and_the_worker_exits
         driver, ids = s["driver"], s["ids"]
         worker = s["start_worker"]()
         run_id = driver.call("start", target=ids["target"], plan=ids["steps"], label="sigterm")["run"]
-        wait_for(driver, run_id, measuring_level(1), timeout=60, worker=worker)
+        e2e.wait_for(driver, run_id, measuring_level(1), timeout=60, worker=worker)
         time.sleep(1.0)
         sent = time.monotonic()
         # systemd's default and `docker stop` signal the whole group; KillMode=mixed only the main process.
@@ -168,16 +156,16 @@ def test_sigterm_to_the_pool_process_interrupts_the_run_and_the_worker_keeps_con
         driver, ids = s["driver"], s["ids"]
         worker = s["start_worker"]()
         run_id = driver.call("start", target=ids["target"], plan=ids["long"], label="sigterm child")["run"]
-        wait_for(driver, run_id, measuring_level(0), timeout=60, worker=worker)
+        e2e.wait_for(driver, run_id, measuring_level(0), timeout=60, worker=worker)
         # The pool process measuring the run is the one whose children include the load or is busiest.
         children = psutil.Process(worker.proc.pid).children()
         for child in children:
             child.send_signal(signal.SIGTERM)
-        state = wait_for(driver, run_id, ended, timeout=15, worker=worker)
+        state = e2e.wait_for(driver, run_id, ended, timeout=15, worker=worker)
         assert state["status"] == "interrupted" and "SIGTERM" in state["reason"], state
         assert worker.proc.poll() is None
         again = driver.call("start", target=ids["target"], plan=ids["short"], label="after")["run"]
-        assert wait_for(driver, again, ended, timeout=60, worker=worker)["status"] == "succeeded"
+        assert e2e.wait_for(driver, again, ended, timeout=60, worker=worker)["status"] == "succeeded"
 
 
 def test_killed_worker_is_found_by_its_silence_and_the_target_is_free_again(tmp_path, simulator):
@@ -185,7 +173,7 @@ def test_killed_worker_is_found_by_its_silence_and_the_target_is_free_again(tmp_
         driver, ids = s["driver"], s["ids"]
         worker = s["start_worker"]("first")
         run_id = driver.call("start", target=ids["target"], plan=ids["long"], label="killed")["run"]
-        wait_for(driver, run_id, measuring_level(0), timeout=60, worker=worker)
+        e2e.wait_for(driver, run_id, measuring_level(0), timeout=60, worker=worker)
         time.sleep(1.5)
         os.killpg(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait(10)
@@ -194,7 +182,7 @@ def test_killed_worker_is_found_by_its_silence_and_the_target_is_free_again(tmp_
         assert before["status"] == "running"
         # Another worker, under another node name, finds the silent run on its own timer.
         replacement = s["start_worker"]("second")
-        state = wait_for(driver, run_id, ended, timeout=60, worker=replacement)
+        state = e2e.wait_for(driver, run_id, ended, timeout=60, worker=replacement)
         assert time.monotonic() - killed_at < 60
         assert state["status"] == "interrupted", state
         assert worker.node.split("@")[0] in state["reason"] and "stopped reporting" in state["reason"]
@@ -203,7 +191,7 @@ def test_killed_worker_is_found_by_its_silence_and_the_target_is_free_again(tmp_
         assert datetime.fromisoformat(state["finished"]) == datetime.fromisoformat(state["heartbeat"])
         # The target is free again: its next run starts and completes.
         next_run = driver.call("start", target=ids["target"], plan=ids["short"], label="next")["run"]
-        nxt = wait_for(driver, next_run, ended, timeout=60, worker=replacement)
+        nxt = e2e.wait_for(driver, next_run, ended, timeout=60, worker=replacement)
         assert nxt["status"] == "succeeded", nxt
 
 
@@ -212,7 +200,7 @@ def test_cancel_of_a_run_whose_worker_died_ends_it_at_once(tmp_path, simulator):
         driver, ids = s["driver"], s["ids"]
         worker = s["start_worker"]()
         run_id = driver.call("start", target=ids["target"], plan=ids["long"], label="dead cancel")["run"]
-        wait_for(driver, run_id, measuring_level(0), timeout=60, worker=worker)
+        e2e.wait_for(driver, run_id, measuring_level(0), timeout=60, worker=worker)
         os.killpg(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait(10)
         time.sleep(float(FAST["EMBPERF_STALE_AFTER_S"]) + 1)
@@ -237,15 +225,15 @@ def test_redis_restart_the_worker_reconnects_and_keeps_consuming(tmp_path, simul
             driver, ids = s["driver"], s["ids"]
             worker = s["start_worker"]()
             run_id = driver.call("start", target=ids["target"], plan=ids["long"], label="redis restart")["run"]
-            wait_for(driver, run_id, measuring_level(0), timeout=60, worker=worker)
+            e2e.wait_for(driver, run_id, measuring_level(0), timeout=60, worker=worker)
             redis.kill()
             time.sleep(2)
             redis.start()
             # The running sweep carries on and still obeys a cancel; the worker takes new runs.
             driver.call("cancel", run=run_id)
-            assert wait_for(driver, run_id, ended, timeout=20, worker=worker)["status"] == "cancelled"
+            assert e2e.wait_for(driver, run_id, ended, timeout=20, worker=worker)["status"] == "cancelled"
             after = driver.call("start", target=ids["target"], plan=ids["short"], label="after restart")["run"]
-            state = wait_for(driver, after, ended, timeout=60, worker=worker)
+            state = e2e.wait_for(driver, after, ended, timeout=60, worker=worker)
             assert state["status"] == "succeeded", (state, worker.log()[-3000:])
             assert worker.proc.poll() is None
             assert "Unrecoverable error" not in worker.log()
@@ -260,7 +248,7 @@ def test_removed_broker_folder_is_recreated_and_the_worker_keeps_consuming(tmp_p
         shutil.rmtree(tmp_path / "broker")
         time.sleep(1.0)
         run_id = driver.call("start", target=ids["target"], plan=ids["short"], label="no folder")["run"]
-        state = wait_for(driver, run_id, ended, timeout=60, worker=worker)
+        state = e2e.wait_for(driver, run_id, ended, timeout=60, worker=worker)
         assert state["status"] == "succeeded", (state, worker.log()[-3000:])
         assert worker.proc.poll() is None
         assert "Unrecoverable error" not in worker.log()
@@ -281,5 +269,5 @@ def test_a_run_queued_where_no_worker_listens_says_so(tmp_path, simulator):
         assert note in driver.call("progress", run=run_id)["waiting_note"]
         assert note in driver.call("page", run=run_id)["html"]
         worker = s["start_worker"]()
-        state = wait_for(driver, run_id, ended, timeout=60, worker=worker)
+        state = e2e.wait_for(driver, run_id, ended, timeout=60, worker=worker)
         assert state["status"] == "succeeded"

@@ -7,7 +7,6 @@ Redis on 127.0.0.1. The second skips with the reason when a service is absent, e
 (CI=true), where it fails.
 """
 import re
-import time
 from datetime import datetime
 
 import pytest
@@ -44,32 +43,12 @@ def stack(request, simulator, tmp_path_factory):
         cleanups.append(lambda: e2e.drop_postgres_database(db_name))
         cleanups.append(lambda: e2e.drop_redis_queue(queue))
         env = e2e.base_env(var_dir, database_url=database_url, broker_url=e2e.REDIS_URL)
-    worker = driver = None
     try:
-        e2e.migrate(env)
-        worker = e2e.Worker(env, queue, var_dir / "worker.log")
-        driver = e2e.Driver(env, var_dir / "driver.log")
-        ids = driver.call("setup", sim_url=simulator.base_url, queue=queue)
-        worker.wait_ready()
-        yield {"driver": driver, "worker": worker, "ids": ids, "name": request.param}
+        with e2e.worker_stack(env, queue, var_dir, simulator.base_url) as parts:
+            yield {**parts, "name": request.param}
     finally:
-        for part in (driver, worker):
-            if part is not None:
-                part.stop()
         for cleanup in reversed(cleanups):
             cleanup()
-
-
-def wait_for(driver, run_id: int, predicate, *, timeout: float, worker=None) -> dict:
-    deadline = time.monotonic() + timeout
-    state = driver.call("run", run=run_id)
-    while not predicate(state):
-        if time.monotonic() > deadline:
-            log = worker.log()[-3000:] if worker is not None else ""
-            raise AssertionError(f"run {run_id} did not get there within {timeout} s: {state}\n{log}")
-        time.sleep(0.1)
-        state = driver.call("run", run=run_id)
-    return state
 
 
 def test_worker_runs_a_sweep_and_the_levels_show_on_the_run_page(stack):
@@ -77,7 +56,7 @@ def test_worker_runs_a_sweep_and_the_levels_show_on_the_run_page(stack):
     started = driver.call("start", target=ids["target"], plan=ids["short"], label=f"e2e {stack['name']}")
     assert started["status"] == "queued"
     run_id = started["run"]
-    state = wait_for(driver, run_id, lambda s: s["status"] not in ("queued", "running"), timeout=90, worker=worker)
+    state = e2e.wait_for(driver, run_id, lambda s: s["status"] not in ("queued", "running"), timeout=90, worker=worker)
     assert state["status"] == "succeeded", (state["reason"], worker.log()[-3000:])
     assert state["worker_host"].startswith("e2e_")
     levels = state["levels"]
@@ -109,8 +88,8 @@ def test_two_runs_of_one_target_take_turns(stack):
     first = driver.call("start", target=ids["target"], plan=ids["short"], label="e2e turn 1")["run"]
     second = driver.call("start", target=ids["target"], plan=ids["short"], label="e2e turn 2")["run"]
     done = lambda s: s["status"] not in ("queued", "running")  # noqa: E731
-    a = wait_for(driver, first, done, timeout=90, worker=worker)
-    b = wait_for(driver, second, done, timeout=90, worker=worker)
+    a = e2e.wait_for(driver, first, done, timeout=90, worker=worker)
+    b = e2e.wait_for(driver, second, done, timeout=90, worker=worker)
     # The second waited (looking again many times: more than Celery's default of 3 retries) and then ran.
     assert a["status"] == b["status"] == "succeeded", (a["reason"], b["reason"], worker.log()[-3000:])
     assert worker.log().count("target busy with run") > 3
@@ -121,11 +100,11 @@ def test_two_runs_of_one_target_take_turns(stack):
 def test_cancel_takes_effect_within_two_seconds(stack):
     driver, worker, ids = stack["driver"], stack["worker"], stack["ids"]
     run_id = driver.call("start", target=ids["target"], plan=ids["long"], label="e2e cancel")["run"]
-    wait_for(driver, run_id, lambda s: s["phase"] == "measure" or s["status"] not in ("queued", "running"),
+    e2e.wait_for(driver, run_id, lambda s: s["phase"] == "measure" or s["status"] not in ("queued", "running"),
              timeout=60, worker=worker)
     cancel = driver.call("cancel", run=run_id)
     assert cancel["status"] == "running"
-    state = wait_for(driver, run_id, lambda s: s["status"] != "running", timeout=30, worker=worker)
+    state = e2e.wait_for(driver, run_id, lambda s: s["status"] != "running", timeout=30, worker=worker)
     assert state["status"] == "cancelled", state
     # Both times come from the database host's clock in the driver and the worker: the same machine.
     took = datetime.fromisoformat(state["finished"]) - datetime.fromisoformat(cancel["at"])
