@@ -40,7 +40,7 @@ from portal.sweeps.documents import record_document
 from portal.sweeps.models import Level, Run, Target, new_servers
 from portal.sweeps.outbound import outbound_policy
 from portal.sweeps.samples import writer_for_run
-from portal.sweeps.services import sweep_time_limits
+from portal.sweeps.services import run_time_limits
 from workers import spill
 from workers.database import DatabaseUnavailable, DatabaseWrites
 from workers.recorder import RunRecorder
@@ -225,7 +225,7 @@ def target_busy_with(run: Run) -> int | None:
 
 
 def planned_soft_limit(run: Run) -> int:
-    return sweep_time_limits(dict(run.plan_config or {}))[0]
+    return run_time_limits(run)[0]
 
 
 def internal_error_reason(exc: BaseException, node: str) -> str:

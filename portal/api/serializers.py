@@ -14,7 +14,7 @@ from portal.accounts.access import api_teams, visible_to_request
 from portal.accounts.models import Membership, Team
 from portal.front.forms import PlanForm, TargetForm
 from portal.sweeps.models import CONFIG_KEY_RE, Level, Plan, Run, Target
-from portal.sweeps.services import PLAN_OUT_OF_BOUNDS, plan_misfits, plan_start_errors, target_queue_error
+from portal.sweeps.services import run_start_errors
 
 
 class StrictMixin:
@@ -335,23 +335,7 @@ class RunStartSerializer(StrictMixin, serializers.Serializer):
         return value
 
     def validate(self, attrs):
-        target, plan = attrs["target"], attrs["plan"]
-        if target.team_id != plan.team_id:
-            raise serializers.ValidationError(
-                {"plan": [f"This plan belongs to {plan.team.name}; pick a plan of {target.team.name}, "
-                          "the target's team."]}
-            )
-        errors = {}
-        problems = plan_start_errors(plan)
-        if problems:
-            errors["plan"] = [PLAN_OUT_OF_BOUNDS + "; ".join(problems)]
-        else:
-            misfits = plan_misfits(target, plan)
-            if misfits:
-                errors["plan"] = misfits
-        queue_error = target_queue_error(target)
-        if queue_error:
-            errors["target"] = [queue_error]
+        errors = run_start_errors(attrs["target"], attrs["plan"])
         if errors:
             raise serializers.ValidationError(errors)
         return attrs

@@ -9,13 +9,7 @@ from portal.front.fields import KeyValueField, LevelsField, URLListField
 from portal.sweeps.bounds import plan_field_errors, target_field_errors
 from portal.sweeps.models import Plan, QueueGrant, Run, Target, new_servers
 from portal.sweeps.outbound import outbound_policy, validate_outbound_url
-from portal.sweeps.services import (
-    PLAN_OUT_OF_BOUNDS,
-    plan_misfits,
-    plan_start_errors,
-    queue_refusal,
-    target_queue_error,
-)
+from portal.sweeps.services import queue_refusal, run_start_errors
 
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -286,20 +280,9 @@ class RunForm(forms.Form):
 
     def clean(self):
         cleaned = super().clean()
-        target, plan = cleaned.get("target"), cleaned.get("plan")
-        if target and plan and target.team_id != plan.team_id:
-            self.add_error(
-                "plan", f"This plan belongs to {plan.team.name}; pick a plan of {target.team.name}, the target's team."
-            )
-        elif plan:
-            problems = plan_start_errors(plan)
-            if problems:
-                self.add_error("plan", PLAN_OUT_OF_BOUNDS + "; ".join(problems))
-            elif target:
-                for problem in plan_misfits(target, plan):
-                    self.add_error("plan", problem)
-        if target and target_queue_error(target):
-            self.add_error("target", target_queue_error(target))
+        for field, messages in run_start_errors(cleaned.get("target"), cleaned.get("plan")).items():
+            for message in messages:
+                self.add_error(field, message)
         return cleaned
 
 

@@ -41,7 +41,6 @@ def create_run(*, target: Target, plan: Plan, user=None, label: str = "", notes:
     )
 
 
-
 def plan_misfits(target: Target, plan: Plan) -> list[str]:
     """What a plan asks for that the target's last successful probe says the server cannot give
     (more dimensions than its vectors have, longer texts than it accepts), with the figures.
@@ -98,6 +97,27 @@ def plan_start_errors(plan: Plan) -> list[str]:
     return [f"{field}: {' '.join(messages)}" for field, messages in plan_field_errors(plan.to_spec()).items()]
 
 
+def run_start_errors(target: Target | None, plan: Plan | None) -> dict[str, list[str]]:
+    """Why this target and plan cannot be started together, as {"plan" | "target": [messages]}; empty when
+    they can. Either may be None (a form with that field left empty): what can be checked still is."""
+    errors: dict[str, list[str]] = {}
+    if target and plan and target.team_id != plan.team_id:
+        errors["plan"] = [f"This plan belongs to {plan.team.name}; pick a plan of {target.team.name}, "
+                          "the target's team."]
+    elif plan:
+        problems = plan_start_errors(plan)
+        if problems:
+            errors["plan"] = [PLAN_OUT_OF_BOUNDS + "; ".join(problems)]
+        elif target:
+            misfits = plan_misfits(target, plan)
+            if misfits:
+                errors["plan"] = misfits
+    queue_error = target_queue_error(target) if target else None
+    if queue_error:
+        errors["target"] = [queue_error]
+    return errors
+
+
 def _broker_failure(exc: Exception) -> str:
     return (f"Could not hand the job to a worker: the task broker ({_broker_name()}) did not answer "
             f"({type(exc).__name__}: {exc}). Check that it is running and that CELERY_BROKER_URL points at it.")
@@ -110,10 +130,7 @@ def _broker_name() -> str:
 
 def run_time_limits(run: Run) -> tuple[int, int]:
     """(soft, hard) Celery time limits for a run, sized from the plan it runs (its snapshot)."""
-    spec = run.plan_config or {}
-    sizing = Plan(levels=list(spec.get("levels") or []), warmup_s=spec.get("warmup_s") or 0,
-                  duration_s=spec.get("duration_s") or 0, timeout_s=spec.get("timeout_s") or 0)
-    return sweep_time_limits(sizing)
+    return sweep_time_limits(dict(run.plan_config or {}))
 
 
 def enqueue_run(run: Run) -> str | None:
