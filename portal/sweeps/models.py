@@ -449,7 +449,7 @@ class Run(models.Model):
         """The levels this run finished, from its first up to (not including) its first unfinished one."""
         done = []
         for level in self.levels.order_by("index"):
-            if level.index != len(done) or (level.data or {}).get("status", "completed") != "completed":
+            if level.index != len(done) or level.status != Level.Status.COMPLETED:
                 break
             done.append(level)
         return done
