@@ -16,6 +16,10 @@ def _section(section, key):
     return lambda doc, lv: (doc.get(section) or {}).get(key)
 
 
+def _level(key):
+    return lambda doc, lv: lv.get(key)
+
+
 def _latency(key):
     return lambda doc, lv: (lv.get("latency_ms") or {}).get(key)
 
@@ -43,19 +47,19 @@ LEVEL_COLUMNS = (
     ("engine_version", _section("target", "engine_version")),
     ("plan", _section("plan", "name")),
     ("mode", _section("plan", "mode")),
-    ("level_index", lambda doc, lv: lv.get("index")),
-    ("concurrency", lambda doc, lv: lv.get("concurrency")),
-    ("rate", lambda doc, lv: lv.get("rate")),
-    ("level_status", lambda doc, lv: lv.get("status")),
-    ("duration_s", lambda doc, lv: lv.get("duration_s")),
-    ("requests_started", lambda doc, lv: lv.get("requests_started")),
-    ("requests_ok", lambda doc, lv: lv.get("requests_ok")),
-    ("requests_failed", lambda doc, lv: lv.get("requests_failed")),
-    ("in_flight_at_end", lambda doc, lv: lv.get("in_flight_at_end")),
-    ("qps", lambda doc, lv: lv.get("qps")),
-    ("texts_per_s", lambda doc, lv: lv.get("texts_per_s")),
-    ("tokens_per_s", lambda doc, lv: lv.get("tokens_per_s")),
-    ("tokens_estimated", lambda doc, lv: lv.get("tokens_estimated")),
+    ("level_index", _level("index")),
+    ("concurrency", _level("concurrency")),
+    ("rate", _level("rate")),
+    ("level_status", _level("status")),
+    ("duration_s", _level("duration_s")),
+    ("requests_started", _level("requests_started")),
+    ("requests_ok", _level("requests_ok")),
+    ("requests_failed", _level("requests_failed")),
+    ("in_flight_at_end", _level("in_flight_at_end")),
+    ("qps", _level("qps")),
+    ("texts_per_s", _level("texts_per_s")),
+    ("tokens_per_s", _level("tokens_per_s")),
+    ("tokens_estimated", _level("tokens_estimated")),
     ("latency_mean_ms", _latency("mean")),
     ("latency_p50_ms", _latency("p50")),
     ("latency_p90_ms", _latency("p90")),
@@ -65,7 +69,7 @@ LEVEL_COLUMNS = (
     ("latency_max_ms", _latency("max")),
     ("service_p50_ms", _service("p50")),
     ("service_p99_ms", _service("p99")),
-    ("error_rate", lambda doc, lv: lv.get("error_rate")),
+    ("error_rate", _level("error_rate")),
     ("errors_http_4xx", _error("http_4xx")),
     ("errors_http_429", _error("http_429")),
     ("errors_http_5xx", _error("http_5xx")),
@@ -78,7 +82,7 @@ LEVEL_COLUMNS = (
     ("gpu_power_mean_w", _gpu("power_mean_w")),
     ("joules_per_1k_tokens", lambda doc, lv: (lv.get("energy") or {}).get("joules_per_1k_tokens")),
     ("run_aborted_at_level", _section("run", "aborted_at_level")),
-    ("unreachable_s", lambda doc, lv: lv.get("unreachable_s")),
+    ("unreachable_s", _level("unreachable_s")),
     ("run_resumed_from", lambda doc, lv: (doc["run"].get("resumed_from") or {}).get("id")),
 )
 LEVEL_COLUMN_NAMES = tuple(name for name, _ in LEVEL_COLUMNS)
