@@ -4,7 +4,9 @@ Python leaves the JavaScript a generic renderer.
 
 A spec: {"id", "title", "x": {"title", "log", "ticks": "percentile"|"runs"|None}, "axes": [{"id",
 "title", "position", "max"}], "datasets": [{"label", "axis", "color", "dashed", "data": [{"x", "y"}]}],
-"runs": [...] (history charts: tooltip text per x), "variants": {...} (level selector)}.
+"runs": [...] (history charts: tooltip text per x), "variants": {...} (level selector), "steps": [{"x",
+"changes"}] (history: a configuration change between runs), "bands": [{"color", "from", "to", "low", "high"}]
+(history: a segment's spread at one level)}.
 """
 from __future__ import annotations
 
@@ -66,9 +68,14 @@ def history_charts(history: History) -> dict:
     (each chart's "runs" is "shared"), so a thousand runs are not sent four times.
     """
     chart_data = history.chart_data()
+    segments = chart_data["segments"]
+    changes_at = {seg["start"]: seg["changes"] for seg in segments if seg["changes"]}
     runs = [{"id": r["id"], "created": r["created"][:16].replace("T", " "), "label": r["label"], "notes": r["notes"],
-             "baseline": r["baseline"], "regressions": r["regressions"]} for r in chart_data["runs"]]
+             "baseline": r["baseline"], "regressions": r["regressions"], "changes": changes_at.get(n, [])}
+            for n, r in enumerate(chart_data["runs"])]
     x = {"title": "Run (oldest to newest)", "log": False, "ticks": "runs"}
+    # A configuration change: a marked step half-way between the last run before it and the first after.
+    steps = [{"x": start - 0.5, "changes": changes} for start, changes in sorted(changes_at.items())]
 
     def per_level(metric: str) -> list[dict]:
         return [
@@ -78,19 +85,28 @@ def history_charts(history: History) -> dict:
             for i, load in enumerate(chart_data["loads"])
         ]
 
+    def bands(metric: str) -> list[dict]:
+        """The spread (min to max) of each segment's repeated runs at each level, drawn as a band."""
+        colors = {load: i for i, load in enumerate(chart_data["loads"])}
+        return [{"color": colors[load], "from": seg["start"] - 0.3, "to": seg["end"] + 0.3, "low": band["min"],
+                 "high": band["max"], "mean": band["mean"], "sd": band["sd"], "n": band["n"], "level": load}
+                for seg in segments for load, band in seg["bands"][metric].items()]
+
     def figure(key: str, label: str, color: int, axis: str = "y") -> dict:
         return {"label": label, "axis": axis, "color": color, "dashed": False,
                 "data": [{"x": n, "y": r["figures"].get(key)} for n, r in enumerate(chart_data["runs"])
                          if r["figures"].get(key) is not None]}
 
     return {"runs": runs, "charts": [
-        {"id": "history-qps", "title": "Requests/s at each level", "x": x, "runs": "shared",
-         "axes": [y_axis("y", "Requests/s (req/s)")], "datasets": per_level("qps"), "legendTitle": "Level"},
-        {"id": "history-p99", "title": "p99 latency at each level", "x": x, "runs": "shared",
-         "axes": [y_axis("y", "p99 latency (ms)")], "datasets": per_level("p99_ms"), "legendTitle": "Level"},
-        {"id": "history-peak", "title": "Peak requests/s", "x": x, "runs": "shared",
+        {"id": "history-qps", "title": "Requests/s at each level", "x": x, "runs": "shared", "steps": steps,
+         "bands": bands("qps"), "axes": [y_axis("y", "Requests/s (req/s)")], "datasets": per_level("qps"),
+         "legendTitle": "Level"},
+        {"id": "history-p99", "title": "p99 latency at each level", "x": x, "runs": "shared", "steps": steps,
+         "bands": bands("p99_ms"), "axes": [y_axis("y", "p99 latency (ms)")], "datasets": per_level("p99_ms"),
+         "legendTitle": "Level"},
+        {"id": "history-peak", "title": "Peak requests/s", "x": x, "runs": "shared", "steps": steps,
          "axes": [y_axis("y", "Peak requests/s (req/s)")], "datasets": [figure("peak_qps", "Peak req/s", 0)]},
         {"id": "history-knee", "title": "Knee and highest level within the SLO", "x": x, "runs": "shared",
-         "axes": [y_axis("y", "Level")],
+         "steps": steps, "axes": [y_axis("y", "Level")],
          "datasets": [figure("knee_level", "Knee", 1), figure("slo_max_level", "Highest level within SLO", 2)]},
     ]}

@@ -6,28 +6,24 @@ and Markdown.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 
-from django.db.models import F, Q, Window
-from django.db.models.functions import RowNumber
+from django.db.models import Q
 
 from benchmarks.compare import (
     K_SIGMA,
     METRICS,
-    between_run_noise,
     combine_noise,
     compare_values,
 )
 from benchmarks.numbers import MISSING, figure
 from benchmarks.tables import csv_text, markdown_table
 from portal.history.models import LevelStats
+from portal.history.segments import REPEAT_WINDOW, Repeat, config_fingerprint, repeat_noise
 from portal.sweeps.models import Level, Run
 
 MIN_RUNS, MAX_RUNS = 2, 10
-# How many recent runs of the same target and plan feed the between-run noise estimate.
-REPEAT_WINDOW = 20
 
 # Level column holding each compared figure.
 METRIC_COLUMNS = {
@@ -73,47 +69,36 @@ def level_value(level: Level, metric: str) -> float | None:
     return getattr(level, METRIC_COLUMNS[metric])
 
 
-def config_fingerprint(target_config: dict, plan_config: dict, server_config: dict) -> str:
-    """Identical for runs made with the same target, plan and server configuration (repeats)."""
-    return json.dumps([target_config, plan_config, server_config], sort_keys=True, default=str)
-
-
 def repeat_key(run: Run) -> tuple:
     return (run.target_id, run.plan_id, config_fingerprint(run.target_config, run.plan_config, run.server_config))
 
 
-def repeated_run_noise(runs: list[Run]) -> dict[tuple, dict[float, dict[str, float | None]]]:
-    """{repeat key: {load: {metric: between-run noise}}} from repeats of each compared run: the latest
-    succeeded runs (at most REPEAT_WINDOW per target and plan) made with the same configuration.
-    Fewer than 3 repeats give no estimate."""
+def repeated_run_noise(runs: list[Run]) -> dict[int, dict[float, dict[str, float | None]]]:
+    """{run id: {load: {metric: between-run noise}}} for each compared run, from the other succeeded runs
+    of its segment (same target, plan and configuration; see portal/history/segments.py)."""
     pairs = {(r.target_id, r.plan_id) for r in runs if r.target_id and r.plan_id}
     if not pairs:
         return {}
     match = Q()
     for target_id, plan_id in pairs:
         match |= Q(target_id=target_id, plan_id=plan_id)
-    repeats = list(
-        Run.objects.filter(match, status=Run.Status.SUCCEEDED)
-        .annotate(nth=Window(RowNumber(), partition_by=[F("target_id"), F("plan_id")], order_by=F("created").desc()))
-        .filter(nth__lte=REPEAT_WINDOW)
-        .values_list("id", "target_id", "plan_id", "created", "target_config", "plan_config", "server_config")
-    )
-    wanted = {repeat_key(r) for r in runs}
-    group_of, order = {}, {}
-    for run_id, target_id, plan_id, created, target_config, plan_config, server_config in repeats:
+    wanted = {repeat_key(r): r for r in runs}
+    rows = (Run.objects.filter(match, status=Run.Status.SUCCEEDED).exclude(pk__in=[r.pk for r in runs])
+            .values_list("id", "target_id", "plan_id", "created", "target_config", "plan_config", "server_config"))
+    members: dict[tuple, list] = defaultdict(list)
+    for run_id, target_id, plan_id, created, target_config, plan_config, server_config in rows:
         key = (target_id, plan_id, config_fingerprint(target_config, plan_config, server_config))
         if key in wanted:
-            group_of[run_id], order[run_id] = key, created
-    series: dict[tuple, dict[float, dict[str, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    levels = sorted(headline_levels(group_of), key=lambda lv: (order[lv.run_id], lv.index))
-    for lv in levels:
-        for metric in METRICS:
-            series[group_of[lv.run_id]][lv.load][metric].append(level_value(lv, metric))
-    return {
-        group: {load: {m: between_run_noise(values) for m, values in by_metric.items()}
-                for load, by_metric in by_load.items()}
-        for group, by_load in series.items()
-    }
+            members[key].append((created, run_id))
+    repeats = {r.pk: Repeat(id=r.pk, created=r.created, key=str(repeat_key(r)),
+                            counts=r.status == Run.Status.SUCCEEDED) for r in runs}
+    for key, found in members.items():
+        # The newest REPEAT_WINDOW + 1 are enough: each run leaves only itself out.
+        for created, run_id in sorted(found)[-(REPEAT_WINDOW + 1):]:
+            repeats[run_id] = Repeat(id=run_id, created=created, key=str(key), counts=True)
+    for lv in headline_levels(list(repeats)):
+        repeats[lv.run_id].levels[lv.load] = {m: level_value(lv, m) for m in METRIC_COLUMNS}
+    return repeat_noise(repeats.values(), wanted=[r.pk for r in runs])
 
 
 def run_title(run: Run) -> str:
@@ -210,7 +195,7 @@ class Comparison:
     def _noise(self, run: Run, level: Level, metric: str) -> float | None:
         stats = self._stats.get(level.pk)
         within = stats.noise.get(metric) if stats else None
-        between = self._repeats.get(repeat_key(run), {}).get(level.load, {}).get(metric)
+        between = self._repeats.get(run.pk, {}).get(level.load, {}).get(metric)
         return combine_noise(within, between)
 
     def _build_rows(self) -> list[dict]:

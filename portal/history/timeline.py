@@ -11,16 +11,29 @@ from dataclasses import dataclass, field
 from django.db.models import Count, F, Max, Q, Window
 from django.db.models.functions import RowNumber
 
-from benchmarks.compare import METRICS, between_run_noise, combine_noise, compare_values
+from benchmarks.compare import METRICS, combine_noise, compare_values
 from benchmarks.document import key_figures, level_load
 from portal.history.models import LevelStats
+from portal.history.segments import (
+    Repeat,
+    config_changes,
+    config_fingerprint,
+    repeat_noise,
+    snapshot_fields,
+    usable_level,
+)
 from portal.sweeps.models import Level, Run
 
-# The figures whose regressions are flagged: what a person tuning a server watches.
-WATCHED = ("qps", "p99_ms")
-WATCHED_COLUMNS = {"qps": "qps", "p99_ms": "latency_p99_ms"}
-# Runs after a baseline examined for the dashboard's regressions list, per target and plan.
+# The figures whose regressions are flagged: what a person tuning a server watches, and whether it
+# still answers (a run whose server died has few successes and many errors).
+WATCHED = ("qps", "p99_ms", "error_rate")
+LEVEL_COLUMNS = {"qps": "qps", "p99_ms": "latency_p99_ms", "error_rate": "error_rate"}
+# Flagged runs after a baseline listed on the dashboard, per target and plan.
 DASHBOARD_WINDOW = 20
+# Runs whose levels are compared against the baseline: finished runs that measured something.
+CHECKED_STATUSES = (Run.Status.SUCCEEDED, Run.Status.FAILED)
+POINT_FIELDS = ("id", "created", "label", "notes", "status", "is_baseline", "target_id", "plan_id",
+                "target__name", "plan__name", "summary", "target_config", "plan_config", "server_config")
 
 
 @dataclass
@@ -37,9 +50,20 @@ class RunPoint:
     plan_id: int | None = None
     target_name: str = ""
     plan_name: str = ""
-    levels: dict[float, dict] = field(default_factory=dict)  # load -> {"id", "qps", "p99_ms"}
+    fingerprint: str = ""  # segments.config_fingerprint of its snapshots
+    config: dict[str, str] = field(default_factory=dict)  # segments.snapshot_fields of its snapshots
+    levels: dict[float, dict] = field(default_factory=dict)  # load -> {"id", "qps", "p99_ms", "error_rate"}
     figures: dict = field(default_factory=dict)  # peak, knee and SLO level from the run's stored summary
     regressions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Segment:
+    """Consecutive runs with identical target, plan and server-config snapshots, and what changed
+    from the segment before (empty for the first)."""
+
+    points: list[RunPoint]
+    changes: list[str]
 
 
 def history_pairs(runs) -> list[dict]:
@@ -53,87 +77,115 @@ def history_pairs(runs) -> list[dict]:
 
 
 def _run_points(runs) -> dict[int, RunPoint]:
-    rows = runs.values("id", "created", "label", "notes", "status", "is_baseline", "target_id", "plan_id",
-                       "target__name", "plan__name", "summary")
-    return {
-        r["id"]: RunPoint(id=r["id"], created=r["created"], label=r["label"], notes=r["notes"], status=r["status"],
-                          is_baseline=r["is_baseline"], target_id=r["target_id"],
-                          plan_id=r["plan_id"], target_name=r["target__name"] or "", plan_name=r["plan__name"] or "",
-                          figures=key_figures(r["summary"]))
-        for r in rows
-    }
+    points = {}
+    for r in runs.values(*POINT_FIELDS):
+        snapshots = (r["target_config"], r["plan_config"], r["server_config"])
+        points[r["id"]] = RunPoint(
+            id=r["id"], created=r["created"], label=r["label"], notes=r["notes"], status=r["status"],
+            is_baseline=r["is_baseline"], target_id=r["target_id"], plan_id=r["plan_id"],
+            target_name=r["target__name"] or "", plan_name=r["plan__name"] or "",
+            fingerprint=config_fingerprint(*snapshots), config=snapshot_fields(*snapshots),
+            figures=key_figures(r["summary"]))
+    return points
 
 
 def _attach_levels(points: dict[int, RunPoint], level_filter: Q) -> None:
-    rows = Level.objects.filter(level_filter).values_list("id", "run_id", "concurrency", "rate", "qps",
-                                                         "latency_p99_ms")
-    for level_id, run_id, concurrency, rate, qps, p99 in rows:
+    rows = Level.objects.filter(level_filter).values_list("id", "run_id", "concurrency", "rate",
+                                                         *LEVEL_COLUMNS.values())
+    for level_id, run_id, concurrency, rate, *values in rows:
         point = points.get(run_id)
         if point is not None:
             load = level_load({"concurrency": concurrency, "rate": rate})
-            point.levels[load] = {"id": level_id, "qps": qps, "p99_ms": p99}
+            point.levels[load] = {"id": level_id, **dict(zip(LEVEL_COLUMNS, values, strict=True))}
 
 
 def _within_noise(level_filter: Q) -> dict[int, dict]:
     """{level id: {metric: standard error}} for the watched figures (missing stats: unknown noise)."""
     rows = LevelStats.objects.filter(level__in=Level.objects.filter(level_filter)).values_list(
-        "level_id", "noise__qps", "noise__p99_ms")
-    return {level_id: {"qps": qps, "p99_ms": p99} for level_id, qps, p99 in rows}
+        "level_id", *(f"noise__{m}" for m in WATCHED))
+    return {level_id: dict(zip(WATCHED, noise, strict=True)) for level_id, *noise in rows}
 
 
-def _between_noise(series: list[RunPoint]) -> dict[float, dict[str, float | None]]:
-    """Between-run noise per load and watched figure over succeeded runs in time order."""
-    values: dict[float, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for point in series:
-        if point.status == Run.Status.SUCCEEDED:
-            for load, v in point.levels.items():
-                for metric in WATCHED:
-                    values[load][metric].append(v[metric])
-    return {load: {m: between_run_noise(vs) for m, vs in by_metric.items()} for load, by_metric in values.items()}
+def segments_of(points: list[RunPoint]) -> list[Segment]:
+    """The history's runs (oldest first) cut where their configuration changes."""
+    segments: list[Segment] = []
+    for point in points:
+        if segments and segments[-1].points[-1].fingerprint == point.fingerprint:
+            segments[-1].points.append(point)
+        else:
+            before = segments[-1].points[-1].config if segments else None
+            changes = [] if before is None else config_changes(before, point.config)
+            segments.append(Segment(points=[point], changes=changes))
+    return segments
+
+
+def between_noise(points: list[RunPoint]) -> dict[int, dict[float, dict[str, float | None]]]:
+    """Each run's between-run noise from the other succeeded runs of its configuration (segments.py)."""
+    return repeat_noise(
+        Repeat(id=p.id, created=p.created, key=p.fingerprint, counts=p.status == Run.Status.SUCCEEDED,
+               levels={load: {m: v[m] for m in WATCHED} for load, v in p.levels.items()})
+        for p in points)
+
+
+def _regression_text(metric: str, delta, load: float, count: int, compared: int) -> str:
+    change = f"{delta.diff * 100:+.1f} pp" if metric == "error_rate" else f"{delta.pct:+.1f} %"
+    return f"{METRICS[metric].label} {change} at {load:g} (worse at {count} of {compared} levels)"
 
 
 def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dict[int, dict],
-                     between: dict[float, dict]) -> None:
+                     between: dict[int, dict]) -> None:
     """Fill each candidate's `regressions` with the watched figures that are worse than the baseline's
-    beyond the noise, summarised per figure: 'Requests/s -12.3 % at 32 (worse at 4 of 6 levels)'.
+    beyond the noise, summarised per figure: 'Requests/s -12.3 % at 32 (worse at 4 of 6 levels)',
+    'Error rate +98.0 pp at 16 (worse at 3 of 6 levels)'.
 
-    The test is benchmarks.compare.compare_values's verdict "worse", the one the compare page uses.
+    The test is benchmarks.compare.compare_values's verdict "worse", the one the compare page uses,
+    with each side's noise the larger of its level's own and its segment's between-run noise.
     """
-    # Per load and figure: the baseline's value and noise, and the between-run spread.
-    reference: dict[tuple, tuple] = {}
-    for load, base in baseline.levels.items():
-        for metric in WATCHED:
-            if base[metric] is not None:
-                spread = between.get(load, {}).get(metric)
-                reference[(load, metric)] = (base[metric], combine_noise(within.get(base["id"], {}).get(metric),
-                                                                         spread), spread)
+    def noise(point: RunPoint, load: float, level: dict, metric: str) -> float | None:
+        return combine_noise(within.get(level["id"], {}).get(metric),
+                             between.get(point.id, {}).get(load, {}).get(metric))
+
     for point in candidates:
         point.regressions = []
-        if point.id == baseline.id or point.status != Run.Status.SUCCEEDED:
+        if point.id == baseline.id or point.status not in CHECKED_STATUSES:
             continue
         worst: dict[str, tuple] = {}
         count: dict[str, int] = dict.fromkeys(WATCHED, 0)
         compared: dict[str, int] = dict.fromkeys(WATCHED, 0)
         for load, cur in point.levels.items():
-            noise_of = within.get(cur["id"], {})
+            base = baseline.levels.get(load)
+            if base is None:
+                continue
             for metric in WATCHED:
-                ref = reference.get((load, metric))
-                value = cur[metric]
-                if ref is None or value is None:
+                if base[metric] is None or cur[metric] is None:
                     continue
-                base_value, base_noise, spread = ref
                 compared[metric] += 1
-                delta = compare_values(METRICS[metric], base_value, base_noise, value,
-                                       combine_noise(noise_of.get(metric), spread))
-                if delta.verdict == "worse" and delta.pct is not None:
-                    count[metric] += 1
-                    if metric not in worst or abs(delta.pct) > abs(worst[metric][0]):
-                        worst[metric] = (delta.pct, load)
+                delta = compare_values(METRICS[metric], base[metric], noise(baseline, load, base, metric),
+                                       cur[metric], noise(point, load, cur, metric))
+                if delta.verdict != "worse":
+                    continue
+                size = abs(delta.diff) if delta.pct is None or metric == "error_rate" else abs(delta.pct)
+                count[metric] += 1
+                if metric not in worst or size > worst[metric][0]:
+                    worst[metric] = (size, delta, load)
         for metric in WATCHED:
             if metric in worst:
-                pct, load = worst[metric]
-                point.regressions.append(f"{METRICS[metric].label} {pct:+.1f} % at {load:g} "
-                                         f"(worse at {count[metric]} of {compared[metric]} levels)")
+                _, delta, load = worst[metric]
+                if metric != "error_rate" and delta.pct is None:
+                    continue  # a figure worse than a baseline of 0 has no % to name; the error rate will
+                point.regressions.append(_regression_text(metric, delta, load, count[metric], compared[metric]))
+
+
+def find_regressions(points: list[RunPoint], within: dict[int, dict]) -> tuple[RunPoint | None, dict]:
+    """The one rule for a history's regressions, used by the history page and the dashboard: flag the
+    runs after the newest baseline of `points` (one target and plan, oldest first). Returns the
+    baseline and each run's between-run noise."""
+    baseline = next((p for p in reversed(points) if p.is_baseline), None)
+    between = between_noise(points)
+    if baseline is not None:
+        later = [p for p in points if (p.created, p.id) > (baseline.created, baseline.id)]
+        flag_regressions(baseline, later, within, between)
+    return baseline, between
 
 
 @dataclass
@@ -141,13 +193,38 @@ class History:
     points: list[RunPoint]
     baseline: RunPoint | None
     loads: list[float]
+    segments: list[Segment] = field(default_factory=list)
+    between_noise: dict[int, dict] = field(default_factory=dict)
 
     @property
     def regressions(self) -> list[RunPoint]:
         return [p for p in self.points if p.regressions]
 
+    def segment_spread(self) -> list[dict]:
+        """Per segment of 2+ counting runs, per load: the mean and spread (min, max, sd) of req/s and
+        p99 over its succeeded runs' usable levels: what the charts draw as a band."""
+        out = []
+        start = 0
+        for seg in self.segments:
+            bands: dict[str, dict[str, dict]] = {"qps": {}, "p99_ms": {}}
+            counting = [p for p in seg.points if p.status == Run.Status.SUCCEEDED]
+            for load in self.loads:
+                levels = [p.levels[load] for p in counting if load in p.levels and usable_level(p.levels[load])]
+                for metric in bands:
+                    values = [lv[metric] for lv in levels if lv[metric] is not None]
+                    if len(values) >= 2:
+                        mean = sum(values) / len(values)
+                        sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+                        bands[metric][f"{load:g}"] = {"mean": mean, "sd": sd, "min": min(values),
+                                                      "max": max(values), "n": len(values)}
+            out.append({"start": start, "end": start + len(seg.points) - 1, "changes": seg.changes,
+                        "runs": len(seg.points), "bands": bands})
+            start += len(seg.points)
+        return out
+
     def chart_data(self) -> dict:
-        """What the history charts are built from: one point per run, series per load."""
+        """What the history charts are built from: one point per run, series per load, and the
+        segments (where the configuration changed, and each segment's spread)."""
         return {
             "runs": [
                 {"id": p.id, "created": p.created.isoformat(), "label": p.label, "notes": p.notes,
@@ -158,51 +235,53 @@ class History:
                 for p in self.points
             ],
             "loads": [f"{load:g}" for load in self.loads],
+            "segments": self.segment_spread(),
         }
 
 
 def build_history(runs) -> History:
-    """The history of the given runs (one target under one plan), oldest first, with regression flags
-    for the runs after the baseline."""
+    """The history of the given runs (one target under one plan), oldest first, cut into segments, with
+    regression flags for the runs after the baseline."""
     runs = runs.order_by("created", "id")
     points = _run_points(runs)
     level_filter = Q(run__in=runs.values("id"))
     _attach_levels(points, level_filter)
     ordered = sorted(points.values(), key=lambda p: (p.created, p.id))
-    baseline = next((p for p in reversed(ordered) if p.is_baseline), None)
     loads = sorted({load for p in ordered for load in p.levels})
-    if baseline is not None:
-        later = [p for p in ordered if (p.created, p.id) > (baseline.created, baseline.id)]
-        if later:
-            flag_regressions(baseline, later, _within_noise(level_filter), _between_noise(ordered))
-    return History(points=ordered, baseline=baseline, loads=loads)
+    baseline, between = find_regressions(ordered, _within_noise(level_filter))
+    return History(points=ordered, baseline=baseline, loads=loads, segments=segments_of(ordered),
+                   between_noise=between)
 
 
 def dashboard_regressions(runs) -> list[RunPoint]:
-    """Runs after their target+plan's baseline (at most DASHBOARD_WINDOW per pair) that are worse than
-    the baseline beyond the noise, newest first."""
-    baselines = _run_points(runs.filter(is_baseline=True, target__isnull=False, plan__isnull=False))
-    if not baselines:
+    """The runs the history pages flag, for every target+plan with a baseline (the newest
+    DASHBOARD_WINDOW per pair), newest first. The same rule as the history page (find_regressions),
+    over the same runs, so the two always agree."""
+    pairs = set(runs.filter(is_baseline=True, target__isnull=False, plan__isnull=False)
+                .values_list("target_id", "plan_id"))
+    if not pairs:
         return []
-    after = Q()
-    for b in baselines.values():
-        after |= Q(target_id=b.target_id, plan_id=b.plan_id, created__gt=b.created)
-    recent = (runs.filter(after, status=Run.Status.SUCCEEDED)
-              .annotate(nth=Window(RowNumber(), partition_by=[F("target_id"), F("plan_id")],
-                                   order_by=F("created").desc()))
-              .filter(nth__lte=DASHBOARD_WINDOW))
-    candidates = _run_points(Run.objects.filter(pk__in=[r for r in recent.values_list("id", flat=True)]))
-    everything = {**candidates, **baselines}
-    level_filter = Q(run_id__in=list(everything))
-    _attach_levels(everything, level_filter)
+    match = Q()
+    for target_id, plan_id in pairs:
+        match |= Q(target_id=target_id, plan_id=plan_id)
+    scope = runs.filter(match)
+    points = _run_points(scope)
+    level_filter = Q(run__in=scope.values("id"))
+    _attach_levels(points, level_filter)
     within = _within_noise(level_filter)
+    grouped: dict[tuple, list[RunPoint]] = defaultdict(list)
+    for p in sorted(points.values(), key=lambda p: (p.created, p.id)):
+        grouped[(p.target_id, p.plan_id)].append(p)
     flagged = []
-    for b in baselines.values():
-        group = sorted((p for p in candidates.values() if (p.target_id, p.plan_id) == (b.target_id, b.plan_id)),
-                       key=lambda p: (p.created, p.id))
-        flag_regressions(b, group, within, _between_noise([b, *group]))
-        flagged += [p for p in group if p.regressions]
-    return sorted(flagged, key=lambda p: p.created, reverse=True)
+    for group in grouped.values():
+        find_regressions(group, within)
+        flagged += [p for p in group if p.regressions][-DASHBOARD_WINDOW:]
+    return sorted(flagged, key=lambda p: (p.created, p.id), reverse=True)
+
+
+def has_baseline(runs) -> bool:
+    """Whether any target+plan among `runs` has a baseline (the dashboard's empty list says why)."""
+    return runs.filter(is_baseline=True, target__isnull=False, plan__isnull=False).exists()
 
 
 def last_two_per_pair(runs, pairs: int = 8) -> list[dict]:

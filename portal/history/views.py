@@ -20,7 +20,13 @@ from portal.history.comparison import (
     is_id,
     parse_run_ids,
 )
-from portal.history.timeline import build_history, dashboard_regressions, history_pairs, last_two_per_pair
+from portal.history.timeline import (
+    build_history,
+    dashboard_regressions,
+    has_baseline,
+    history_pairs,
+    last_two_per_pair,
+)
 from portal.sweeps.models import Plan, Run, Target
 
 # Rows of the history table shown unless ?all=1 (the charts always show every run).
@@ -187,5 +193,6 @@ def dashboard(request):
         "running": running,
         "recent": recent,
         "regressions": dashboard_regressions(runs)[:20],
+        "has_baseline": has_baseline(runs),
         "quick": last_two_per_pair(runs),
     })

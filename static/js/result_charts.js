@@ -30,6 +30,50 @@
     },
   };
 
+  // History charts: a shaded band per segment and level (the spread of its repeated runs) under the
+  // lines, and a dashed vertical line with "config" where the configuration changed.
+  var segmentMarks = {
+    id: "segmentMarks",
+    beforeDatasetsDraw: function (chart) {
+      var spec = chart.$spec;
+      if (!spec || !spec.bands || !spec.bands.length) return;
+      var x = chart.scales.x, y = chart.scales.y, area = chart.chartArea, ctx = chart.ctx;
+      ctx.save();
+      ctx.beginPath();
+      ctx.rect(area.left, area.top, area.right - area.left, area.bottom - area.top);
+      ctx.clip();
+      spec.bands.forEach(function (b) {
+        var x0 = x.getPixelForValue(b.from), x1 = x.getPixelForValue(b.to);
+        var top = y.getPixelForValue(b.high), bottom = y.getPixelForValue(b.low);
+        ctx.globalAlpha = 0.14;
+        ctx.fillStyle = color(b.color);
+        ctx.fillRect(x0, top, x1 - x0, Math.max(bottom - top, 1.5));
+      });
+      ctx.restore();
+    },
+    afterDatasetsDraw: function (chart) {
+      var spec = chart.$spec;
+      if (!spec || !spec.steps || !spec.steps.length) return;
+      var x = chart.scales.x, area = chart.chartArea, ctx = chart.ctx;
+      ctx.save();
+      ctx.strokeStyle = "#b45309";
+      ctx.fillStyle = "#b45309";
+      ctx.lineWidth = 1.5;
+      ctx.setLineDash([5, 4]);
+      ctx.font = "11px system-ui, sans-serif";
+      spec.steps.forEach(function (s) {
+        var px = x.getPixelForValue(s.x);
+        if (px < area.left || px > area.right) return;
+        ctx.beginPath();
+        ctx.moveTo(px, area.top);
+        ctx.lineTo(px, area.bottom);
+        ctx.stroke();
+        ctx.fillText("config", px + 3, area.top + 11);
+      });
+      ctx.restore();
+    },
+  };
+
   function percentileLabel(v) {
     if (v <= 0) return "0%";
     if (v >= 6) return "max";
@@ -110,7 +154,11 @@
       scale.max = Math.max(runs.length - 0.5, 1);
       scale.ticks = {
         maxTicksLimit: 8,
-        callback: function (v) { return Number.isInteger(v) && runs[v] ? runs[v].created.slice(0, 10) : ""; },
+        // Date and time: runs of one day would otherwise all read the same date.
+        callback: function (v) {
+          if (!Number.isInteger(v) || !runs[v]) return "";
+          return [runs[v].created.slice(0, 10), runs[v].created.slice(11, 16)];
+        },
       };
     }
     return scale;
@@ -132,6 +180,7 @@
         if (run.baseline) lines.push("Baseline");
         if (run.notes) lines.push("Notes: " + run.notes.slice(0, 120));
         run.regressions.forEach(function (r) { lines.push("Worse: " + r); });
+        (run.changes || []).forEach(function (c) { lines.push("Config changed: " + c); });
         return lines;
       };
     } else if (spec.x.ticks === "percentile") {
@@ -158,7 +207,7 @@
         ticks: { callback: function (v) { return fmt(v); } },
       };
     });
-    charts[spec.id] = new window.Chart(canvas, {
+    var chart = new window.Chart(canvas, {
       type: "line",
       data: { datasets: spec.datasets.map(function (ds) { return dataset(ds, spec); }) },
       options: {
@@ -178,8 +227,11 @@
         },
         scales: scales,
       },
-      plugins: [whiteBackground],
+      plugins: [whiteBackground, segmentMarks],
     });
+    chart.$spec = spec;
+    chart.draw();
+    charts[spec.id] = chart;
   }
 
   function downloadPng(id) {
