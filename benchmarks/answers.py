@@ -10,10 +10,11 @@ decompressed, so a small compressed "bomb" cannot expand past the limit; a serve
 anyway gets a clear invalid-answer message. Redirects are never followed (a redirected POST may
 turn into a GET): the caller reports the Location instead.
 
-Limits (docs/result-schema.md, "Error classes"):
-- an embedding answer in the load loop: `answer_limit(texts, dims)` = texts × (dims × 48 + 512)
-  bytes + 1 MiB, room for every value written out in full with indentation plus the JSON around it;
-- an answer whose vector length is not known yet (the probe): 64 MiB;
+Limits (docs/result-schema.md, "Error classes"); embperf sets them, never the server:
+- an embedding answer: `answer_limit(texts, dims)` = texts × (dims × 48 + 512) bytes + 64 KiB, room
+  for every value written out in full with indentation plus the JSON around it, where dims is the
+  plan's vector length or, before it is known (the probe), the installation's maximum vector length
+  (EMBPERF_MAX_VECTOR_LENGTH, 16,384): about 0.8 MiB for one text of unknown length;
 - one /metrics page: 16 MiB.
 """
 import asyncio
@@ -27,11 +28,11 @@ from benchmarks.errors import CONNECT_ERROR, INVALID_RESPONSE, TIMEOUT, InvalidR
 from benchmarks.outbound import OutboundRefused
 
 MIB = 1 << 20
-MAX_ANSWER_BYTES = 64 * MIB  # an embedding answer of unknown shape (the probe, calibration)
+MAX_VECTOR_LENGTH = 16_384  # the default of the installation's maximum vector length (benchmarks.plan)
 MAX_METRICS_BYTES = 16 * MIB  # one Prometheus /metrics page
 BYTES_PER_VALUE = 48  # a float written out in full ("-1.2345678901234567e-05"), separator and indentation
 BYTES_PER_VECTOR = 512  # the object around one vector (index, "object": "embedding", ...)
-ANSWER_SLACK = MIB  # usage, model name, anything else a server adds
+ANSWER_SLACK = 64 * 1024  # usage, model name, anything else a server adds
 
 # What every request asks for: an uncompressed answer (see the module docstring).
 IDENTITY = {"Accept-Encoding": "identity"}
@@ -50,11 +51,10 @@ def mib(n_bytes: int) -> str:
     return f"{n_bytes / MIB:.3g} MiB"
 
 
-def answer_limit(n_texts: int, dims: int | None) -> int:
-    """The most bytes a correct embedding answer for `n_texts` vectors of `dims` values can take
-    (MAX_ANSWER_BYTES when the vector length is not known)."""
-    if not dims:
-        return MAX_ANSWER_BYTES
+def answer_limit(n_texts: int, dims: int | None, max_vector_length: int = MAX_VECTOR_LENGTH) -> int:
+    """The most bytes a correct embedding answer for `n_texts` vectors of `dims` values can take; a
+    vector length not known yet, or above `max_vector_length`, counts as `max_vector_length`."""
+    dims = min(dims or max_vector_length, max_vector_length)
     return n_texts * (dims * BYTES_PER_VALUE + BYTES_PER_VECTOR) + ANSWER_SLACK
 
 

@@ -389,10 +389,11 @@ def command_probe(args, out: Console, err: Console) -> int:
     from benchmarks.probe import probe
 
     target = target_from_args(args)
+    limits = PlanLimits.from_environ()
     checked = normalize_plan({"dimensions": args.dimensions, "encoding": args.encoding, "timeout_s": args.timeout},
-                             PlanLimits.from_environ())
+                             limits)
     result = probe(target, dimensions=checked["dimensions"], encoding=checked["encoding"],
-                   timeout_s=checked["timeout_s"])
+                   timeout_s=checked["timeout_s"], max_vector_length=limits.max_vector_length)
     if args.json:
         out.print_json(json.dumps(result))
         return 0 if result["ok"] else 1

@@ -37,7 +37,7 @@ from benchmarks.answers import (
     ANSWER_SLACK,
     BYTES_PER_VALUE,
     BYTES_PER_VECTOR,
-    MAX_ANSWER_BYTES,
+    MAX_VECTOR_LENGTH,
     AnswerTooLarge,
     check_encoding,
     failure,
@@ -134,13 +134,11 @@ class LevelRunner:
         self.dims = work["dims"]
         self.keep_samples = bool(work.get("keep_samples"))
         self.est_tokens = float(work.get("tokens_per_text_estimate") or 0)
-        # Memory cap per answer: answers.answer_limit, inlined as one multiply-add per request.
-        if self.dims:
-            self.bytes_per_text = self.dims * BYTES_PER_VALUE + BYTES_PER_VECTOR
-            self.answer_slack = ANSWER_SLACK
-        else:
-            self.bytes_per_text = 0
-            self.answer_slack = MAX_ANSWER_BYTES
+        # Memory cap per answer: answers.answer_limit, inlined as one multiply-add per request. The
+        # expected length comes from the plan or the probe, never above the installation's maximum.
+        most = int(work.get("max_vector_length") or MAX_VECTOR_LENGTH)
+        self.bytes_per_text = min(self.dims or most, most) * BYTES_PER_VALUE + BYTES_PER_VECTOR
+        self.answer_slack = ANSWER_SLACK
 
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.latency = stats.new_histogram()

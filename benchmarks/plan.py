@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from benchmarks.answers import answer_limit
 from benchmarks.errors import ConfigError
 from benchmarks.flavors import ENCODINGS
 from benchmarks.inputs import MODES as INPUT_MODES
@@ -25,6 +26,10 @@ class PlanLimits:
     max_rate: float = 100_000.0
     max_level_seconds: float = 3600.0
     max_run_seconds: float = 12 * 3600.0
+    # The longest vector a server may answer with, whatever it claims (it sizes every answer's cap).
+    max_vector_length: int = 16_384
+    # What one worker may hold for a plan's requests in flight (answers at their cap, request bodies).
+    max_worker_memory_mib: int = 4096
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> "PlanLimits":
@@ -46,6 +51,11 @@ class PlanLimits:
         return cls(**values)
 
 
+# A request body's size per text: its tokens written out (a token is rarely more than 8 bytes of
+# UTF-8 text, JSON escapes included) and the quotes and separators around the text.
+REQUEST_BYTES_PER_TOKEN = 8
+REQUEST_BYTES_PER_TEXT = 16
+
 # The environment variable (and portal setting) that sets each limit.
 LIMIT_SETTINGS = {
     "max_levels": "EMBPERF_MAX_LEVELS",
@@ -53,6 +63,8 @@ LIMIT_SETTINGS = {
     "max_rate": "EMBPERF_MAX_RATE",
     "max_level_seconds": "EMBPERF_MAX_LEVEL_SECONDS",
     "max_run_seconds": "EMBPERF_MAX_RUN_SECONDS",
+    "max_vector_length": "EMBPERF_MAX_VECTOR_LENGTH",
+    "max_worker_memory_mib": "EMBPERF_MAX_WORKER_MEMORY_MIB",
 }
 
 
@@ -85,7 +97,7 @@ PLAN_BOUNDS = {
     "duration_s": Bound("The measured duration", 120.0, 0, "max_level_seconds", unit="s", above=True),
     "tokens": Bound("Tokens per text", 512, 1, 32_768, integer=True),
     "batch": Bound("Texts per request", 1, 1, 2_048, integer=True),
-    "dimensions": Bound("Dimensions", None, 1, 16_384, integer=True, optional=True),
+    "dimensions": Bound("Dimensions", None, 1, "max_vector_length", integer=True, optional=True),
     "timeout_s": Bound("The request timeout", 30.0, 0, 600, unit="s", above=True),
     "abort_error_rate": Bound("The abort error rate", 0.5, 0, 1, above=True),
     "abort_window_s": Bound("The abort window", 10.0, 1, 3600, unit="s"),
@@ -205,6 +217,33 @@ def planned_seconds(plan: Mapping) -> float:
     return len(plan.get("levels") or []) * per_level
 
 
+def in_flight_most(plan: Mapping) -> int:
+    """The most requests a plan can have in flight at once on one worker."""
+    if plan.get("mode") == "open":
+        return int(plan.get("max_in_flight") or 1)
+    most = max(int(level) for level in plan.get("levels") or [1])
+    cap = plan.get("max_in_flight")
+    return min(most, int(cap)) if cap else most
+
+
+def worst_case_bytes(plan: Mapping, limits: PlanLimits) -> int:
+    """What a worker may hold for a plan at once: every request in flight with its body and an answer
+    at its cap (answers.answer_limit for the plan's vector length, or the installation's maximum)."""
+    texts = int(plan.get("batch") or 1)
+    dims = plan.get("dimensions") or limits.max_vector_length
+    body = texts * (int(plan.get("tokens") or 1) * REQUEST_BYTES_PER_TOKEN + REQUEST_BYTES_PER_TEXT)
+    return in_flight_most(plan) * (answer_limit(texts, dims) + body)
+
+
+def _mib(n_bytes: float) -> str:
+    """A memory figure for messages: '8,200 GiB', '6.1 GiB', '0.82 MiB'."""
+    if n_bytes >= 2**30:
+        gib = n_bytes / 2**30
+        return f"{gib:,.0f} GiB" if gib >= 100 else f"{gib:.1f} GiB".replace(".0 GiB", " GiB")
+    mib = n_bytes / 2**20
+    return f"{mib:,.0f} MiB" if mib >= 10 else f"{mib:.2g} MiB"
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.3g} h" if seconds >= 3600 else f"{seconds:.0f} s"
 
@@ -240,6 +279,16 @@ def plan_errors(plan: Mapping, limits: PlanLimits | None = None) -> tuple[dict, 
                 f"This plan may take up to {_hours(total)} ({len(out['levels'])} levels × (warm-up + duration + "
                 f"timeout)), above this installation's limit of {_hours(limits.max_run_seconds)} "
                 "(EMBPERF_MAX_RUN_SECONDS); use fewer or shorter levels."
+            ]
+        worst = worst_case_bytes(out, limits)
+        budget = limits.max_worker_memory_mib * 2**20
+        if not errors and worst > budget:
+            errors["levels"] = [
+                f"This plan may hold up to {_mib(worst)} on a worker ({in_flight_most(out):,} requests in flight × "
+                f"{out['batch']:,} texts per request × up to {_mib(worst / in_flight_most(out) / out['batch'])} "
+                f"per text for the answer and the request), above this installation's budget of "
+                f"{_mib(budget)} per worker (EMBPERF_MAX_WORKER_MEMORY_MIB); lower the concurrency (or max in "
+                "flight), the texts per request, the tokens per text or the dimensions."
             ]
     return out, errors
 

@@ -3,8 +3,9 @@
 It reports the model name as served, the vector length, the prompt tokens the server counted and
 the latency; a failure comes back as a plain-words message plus a hint a person can act on.
 The probe sends its request the way the load does (aiohttp, benchmarks/answers.py): within one total
-timeout, with the answer capped at 64 MiB, uncompressed, without following redirects, and only to
-addresses the outbound policy allows (benchmarks/outbound.py).
+timeout, with the answer capped at what a correct answer of the installation's maximum vector length
+can take (`max_vector_length`, 16,384 by default; a longer vector is refused), uncompressed, without
+following redirects, and only to addresses the outbound policy allows (benchmarks/outbound.py).
 """
 import re
 import time
@@ -14,7 +15,7 @@ import orjson
 from yarl import URL
 
 from benchmarks.answers import (
-    MAX_ANSWER_BYTES,
+    MAX_VECTOR_LENGTH,
     AnswerTooLarge,
     answer_limit,
     check_encoding,
@@ -126,10 +127,20 @@ def _failed(url: str, exc: BaseException, timeout_s: float) -> dict:
     return _result(url=url, error=f"request to {url} failed: {message}", hint="check the URL (scheme, host, port)")
 
 
+LONGEST_SETTING = "EMBPERF_MAX_VECTOR_LENGTH"
+
+
+def _too_long(url: str, length: int, most: int) -> str:
+    return (f"wrong answer from {url}: its vectors have {length:,} values, more than this installation's "
+            f"maximum vector length of {most:,} ({LONGEST_SETTING})")
+
+
 async def _probe_urls(flavor, base_urls: list[str], texts: list[str], dims: int | None, timeout_s: float,
-                      headers: dict, policy: OutboundPolicy, details: bool = False) -> dict:
+                      headers: dict, policy: OutboundPolicy, details: bool = False,
+                      max_vector_length: int = MAX_VECTOR_LENGTH) -> dict:
     body = flavor.body(texts)
-    limit = answer_limit(len(texts), dims) if dims else MAX_ANSWER_BYTES
+    # embperf sizes the answer, never the server: the requested length, or the installation's maximum.
+    limit = answer_limit(len(texts), dims, max_vector_length)
     # Every URL is checked before the first request, so a refused one means nothing was sent at all.
     for base_url in base_urls:
         url = flavor.url(base_url)
@@ -152,7 +163,14 @@ async def _probe_urls(flavor, base_urls: list[str], texts: list[str], dims: int 
                     status, resp_headers = resp.status, resp.headers
                     raw = await read_body(resp, limit)
             except AnswerTooLarge as exc:
-                return _result(url=url, status=status, error=f"wrong answer from {url}: {exc}",
+                if 200 <= status < 300:
+                    shape = (f"{len(texts)} vector(s) of {dims:,} values" if dims else
+                             f"{len(texts)} vector(s) of at most {max_vector_length:,} values, this installation's "
+                             f"maximum vector length ({LONGEST_SETTING})")
+                    return _result(url=url, status=status, error=f"wrong answer from {url}: {exc} for {shape}",
+                                   hint="a server with longer vectors needs a higher maximum from the operator; "
+                                        f"otherwise check that this is a {flavor.name}-flavor embedding endpoint")
+                return _result(url=url, status=status, error=f"wrong answer from {url}: HTTP {status}, {exc}",
                                hint=f"is this a {flavor.name}-flavor embedding endpoint? check the flavor and URL")
             except (TimeoutError, aiohttp.ClientError, OSError, OutboundRefused) as exc:
                 return _failed(url, exc, timeout_s)
@@ -175,6 +193,10 @@ async def _probe_urls(flavor, base_urls: list[str], texts: list[str], dims: int 
                                error=f"wrong answer from {url}: {exc} "
                                      f"({describe_body(raw, resp_headers.get('Content-Type'))})",
                                hint=f"is this a {flavor.name}-flavor embedding endpoint? check the flavor and URL")
+            if found["vector_length"] > max_vector_length:
+                return _result(url=url, status=status, latency_ms=latency_ms,
+                               error=_too_long(url, found["vector_length"], max_vector_length),
+                               hint="ask for fewer dimensions, or ask the operator to raise the maximum")
             if first is None:
                 first = _result(ok=True, url=url, status=status, latency_ms=latency_ms, **found)
         if details and first is not None:
@@ -227,12 +249,14 @@ async def max_input_tokens(session, flavor, base_url: str) -> int | None:
 
 
 def probe_texts(target: dict, texts: list[str], *, dimensions: int | None = None, encoding: str = "float",
-                timeout_s: float = 10, outbound: OutboundPolicy | None = None, details: bool = False) -> dict:
+                timeout_s: float = 10, outbound: OutboundPolicy | None = None, details: bool = False,
+                max_vector_length: int = MAX_VECTOR_LENGTH) -> dict:
     """Send one request with `texts` to every base URL of the target; the first failure, or the
     first URL's findings. Each request ends within `timeout_s` (headers and body together), its
     answer is capped (benchmarks/answers.py), and a redirect is reported, not followed.
     Every address passes the outbound policy (`outbound`, by default the one of
-    $EMBPERF_ALLOWED_TARGETS) before anything is sent to it.
+    $EMBPERF_ALLOWED_TARGETS) before anything is sent to it. A vector longer than
+    `max_vector_length` fails the probe, and no answer is read past what such a vector can take.
     Raises ConfigError for a target the engine cannot use at all."""
     flavor = make_flavor(target.get("flavor", "openai"), target.get("model", ""), dimensions=dimensions,
                          encoding=encoding)
@@ -241,11 +265,12 @@ def probe_texts(target: dict, texts: list[str], *, dimensions: int | None = None
         raise ConfigError("the target has no base URL")
     headers = request_headers(target.get("api_key"))
     policy = outbound if outbound is not None else OutboundPolicy.from_environment()
-    return run_blocking(lambda: _probe_urls(flavor, base_urls, texts, dimensions, timeout_s, headers, policy, details))
+    return run_blocking(lambda: _probe_urls(flavor, base_urls, texts, dimensions, timeout_s, headers, policy, details,
+                                                   max_vector_length))
 
 
 def probe(target: dict, *, dimensions: int | None = None, encoding: str = "float", timeout_s: float = 10,
-          outbound: OutboundPolicy | None = None) -> dict:
+          outbound: OutboundPolicy | None = None, max_vector_length: int = MAX_VECTOR_LENGTH) -> dict:
     """One request to the target: what it serves, or a message and hint saying why it does not work.
 
     Returns {"ok", "served_model", "vector_length", "prompt_tokens", "latency_ms", "status",
@@ -253,6 +278,6 @@ def probe(target: dict, *, dimensions: int | None = None, encoding: str = "float
     accepts, or None)."""
     try:
         return probe_texts(target, [PROBE_TEXT], dimensions=dimensions, encoding=encoding, timeout_s=timeout_s,
-                           outbound=outbound, details=True)
+                           outbound=outbound, details=True, max_vector_length=max_vector_length)
     except ConfigError as exc:
         return _result(error=str(exc), hint="fix the target's settings")

@@ -88,7 +88,8 @@ class Sweep:
                  outbound=None, limits=None):
         self.target = normalize_target(target)
         self.outbound = outbound if outbound is not None else OutboundPolicy.from_environment()
-        self.plan = normalize_plan(plan, limits)
+        self.limits = limits or PlanLimits()
+        self.plan = normalize_plan(plan, self.limits)
         check_combination(self.target, self.plan)
         self.cancel = cancel or CancelToken()
         self.on_progress = on_progress
@@ -154,7 +155,8 @@ class Sweep:
     def _send(self, texts: list[str]) -> dict:
         plan = self.plan
         result = probe_texts(self.target, texts, dimensions=plan["dimensions"], encoding=plan["encoding"],
-                             timeout_s=min(plan["timeout_s"], 60), outbound=self.outbound)
+                             timeout_s=min(plan["timeout_s"], 60), outbound=self.outbound,
+                             max_vector_length=self.limits.max_vector_length)
         if not result["ok"]:
             message = result["error"] + (f" (hint: {result['hint']})" if result.get("hint") else "")
             raise SweepError(message)
@@ -257,6 +259,7 @@ class Sweep:
         common = {
             "index": index, "mode": plan["mode"], "t0": t0, "warmup_s": plan["warmup_s"],
             "duration_s": plan["duration_s"], "timeout_s": plan["timeout_s"], "dims": self.dims,
+            "max_vector_length": self.limits.max_vector_length,
             "keep_samples": plan["keep_samples"], "arrival": plan["arrival"],
             "tokens_per_text_estimate": self.tokens_per_text_estimate, "token_source": self.token_source,
         }

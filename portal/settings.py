@@ -228,6 +228,10 @@ EMBPERF_MAX_RATE = env_float("EMBPERF_MAX_RATE", PlanLimits.max_rate)
 EMBPERF_MAX_LEVEL_SECONDS = env_float("EMBPERF_MAX_LEVEL_SECONDS", PlanLimits.max_level_seconds)
 # A whole run's planned time; the sweep task's time limits are sized from it.
 EMBPERF_MAX_RUN_SECONDS = env_float("EMBPERF_MAX_RUN_SECONDS", PlanLimits.max_run_seconds)
+# The longest vector any server may answer with (it sizes every answer's memory cap), and what one
+# worker may hold for a plan's requests in flight; a plan that could take more is refused at save.
+EMBPERF_MAX_VECTOR_LENGTH = env_int("EMBPERF_MAX_VECTOR_LENGTH", PlanLimits.max_vector_length)
+EMBPERF_MAX_WORKER_MEMORY_MIB = env_int("EMBPERF_MAX_WORKER_MEMORY_MIB", PlanLimits.max_worker_memory_mib)
 # Outbound policy (docs/security.md): what the engine may contact, as CIDRs and host names with
 # optional ports. Blank: loopback and private ranges. Link-local, cloud metadata, unspecified,
 # multicast and broadcast addresses and this portal's own services are refused unless listed.

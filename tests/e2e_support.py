@@ -374,8 +374,62 @@ def _api(state: dict, *, method: str, path: str, body: dict | None = None) -> di
     return {"status": response.status_code, "json": response.json()}
 
 
-COMMANDS = {"setup": _setup, "start": _start, "run": _run, "cancel": _cancel, "page": _page, "plan": _plan,
-            "api": _api, "backend_pid": _backend_pid, "press_cancel": _press_cancel, "progress": _progress}
+def _target(state: dict, **fields) -> dict:
+    """A target of the stack's team (any Target fields: base_urls, queue, tokenizer, ...)."""
+    from portal.accounts.models import Team
+    from portal.sweeps.models import Target
+
+    team = Team.objects.get(memberships__user=state["user"])
+    fields.setdefault("model_name", "m")
+    return {"target": Target.objects.create(team=team, **fields).pk}
+
+
+def _grant(state: dict, *, queue: str, granted: bool) -> dict:
+    """Grant the stack's team a queue, or withdraw the grant (what an administrator does in the admin)."""
+    from portal.accounts.models import Team
+    from portal.sweeps.models import QueueGrant
+
+    team = Team.objects.get(memberships__user=state["user"])
+    if granted:
+        QueueGrant.objects.get_or_create(team=team, queue=queue)
+    else:
+        QueueGrant.objects.filter(team=team, queue=queue).delete()
+    return {"granted": QueueGrant.objects.filter(team=team, queue=queue).exists()}
+
+
+def _broker_refused_run(state: dict, *, target: int, plan: int) -> dict:
+    """A run the broker refused at its start (failed, never started), as enqueue_run leaves it."""
+    from portal.sweeps.models import Plan, Run, Target
+    from portal.sweeps.services import create_run
+
+    run = create_run(target=Target.objects.get(pk=target), plan=Plan.objects.get(pk=plan), user=state["user"])
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.FAILED, status_reason="the broker did not answer",
+                                         finished=run.created)
+    return {"run": run.pk}
+
+
+def _post_page(state: dict, *, name: str, args: list | None = None, data: dict | None = None) -> dict:
+    """A page's form POST (the URL by its name) as the stack's user, redirects followed: the status,
+    the path it lands on and the page."""
+    from django.test import Client
+    from django.urls import reverse
+
+    client = Client()
+    client.force_login(state["user"])
+    response = client.post(reverse(name, args=args or []), data or {}, follow=True)
+    return {"status": response.status_code, "path": response.wsgi_request.path, "html": response.content.decode()}
+
+
+def _runs(state: dict) -> dict:
+    from portal.sweeps.models import Run
+
+    return {"runs": list(Run.objects.order_by("pk").values_list("pk", flat=True))}
+
+
+COMMANDS = {"setup": _setup, "target": _target, "grant": _grant, "broker_refused_run": _broker_refused_run,
+            "post_page": _post_page, "runs": _runs, "start": _start, "run": _run, "cancel": _cancel, "page": _page,
+            "plan": _plan, "api": _api, "backend_pid": _backend_pid, "press_cancel": _press_cancel,
+            "progress": _progress}
 
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
     _serve()

@@ -80,6 +80,12 @@ OUT_OF_BOUNDS = [
     ({"abort_error_rate": 1.5}, "abort_error_rate"),
     ({"abort_error_rate": 0}, "abort_error_rate"),
     ({"slo_p99_ms": 0}, "slo_p99_ms"),
+    # Each bound within limits, their product not: the worker's memory budget (4 GiB).
+    ({"levels": [4096], "batch": 2048, "tokens": 32768}, "levels"),
+    # No dimensions: answers may take the maximum length.
+    ({"levels": [1, 256], "batch": 32, "tokens": 512}, "levels"),
+    # An open loop's default cap is 4096 in flight.
+    ({"mode": "open", "levels": [10], "batch": 2, "tokens": 512}, "levels"),
 ]
 
 
@@ -128,6 +134,26 @@ def test_abort_policy_door_engine():
     with pytest.raises(FieldErrors) as info:
         normalize_plan({"levels": [1], **ABORT})
     assert info.value.errors == {"abort_error_rate": [RATE], "abort_window_s": [WINDOW]}
+
+
+def test_the_memory_budget_names_its_figure_and_the_plan_within_it_passes():
+    message = rule_message({"levels": [4096], "batch": 2048, "tokens": 32768}, "levels")
+    assert message.startswith("This plan may hold up to 8,196 GiB on a worker (4,096 requests in flight × "
+                              "2,048 texts per request × up to 1 MiB per text")
+    assert "budget of 4 GiB per worker (EMBPERF_MAX_WORKER_MEMORY_MIB)" in message
+    # The same load with the vector length stated fits: the cap follows the plan's own length.
+    assert plan_errors({"levels": [1, 256], "batch": 32, "dimensions": 1024})[1] == {}
+    assert plan_errors({"levels": [4096]})[1] == {}  # the largest concurrency, one text of any length
+    assert plan_errors({"levels": [1, 256], "batch": 32},
+                       PlanLimits(max_worker_memory_mib=8192))[1] == {}
+
+
+def test_the_maximum_vector_length_is_one_setting():
+    limits = PlanLimits.from_environ({"EMBPERF_MAX_VECTOR_LENGTH": "4096"})
+    assert limits.max_vector_length == 4096
+    errors = plan_errors({"levels": [1], "dimensions": 8192}, limits)[1]
+    assert errors == {"dimensions": ["Dimensions may be at most 4096 on this installation "
+                                     "(EMBPERF_MAX_VECTOR_LENGTH); 8192 is too high."]}
 
 
 @pytest.mark.parametrize("preset", sorted(PLAN_PRESETS))

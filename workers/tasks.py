@@ -410,7 +410,8 @@ def probe_target(self, target_id: int) -> dict | None:
         return None
     node = _node(self)
     try:
-        result = probe(target.to_spec(), outbound=outbound_policy())
+        result = probe(target.to_spec(), outbound=outbound_policy(),
+                       max_vector_length=plan_limits().max_vector_length)
     except Exception as exc:
         logger.error("target %s: probe failed unexpectedly\n%s", target_id, traceback.format_exc())
         result = {"ok": False, "served_model": None, "vector_length": None, "prompt_tokens": None,

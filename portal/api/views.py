@@ -96,6 +96,8 @@ class PlanViewSet(TeamOwnedViewSet):
 
 
 READ_ONLY = OpenApiResponse(description="Read-only role.")
+START_400 = OpenApiResponse(description="The start rules refuse this work (queue grant, plan bounds, team): "
+                                        "`target` or `plan` says why, as a new start would.")
 STATE_409 = OpenApiResponse(description="The run is not in a state that allows this; `detail` says why.")
 BROKER_503 = OpenApiResponse(
     description="The task broker refused the run: `detail` gives the reason; the run is saved as failed "
@@ -187,8 +189,8 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
         )
         return _started(request, run)
 
-    @extend_schema(request=None, responses={201: RunStartedSerializer, 403: READ_ONLY, 404: ERROR_404,
-                                            409: STATE_409, 503: BROKER_503})
+    @extend_schema(request=None, responses={201: RunStartedSerializer, 400: START_400, 403: READ_ONLY,
+                                            404: ERROR_404, 409: STATE_409, 503: BROKER_503})
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):
         """Continue an interrupted or failed run from its first unfinished level, as a new run linked to it
@@ -197,12 +199,14 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
         check_write(request, run.team)
         try:
             new = services.resume_run(run, user=request.user, source=Run.Source.API)
+        except services.RunRefused as exc:  # the start rules, as a start answers them
+            return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
         except services.RunStateError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return _started(request, new)
 
-    @extend_schema(request=None, responses={200: RunSerializer, 403: READ_ONLY, 404: ERROR_404, 409: STATE_409,
-                                            503: BROKER_503})
+    @extend_schema(request=None, responses={200: RunSerializer, 400: START_400, 403: READ_ONLY, 404: ERROR_404,
+                                            409: STATE_409, 503: BROKER_503})
     @action(detail=True, methods=["post"])
     def enqueue(self, request, pk=None):
         """Queue again a run the broker refused when it was started (it never reached a worker)."""
@@ -210,6 +214,8 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
         check_write(request, run.team)
         try:
             run = services.requeue_run(run)
+        except services.RunRefused as exc:
+            return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
         except services.RunStateError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         if run.never_started:

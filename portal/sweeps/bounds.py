@@ -21,6 +21,8 @@ def plan_limits() -> PlanLimits:
         max_rate=settings.EMBPERF_MAX_RATE,
         max_level_seconds=settings.EMBPERF_MAX_LEVEL_SECONDS,
         max_run_seconds=settings.EMBPERF_MAX_RUN_SECONDS,
+        max_vector_length=settings.EMBPERF_MAX_VECTOR_LENGTH,
+        max_worker_memory_mib=settings.EMBPERF_MAX_WORKER_MEMORY_MIB,
     )
 
 

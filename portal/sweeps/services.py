@@ -41,24 +41,26 @@ def create_run(*, target: Target, plan: Plan, user=None, label: str = "", notes:
     )
 
 
-def plan_misfits(target: Target, plan: Plan) -> list[str]:
-    """What a plan asks for that the target's last successful probe says the server cannot give
-    (more dimensions than its vectors have, longer texts than it accepts), with the figures.
+def plan_misfits(target: Target, plan: Plan | dict) -> list[str]:
+    """What a plan (a Plan or its spec) asks for that the target's last successful probe says the server
+    cannot give (more dimensions than its vectors have, longer texts than it accepts), with the figures.
     Checked before a run is queued; empty when the probe has not run or saw nothing to object to."""
     probe = target.last_probe or {}
     if not probe.get("ok"):
         return []
+    spec = plan.to_spec() if isinstance(plan, Plan) else plan
+    dimensions, tokens = spec.get("dimensions"), spec.get("tokens")
     problems = []
     length = probe.get("vector_length")
-    if plan.dimensions and isinstance(length, int) and plan.dimensions > length:
+    if dimensions and isinstance(length, int) and dimensions > length:
         problems.append(
-            f"The plan asks for {plan.dimensions:,} dimensions, but the target's last probe saw vectors of "
+            f"The plan asks for {dimensions:,} dimensions, but the target's last probe saw vectors of "
             f"{length:,}: leave the plan's dimensions blank to use the model's own, or ask for {length:,} or fewer."
         )
     limit = probe.get("max_input_tokens")
-    if isinstance(limit, int) and plan.tokens > limit:
+    if isinstance(limit, int) and isinstance(tokens, int) and tokens > limit:
         problems.append(
-            f"The plan asks for {plan.tokens:,}-token texts, but the server accepts at most {limit:,} tokens per "
+            f"The plan asks for {tokens:,}-token texts, but the server accepts at most {limit:,} tokens per "
             f"text (its last probe): ask for {limit:,} tokens or fewer."
         )
     return problems
@@ -91,31 +93,56 @@ def target_queue_error(target: Target) -> str | None:
 PLAN_OUT_OF_BOUNDS = "This plan is outside this installation's bounds; edit it before starting it: "
 
 
-def plan_start_errors(plan: Plan) -> list[str]:
-    """Why this plan cannot be started as it stands (saved before today's bounds, or limits lowered
-    since), one message per field; empty when it can."""
-    return [f"{field}: {' '.join(messages)}" for field, messages in plan_field_errors(plan.to_spec()).items()]
+def plan_start_errors(plan: Plan | dict) -> list[str]:
+    """Why this plan (a Plan or the spec a run will use) cannot be started as it stands (saved before
+    today's bounds, or limits lowered since), one message per field; empty when it can."""
+    spec = plan.to_spec() if isinstance(plan, Plan) else plan
+    return [f"{field}: {' '.join(messages)}" for field, messages in plan_field_errors(spec).items()]
 
 
-def run_start_errors(target: Target | None, plan: Plan | None) -> dict[str, list[str]]:
-    """Why this target and plan cannot be started together, as {"plan" | "target": [messages]}; empty when
-    they can. Either may be None (a form with that field left empty): what can be checked still is."""
+class RunStateError(Exception):
+    """The run is not in a state that allows this (the message says why and what to do instead)."""
+
+
+def run_start_errors(target: Target | None, plan: Plan | None, *, spec: dict | None = None) -> dict[str, list[str]]:
+    """The one gate for work: why this target and plan cannot be sent to a worker together, as
+    {"plan" | "target": [messages]}; empty when they can. Every path that publishes a sweep asks it
+    (start, run again through the start form, resume, enqueue). `spec` is the plan as the run will
+    measure it (a resumed or requeued run's snapshot), by default the plan's own. Either may be None
+    (a form with that field left empty): what can be checked still is."""
     errors: dict[str, list[str]] = {}
+    if spec is None and plan is not None:
+        spec = plan.to_spec()
     if target and plan and target.team_id != plan.team_id:
         errors["plan"] = [f"This plan belongs to {plan.team.name}; pick a plan of {target.team.name}, "
                           "the target's team."]
-    elif plan:
-        problems = plan_start_errors(plan)
+    elif spec is not None:
+        problems = plan_start_errors(spec)
         if problems:
             errors["plan"] = [PLAN_OUT_OF_BOUNDS + "; ".join(problems)]
         elif target:
-            misfits = plan_misfits(target, plan)
+            misfits = plan_misfits(target, spec)
             if misfits:
                 errors["plan"] = misfits
     queue_error = target_queue_error(target) if target else None
     if queue_error:
         errors["target"] = [queue_error]
     return errors
+
+
+class RunRefused(RunStateError):
+    """The gate (run_start_errors) refuses to send this work to a worker; `errors` as it gives them."""
+
+    def __init__(self, errors: dict[str, list[str]]):
+        self.errors = errors
+        super().__init__(" ".join(m for messages in errors.values() for m in messages))
+
+
+def _gate(run: Run) -> None:
+    """Raise RunRefused when the start rules refuse the run as it would be sent (its own snapshot)."""
+    errors = run_start_errors(run.target, run.plan, spec=dict(run.plan_config or {}))
+    if errors:
+        raise RunRefused(errors)
 
 
 def _broker_failure(exc: Exception) -> str:
@@ -171,16 +198,15 @@ def start_run(*, target: Target, plan: Plan, user=None, label: str = "", notes: 
     return run
 
 
-class RunStateError(Exception):
-    """The run is not in a state that allows this (the message says why and what to do instead)."""
-
-
 def requeue_run(run: Run) -> Run:
     """Queue again a run the broker refused; raises RunStateError for a run a worker already took."""
     if not run.never_started:
         raise RunStateError(
             f"Run {run.pk} is {run.status} and a worker has already taken it; only a run the broker refused "
             "can be queued again. Resume an interrupted or failed run instead.")
+    if run.target_id is None:
+        raise RunStateError(f"The target of run {run.pk} has been deleted; there is nothing to queue it against.")
+    _gate(run)
     Run.objects.filter(pk=run.pk, status=Run.Status.FAILED, started__isnull=True).update(
         status=Run.Status.QUEUED, status_reason="", finished=None, cancel_requested=False)
     run.refresh_from_db()
@@ -212,6 +238,9 @@ def resume_run(run: Run, *, user=None, source: str = Run.Source.PORTAL) -> Run:
     """Continue an interrupted or failed run: a new run, linked to it (`resumed_from`), with the same
     target and plan snapshots but only the levels it had not finished; queued like `start_run`."""
     remaining = resume_plan(run)
+    errors = run_start_errors(run.target, run.plan, spec={**run.plan_config, "levels": remaining})
+    if errors:
+        raise RunRefused(errors)
     new = Run.objects.create(
         team=run.team, target=run.target, plan=run.plan, target_config=dict(run.target_config),
         plan_config={**run.plan_config, "levels": remaining}, server_config=dict(run.server_config or {}),

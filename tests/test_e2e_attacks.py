@@ -1,0 +1,225 @@
+"""Attacks on a running stack (a Celery worker, the portal through a driver, hostile servers this
+test starts): what a hostile server or a team without a grant tries, what the portal refuses, and
+what the hostile server did and did not receive.
+
+One stack for the module: the embedded default (SQLite file, file-system broker), a worker on a
+queue of its own, granted to the stack's team.
+"""
+import threading
+import time
+
+import orjson
+import psutil
+import pytest
+
+from benchmarks.answers import MIB, answer_limit
+from benchmarks.simulator import running_simulator
+from tests import e2e_support as e2e
+from tests.test_engine_hostile import HostileServer, head
+
+pytestmark = pytest.mark.e2e
+
+HUGE_VALUES = 10_000_000
+VALUE = b"0.123456789,"  # 12 bytes: a 10,000,000-float vector is 120 MB on the wire
+# The worker's process tree may grow by this much during an attack; one hostile answer read whole
+# and parsed (the behaviour this guards against) takes well over 1 GiB.
+MEMORY_BOUND = 150 * MIB
+
+
+@pytest.fixture(scope="module")
+def simulator():
+    with running_simulator() as sim:
+        yield sim
+
+
+@pytest.fixture(scope="module")
+def stack(simulator, tmp_path_factory):
+    var_dir = tmp_path_factory.mktemp("e2e-attacks")
+    queue = e2e.unique_name("e2e_attacks")
+    env = e2e.base_env(var_dir, database_url=f"sqlite:///{var_dir / 'e2e.sqlite3'}", broker_url="filesystem://")
+    with e2e.worker_stack(env, queue, var_dir, simulator.base_url) as parts:
+        yield {**parts, "queue": queue}
+
+
+@pytest.fixture
+def servers():
+    started = []
+
+    def start(answer):
+        server = HostileServer(answer)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+async def ten_million_floats(request, writer):
+    """A 200 answer whose one vector has 10,000,000 values, streamed (no Content-Length) so the client
+    has to read it to know its size."""
+    writer.write(head(extra=b"Transfer-Encoding: chunked\r\n") + chunk(b'{"data": [{"index": 0, "embedding": ['))
+    piece = VALUE * 8192
+    for _ in range(HUGE_VALUES // 8192):
+        writer.write(chunk(piece))
+        await writer.drain()
+    writer.write(chunk(b'0.1]}], "model": "m"}') + b"0\r\n\r\n")
+    await writer.drain()
+    return True
+
+
+def good_answer(dims: int) -> bytes:
+    return orjson.dumps({"data": [{"index": 0, "embedding": [0.01] * dims}], "model": "m"})
+
+
+class TreeMemory:
+    """Samples the resident memory of a process and all its children every 20 ms, in a thread."""
+
+    def __init__(self, pid: int):
+        self.root = psutil.Process(pid)
+        self.baseline = self.now()
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def now(self) -> int:
+        total = 0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak - self.baseline
+
+
+def run_to_the_end(stack, target: int, plan: int, label: str) -> dict:
+    driver = stack["driver"]
+    started = driver.call("start", target=target, plan=plan, label=label)
+    return e2e.wait_for(driver, started["run"], lambda s: s["status"] not in ("queued", "running"),
+                        timeout=120, worker=stack["worker"]) | {"run": started["run"]}
+
+
+# ---- 1. memory is bounded by embperf, never by the server -------------------------------------------
+
+def test_a_server_claiming_ten_million_dimensions_fails_the_probe_in_bounded_memory(stack, servers):
+    server = servers(ten_million_floats)
+    driver = stack["driver"]
+    target = driver.call("target", name="ten-million", base_urls=[server.url + "/v1"], queue=stack["queue"])["target"]
+    plan = driver.call("plan", name="any-length", levels=[4], warmup_s=0, duration_s=2, tokens=16,
+                       timeout_s=30)["plan"]
+    memory = TreeMemory(stack["worker"].proc.pid)
+    state = run_to_the_end(stack, target, plan, "ten million")
+    grew = memory.stop()
+    print(f"worker tree: baseline {memory.baseline / MIB:.0f} MiB, grew {grew / MIB:.1f} MiB")
+    assert state["status"] == "failed"
+    assert f"answer larger than {answer_limit(1, None) / MIB:.3g} MiB" in state["reason"]
+    assert "at most 16,384 values, this installation's maximum vector length (EMBPERF_MAX_VECTOR_LENGTH)" \
+        in state["reason"]
+    assert state["levels"] == []  # not one request counted, successful or not
+    # The hostile server got the probe and nothing else: no load was sent to it ...
+    assert [(r["method"], r["path"]) for r in server.requests] == [("POST", "/v1/embeddings")]
+    # ... and could not push its 120 MB answer: the worker dropped the connection at the cap (what was
+    # sent beyond it sat in the kernel's socket buffers).
+    assert max(server.sent) < answer_limit(1, None) + 40 * MIB < HUGE_VALUES * len(VALUE)
+    assert grew < MEMORY_BOUND, f"the worker's processes grew by {grew / MIB:.0f} MiB"
+
+
+def test_a_server_that_turns_to_ten_million_floats_after_the_probe_gets_no_successes(stack, servers):
+    answered = {"good": 0}
+
+    async def probe_then_huge(request, writer):
+        if answered["good"] == 0:  # the probe: an honest 1,024-value vector (no usage: one calibration request)
+            answered["good"] += 1
+            body = good_answer(1024)
+            writer.write(head(length=len(body)) + body)
+            await writer.drain()
+            return True
+        return await ten_million_floats(request, writer)
+
+    server = servers(probe_then_huge)
+    driver = stack["driver"]
+    target = driver.call("target", name="turns", base_urls=[server.url + "/v1"], queue=stack["queue"])["target"]
+    plan = driver.call("plan", name="turns", levels=[4], warmup_s=0, duration_s=3, tokens=16, timeout_s=30,
+                       abort_error_rate=1.0)["plan"]
+    memory = TreeMemory(stack["worker"].proc.pid)
+    state = run_to_the_end(stack, target, plan, "turns")
+    grew = memory.stop()
+    print(f"worker tree: baseline {memory.baseline / MIB:.0f} MiB, grew {grew / MIB:.1f} MiB")
+    loads = [r for r in server.requests[1:] if r["method"] == "POST"]
+    assert len(loads) >= 4, state  # the load did reach the server ...
+    assert state["levels"], state
+    for level in state["levels"]:
+        assert level["requests_ok"] == 0  # ... and not one of its 10,000,000-float answers counted
+        assert level["error_rate"] == 1.0
+    # Each answer was cut at the cap for one 1,024-value vector (about 113 KiB), before any parsing.
+    cap = answer_limit(1, 1024)
+    assert cap < 0.2 * MIB
+    assert max(server.sent[1:]) < cap + 40 * MIB
+    assert grew < MEMORY_BOUND, f"the worker's processes grew by {grew / MIB:.0f} MiB"
+
+
+# ---- 3. one gate for work: resume, enqueue and run again check the queue grant --------------------
+
+def test_a_withdrawn_grant_stops_resume_enqueue_and_run_again(stack, servers):
+    async def failing(request, writer):
+        writer.write(head("503 Service Unavailable", length=2) + b"{}")
+        await writer.drain()
+        return True
+
+    server = servers(failing)
+    driver, queue = stack["driver"], stack["queue"]
+    target = driver.call("target", name="withdrawn", base_urls=[server.url + "/v1"], queue=queue)["target"]
+    plan = driver.call("plan", name="withdrawn", levels=[1, 2], warmup_s=0, duration_s=1, tokens=16,
+                       timeout_s=5)["plan"]
+    failed = run_to_the_end(stack, target, plan, "before the withdrawal")
+    assert failed["status"] == "failed" and len(server.requests) == 1
+    refused = driver.call("broker_refused_run", target=target, plan=plan)["run"]
+    assert driver.call("grant", queue=queue, granted=False) == {"granted": False}
+    try:
+        runs_before = driver.call("runs")["runs"]
+        not_granted = f"The queue “{queue}” is not granted to E2E"
+
+        answer = driver.call("api", method="POST", path=f"/api/v1/runs/{failed['run']}/resume/")
+        assert answer["status"] == 400 and answer["json"]["target"][0].startswith(not_granted), answer
+        page = driver.call("post_page", name="run-resume", args=[failed["run"]])
+        assert page["path"] == f"/runs/{failed['run']}/" and not_granted in page["html"]
+
+        answer = driver.call("api", method="POST", path=f"/api/v1/runs/{refused}/enqueue/")
+        assert answer["status"] == 400 and answer["json"]["target"][0].startswith(not_granted), answer
+        page = driver.call("post_page", name="run-enqueue", args=[refused])
+        assert not_granted in page["html"]
+        assert driver.call("run", run=refused)["status"] == "failed"  # still refused, not queued
+
+        # Run again (the run page's button opens the start form with the same target and plan).
+        page = driver.call("post_page", name="run-create", data={"target": target, "plan": plan})
+        assert page["status"] == 200 and not_granted in page["html"]
+        answer = driver.call("api", method="POST", path="/api/v1/runs/", body={"target": target, "plan": plan})
+        assert answer["status"] == 400 and answer["json"]["target"][0].startswith(not_granted), answer
+
+        assert driver.call("runs")["runs"] == runs_before  # nothing was created
+        time.sleep(3)  # had anything been published, the worker would have probed the server by now
+        assert len(server.requests) == 1
+    finally:
+        driver.call("grant", queue=queue, granted=True)
+    # With the grant back, the same resume is published and reaches the server: the refusal above was the gate's.
+    answer = driver.call("api", method="POST", path=f"/api/v1/runs/{failed['run']}/resume/")
+    assert answer["status"] == 201, answer
+    e2e.wait_for(driver, answer["json"]["id"], lambda s: s["status"] not in ("queued", "running"), timeout=60,
+                 worker=stack["worker"])
+    assert len(server.requests) == 2
+
