@@ -34,6 +34,9 @@ def test_the_tree_keeps_its_layers():
     ("portal/accounts/stray.py", "from portal.sweeps.models import Run", "Portal apps"),
     ("portal/history/stray.py", "from portal.front import views", "Portal apps"),
     ("portal/sweeps/stray.py", "from portal.api import views", "Portal apps"),
+    ("portal/api/stray.py", "from portal.front import forms", "The REST API never imports the pages"),
+    ("portal/api/stray.py", "from portal.front.fields import URLListField", "The REST API never imports the pages"),
+    ("portal/front/stray.py", "from portal.api import serializers", "The pages never import the REST API"),
 ])
 def test_an_import_through_a_wall_breaks_a_contract(tree_copy, module, line, contract):
     (tree_copy / module).write_text(f"{line}  # noqa: F401\n")

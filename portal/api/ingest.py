@@ -20,11 +20,11 @@ from django.utils import timezone
 from benchmarks import stats
 from benchmarks.document import SCHEMA_PATH, public_target
 from portal.accounts.models import Team
-from portal.front.fields import URLListField
 from portal.sweeps.bounds import plan_document_errors, target_field_errors
 from portal.sweeps.documents import record_document
 from portal.sweeps.models import Plan, Run, Target
 from portal.sweeps.outbound import outbound_policy, validate_outbound_url
+from portal.sweeps.rules import parse_url_list
 
 MAX_ERRORS = 20
 
@@ -205,7 +205,7 @@ def _check_target_urls(target: dict, errors: dict) -> None:
             try:
                 if not isinstance(url, str) or len(url.split()) != 1:
                     raise ValidationError(f"{_short(url)} is not one URL (no spaces or line breaks).")
-                URLListField().to_python(url)
+                parse_url_list([url])
                 validate_outbound_url(url, policy)
             except ValidationError as exc:
                 errors.setdefault(f"target.{key}[{i}]", []).extend(exc.messages)

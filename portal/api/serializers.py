@@ -1,10 +1,11 @@
 """API serializers. Strict: a field the resource does not take is refused with 400 naming it.
 
-Targets and plans are validated by the same Django forms the pages use (portal/front/forms.py),
-so the API and the browser accept exactly the same values with the same messages.
+Targets and plans are checked by the same rules the pages' forms use (portal/sweeps/rules.py), so
+the API and the browser accept exactly the same values with the same messages.
 """
 from collections.abc import Mapping
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import NoReverseMatch, reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -12,8 +13,8 @@ from rest_framework import serializers
 
 from portal.accounts.access import api_teams, visible_to_request
 from portal.accounts.models import Membership, Team
-from portal.front.forms import PlanForm, TargetForm
-from portal.sweeps.models import CONFIG_KEY_RE, Level, Plan, Run, Target
+from portal.sweeps import rules
+from portal.sweeps.models import Level, Plan, Run, Target
 from portal.sweeps.services import run_start_errors
 
 
@@ -78,74 +79,58 @@ class VisibleTeamField(serializers.PrimaryKeyRelatedField):
         return api_teams(self.context["request"])
 
 
-class FormBackedSerializer(StrictMixin, serializers.Serializer):
-    """Validates through a Django ModelForm and saves with it."""
+class RuleCheckedSerializer(StrictMixin, serializers.Serializer):
+    """Reads a target or plan, checks it with its rules (portal.sweeps.rules) and saves it.
 
-    form_class = None
-    # API values that the form takes as text: name -> form field (prepare_value turns lists/dicts to text).
-    text_fields: tuple[str, ...] = ()
+    The values not given are the stored ones (on create, the model's defaults), so a PATCH is checked
+    as the whole object it makes, as the page's form checks it."""
 
-    def _form_initial(self, instance) -> dict:
-        data = {}
-        form = self.form_class(instance=instance, user=_request(self).user)
-        for name, field in form.fields.items():
-            if name == "team":
-                continue
-            value = getattr(instance, name, None)
-            if name in self.text_fields:
-                value = field.prepare_value(value)
-            data[name] = "" if value is None else value
-        return data
-
-    def _api_to_form(self, attrs: dict, data: dict) -> None:
-        form = self.form_class(user=_request(self).user)
-        for name, value in attrs.items():
-            if name == "team":
-                continue
-            if name in self.text_fields:
-                value = form.fields[name].prepare_value(value)
-            data[name] = "" if value is None else value
+    # The model fields this resource writes (besides the team).
+    model_fields: tuple[str, ...] = ()
 
     def validate(self, attrs):
-        creating = self.instance is None
-        instance = self.instance
-        if creating:
-            team = _choose_team(self, attrs.get("team"))
-            instance = self.Meta.model(team=team)
-        data = self._form_initial(instance)
-        if creating:
-            data["team"] = instance.team.pk
-        self._api_to_form(attrs, data)
-        self.adjust_form_data(attrs, data)
-        form = self.form_class(data=data, instance=None if creating else self.instance, user=_request(self).user)
-        if not form.is_valid():
-            errors = {}
-            for name, messages in form.errors.items():
-                errors["non_field_errors" if name == "__all__" else name] = list(messages)
+        stored = self.instance
+        instance = stored if stored is not None else self.Meta.model(team=_choose_team(self, attrs.get("team")))
+        values = {name: getattr(instance, name) for name in self.model_fields}
+        values.update({name: value for name, value in attrs.items() if name in self.model_fields})
+        errors = self.rule_errors(values, attrs, instance.team, stored)
+        if errors:
             raise serializers.ValidationError(errors)
-        self._form = form
+        self._checked = (instance, values)
         return attrs
 
-    def adjust_form_data(self, attrs: dict, data: dict) -> None:
-        """Hook for fields whose API meaning differs from the form's."""
+    def rule_errors(self, values: dict, attrs: dict, team: Team, stored) -> dict[str, list[str]]:
+        """{field: [messages]}; may normalize `values` in place."""
+        raise NotImplementedError
+
+    def before_save(self, instance, attrs: dict) -> None:
+        """Hook for fields that are not plain model values."""
+
+    def _save(self, validated_data):
+        instance, values = self._checked
+        for name, value in values.items():
+            setattr(instance, name, value)
+        self.before_save(instance, validated_data)
+        instance.save()
+        return instance
 
     def create(self, validated_data):
-        return self._form.save()
+        return self._save(validated_data)
 
     def update(self, instance, validated_data):
-        return self._form.save()
+        return self._save(validated_data)
 
 
-class TargetSerializer(FormBackedSerializer):
-    form_class = TargetForm
-    text_fields = ("base_urls", "launch_config", "metrics_urls")
+class TargetSerializer(RuleCheckedSerializer):
+    model_fields = ("name", "flavor", "base_urls", "model_name", "tokenizer", "engine", "engine_version",
+                    "launch_config", "gpu_source", "gpu_indices", "metrics_urls", "queue")
 
     id = serializers.IntegerField(read_only=True)
     url = serializers.SerializerMethodField()
     team = VisibleTeamField(required=False, help_text="Team id; optional when you can write to one team only.")
     name = serializers.CharField(max_length=100)
     flavor = serializers.ChoiceField(choices=Target.Flavor.choices, required=False)
-    # How many URLs a target may list is the plan rule's (benchmarks.plan.TARGET_LISTS), through TargetForm.
+    # How many URLs a target may list is the plan rule's (benchmarks.plan.TARGET_LISTS), through the rules.
     base_urls = serializers.ListField(child=serializers.CharField(max_length=500))
     model_name = serializers.CharField(max_length=200)
     tokenizer = serializers.CharField(
@@ -183,17 +168,39 @@ class TargetSerializer(FormBackedSerializer):
         data["team"] = instance.team_id
         return data
 
-    def adjust_form_data(self, attrs, data):
-        # The form keeps the stored key when the field is blank; the API removes it on "".
-        if attrs.get("api_key") == "" and self.instance is not None:
-            data["clear_api_key"] = True
-        if "api_key" not in attrs:
-            data["api_key"] = ""
+    def rule_errors(self, values, attrs, team, stored):
+        errors: dict[str, list[str]] = {}
+        for name in ("base_urls", "metrics_urls"):
+            # One URL per item, as the page's text box holds one per line.
+            try:
+                values[name] = rules.parse_url_list(line for item in values[name] for line in str(item).splitlines())
+            except DjangoValidationError as exc:
+                errors[name] = list(exc.messages)
+                del values[name]
+                continue
+            if name == "base_urls" and not values[name]:
+                errors[name] = [rules.NO_BASE_URL]
+                del values[name]
+        key_errors = [m for m in map(rules.config_key_error, values["launch_config"] or {}) if m]
+        if key_errors:
+            errors["launch_config"] = key_errors
+        errors.update(rules.clean_target_fields(values))
+        # Without "api_key" the stored key is kept; "" removes it, another value replaces it.
+        keeps_key = stored is not None and "api_key" not in attrs
+        joined = rules.target_errors(values, team=team, stored=stored, keeps_stored_key=keeps_key)
+        for field, messages in joined.items():
+            errors.setdefault(field, []).extend(messages)
+        return errors
+
+    def before_save(self, instance, attrs):
+        if "api_key" in attrs:
+            instance.api_key = attrs["api_key"]
 
 
-class PlanSerializer(FormBackedSerializer):
-    form_class = PlanForm
-    text_fields = ("levels",)
+class PlanSerializer(RuleCheckedSerializer):
+    model_fields = ("name", "description", "mode", "levels", "arrival", "max_in_flight", "warmup_s", "duration_s",
+                    "tokens", "batch", "dimensions", "encoding", "timeout_s", "abort_error_rate", "abort_window_s",
+                    "slo_p99_ms", "input_mode", "corpus_text", "processes", "keep_samples")
 
     id = serializers.IntegerField(read_only=True)
     url = serializers.SerializerMethodField()
@@ -201,7 +208,7 @@ class PlanSerializer(FormBackedSerializer):
     name = serializers.CharField(max_length=100)
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     mode = serializers.ChoiceField(choices=Plan.Mode.choices, required=False)
-    # Numbers are only read here; their ranges are the plan rule's (benchmarks.plan, through PlanForm),
+    # Numbers are only read here; their ranges are the plan rule's (benchmarks.plan, through the rules),
     # so the API refuses a value with the same message as the page.
     levels = serializers.ListField(child=serializers.FloatField(),
                                    help_text="Concurrencies (closed loop) or rates in requests/s (open loop).")
@@ -235,6 +242,13 @@ class PlanSerializer(FormBackedSerializer):
         data["team"] = instance.team_id
         data["levels"] = list(instance.levels)
         return data
+
+    def rule_errors(self, values, attrs, team, stored):
+        # Whole numbers are stored as such (1, not 1.0), and the corpus without surrounding blank lines,
+        # as the page stores them.
+        values["levels"] = [int(v) if float(v).is_integer() else v for v in values["levels"] or []]
+        values["corpus_text"] = (values["corpus_text"] or "").strip()
+        return rules.plan_errors(values)
 
 
 class LevelSerializer(serializers.ModelSerializer):
@@ -326,12 +340,11 @@ class RunStartSerializer(StrictMixin, serializers.Serializer):
     )
 
     def validate_server_config(self, value):
-        # The same key rule as the run form's KeyValueField; values are free text.
+        # The configuration key rule (portal.sweeps.rules), as for a target's launch config; values are free text.
         for key in value:
-            if not CONFIG_KEY_RE.match(key) or len(key) > 100:
-                raise serializers.ValidationError(
-                    f"“{key}” is not a key; keys use letters, digits and - _ . / : only (up to 100 characters)."
-                )
+            message = rules.config_key_error(key)
+            if message:
+                raise serializers.ValidationError(message)
         return value
 
     def validate(self, attrs):

@@ -4,12 +4,12 @@ Each field turns text into the value stored on the model and explains, in plain 
 wrong with the text when it cannot.
 """
 import re
-from urllib.parse import urlsplit
 
 from django import forms
 from django.core.exceptions import ValidationError
 
 from portal.sweeps.models import CONFIG_KEY_RE
+from portal.sweeps.rules import NO_BASE_URL, parse_url_list
 
 
 def format_number(value: float) -> str:
@@ -66,33 +66,11 @@ class URLListField(forms.CharField):
         return value
 
     def to_python(self, value):
-        urls: list[str] = []
-        for line in (value or "").splitlines():
-            url = line.strip()
-            if not url:
-                continue
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https"):
-                raise ValidationError(
-                    f"“{url}” has no http:// or https:// scheme. Write the full URL, e.g. http://{url}"
-                    if "://" not in url
-                    else f"“{url}” must start with http:// or https://."
-                )
-            if not parts.hostname:
-                raise ValidationError(f"“{url}” has no host name.")
-            try:
-                parts.port  # noqa: B018  (raises on a port that is not a number)
-            except ValueError:
-                raise ValidationError(f"“{url}” has a port that is not a number.") from None
-            url = url.rstrip("/")
-            if url in urls:
-                raise ValidationError(f"“{url}” is listed twice.")
-            urls.append(url)
-        return urls
+        return parse_url_list((value or "").splitlines())
 
     def validate(self, value):
         if not value and self.required:
-            raise ValidationError("Enter at least one URL, e.g. http://127.0.0.1:30000/v1", code="required")
+            raise ValidationError(NO_BASE_URL, code="required")
 
 
 class KeyValueField(forms.CharField):

@@ -1,26 +1,12 @@
 """Forms for targets, plans, starting a run and filtering the run list."""
-import re
-
 from django import forms
 from django.core.validators import MaxValueValidator, MinValueValidator
 
 from portal.accounts.access import teams_for_user
 from portal.front.fields import KeyValueField, LevelsField, URLListField
-from portal.sweeps.bounds import plan_field_errors, target_field_errors
-from portal.sweeps.models import Plan, QueueGrant, Run, Target, new_servers
-from portal.sweeps.outbound import outbound_policy, validate_outbound_url
-from portal.sweeps.services import queue_refusal, run_start_errors
-
-_QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-# Engine plan field -> PlanForm field, for the fields the plan rule checks.
-PLAN_SPEC_FIELDS = {
-    "mode": "mode", "levels": "levels", "arrival": "arrival", "max_in_flight": "max_in_flight",
-    "warmup_s": "warmup_s", "duration_s": "duration_s", "tokens": "tokens", "batch": "batch",
-    "dimensions": "dimensions", "encoding": "encoding", "timeout_s": "timeout_s",
-    "abort_error_rate": "abort_error_rate", "abort_window_s": "abort_window_s", "slo_p99_ms": "slo_p99_ms",
-    "input": "input_mode", "processes": "processes", "keep_samples": "keep_samples",
-}
+from portal.sweeps import rules
+from portal.sweeps.models import Plan, QueueGrant, Run, Target
+from portal.sweeps.services import run_start_errors
 
 
 class TeamChoiceMixin:
@@ -104,70 +90,29 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
                 "Celery queue whose workers run this target's sweeps; open to this team: "
                 + ", ".join(QueueGrant.objects.queues_for(team)) + ".")
 
-    def _clean_outbound(self, name):
-        # The outbound policy (docs/security.md), the same the worker applies when it connects.
-        urls = self.cleaned_data.get(name) or []
-        policy = outbound_policy()
-        errors = []
-        for url in urls:
-            try:
-                validate_outbound_url(url, policy)
-            except forms.ValidationError as exc:
-                errors.extend(exc.messages)
-        if errors:
-            raise forms.ValidationError(errors)
-        return urls
-
+    # The rules are the target's (portal.sweeps.rules); the form reads the text boxes and maps the messages.
     def clean_base_urls(self):
-        return self._clean_outbound("base_urls")
+        return rules.clean_outbound_urls(self.cleaned_data.get("base_urls"))
 
     def clean_metrics_urls(self):
-        return self._clean_outbound("metrics_urls")
+        return rules.clean_outbound_urls(self.cleaned_data.get("metrics_urls"))
 
     def clean_gpu_indices(self):
-        raw = self.cleaned_data.get("gpu_indices", "").replace(" ", "")
-        if not raw:
-            return ""
-        parts = raw.split(",")
-        if not all(p.isascii() and p.isdigit() for p in parts):
-            raise forms.ValidationError("Write GPU indices as whole numbers separated by commas, e.g. 0,1.")
-        if len(set(parts)) != len(parts):
-            raise forms.ValidationError("A GPU index is listed twice.")
-        return ",".join(str(int(p)) for p in parts)
+        return rules.clean_gpu_indices(self.cleaned_data.get("gpu_indices", ""))
 
     def clean_queue(self):
-        queue = self.cleaned_data.get("queue", "").strip()
-        if not _QUEUE_RE.match(queue):
-            raise forms.ValidationError("Queue names use letters, digits, - _ and . only, e.g. sweeps or gpu-host-1.")
-        return queue
+        return rules.clean_queue(self.cleaned_data.get("queue", ""))
 
     def clean(self):
         cleaned = super().clean()
-        team = cleaned.get("team") if self.instance.pk is None else self.instance.team
-        queue = cleaned.get("queue")
-        if team is not None and queue and not QueueGrant.objects.allows(team, queue):
-            self.add_error("queue", queue_refusal(team, queue))
-        lists = {name: cleaned[name] for name in ("base_urls", "metrics_urls") if name in cleaned}
-        for field, messages in target_field_errors(lists).items():
-            if field in lists:
-                self.add_error(field, messages)
-        if cleaned.get("gpu_source") == Target.GpuSource.PROMETHEUS and not cleaned.get("metrics_urls"):
-            self.add_error("metrics_urls", "GPU telemetry from Prometheus needs at least one metrics URL.")
-        self._check_key_binding(cleaned)
+        creating = self.instance.pk is None
+        team = cleaned.get("team") if creating else self.instance.team
+        keeps_key = self.has_stored_key and not cleaned.get("api_key") and not cleaned.get("clear_api_key")
+        errors = rules.target_errors(cleaned, team=team, stored=None if creating else self.instance,
+                                     keeps_stored_key=keeps_key)
+        for field, messages in errors.items():
+            self.add_error(field, messages)
         return cleaned
-
-    def _check_key_binding(self, cleaned):
-        # A stored key belongs to the servers it was given for: pointing the target at a new server
-        # must not send it there unseen, so a new server means typing the key again (or removing it).
-        if not self.has_stored_key or cleaned.get("api_key") or cleaned.get("clear_api_key"):
-            return
-        if "base_urls" not in cleaned:
-            return  # the URLs have their own error
-        added = new_servers(self.instance.base_urls, cleaned["base_urls"])
-        if added:
-            self.add_error("api_key", (
-                f"The base URLs now include another server ({', '.join(added)}): type the API key again, "
-                "or remove it. A stored key is only sent to the servers it was entered for."))
 
     def save(self, commit=True):
         target = super().save(commit=False)
@@ -226,7 +171,7 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._setup_team(user, self.instance.pk is None)
-        for name in PLAN_SPEC_FIELDS.values():
+        for name in rules.PLAN_SPEC_FIELDS.values():
             field = self.fields.get(name)
             if isinstance(field, forms.IntegerField | forms.FloatField):
                 # The plan rule owns the ranges (and their messages); the form field only reads a number.
@@ -240,13 +185,7 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
         """Every plan value is checked by the plan rule (benchmarks.plan), so the API, ingest, the CLI
         and the worker refuse the same values with the same messages."""
         cleaned = super().clean()
-        spec = {}
-        for engine_name, model_name in PLAN_SPEC_FIELDS.items():
-            if model_name in cleaned:
-                spec[engine_name] = cleaned[model_name]
-        if cleaned.get("input_mode") == Plan.Input.CORPUS:
-            spec["corpus"] = [line for line in (cleaned.get("corpus_text") or "").splitlines() if line.strip()]
-        for field, messages in plan_field_errors(spec).items():
+        for field, messages in rules.plan_errors(cleaned).items():
             # A field that could not even be read already says so; the rule speaks about values only.
             if field in self.fields and field not in self.errors:
                 for message in messages:
