@@ -262,6 +262,9 @@ EMBPERF_DB_RETRY_S = env_float("EMBPERF_DB_RETRY_S", 300.0)
 EMBPERF_SHUTDOWN_S = env_float("EMBPERF_SHUTDOWN_S", 20.0)
 # A run queued this long (s) on a queue no worker reported consuming says so on its page.
 EMBPERF_NO_WORKER_AFTER_S = env_float("EMBPERF_NO_WORKER_AFTER_S", 5.0)
+# A queued run no free worker of its queue received for this long (s) had its message lost by the broker:
+# it is sent again once, then failed (portal.sweeps.reconcile).
+EMBPERF_REQUEUE_AFTER_S = env_float("EMBPERF_REQUEUE_AFTER_S", 60.0)
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

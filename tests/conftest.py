@@ -10,6 +10,16 @@ def _fresh_cache():
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _no_database_outage_seen():
+    """The rule for "silent" remembers, per process, when the database last came back (a test may fake an outage)."""
+    from portal.sweeps import models
+
+    models._database_back_at = None
+    yield
+    models._database_back_at = None
+
+
 @pytest.fixture
 def fresh_throttles():
     """Throttle history lives in the cache and user ids repeat across tests: start each test clean."""

@@ -9,6 +9,7 @@ render the run page with Django's test client). The test process itself only run
 
 `python -m tests.e2e_support serve` is the driver's entry point.
 """
+import contextlib
 import json
 import os
 import re
@@ -139,6 +140,69 @@ class RedisServer:
         self._log.close()
 
 
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def own_postgres_problem() -> str | None:
+    """None when this machine can run a PostgreSQL of the test's own (initdb, as the postgres user)."""
+    if not (PG_BIN / "initdb").exists():
+        return f"{PG_BIN / 'initdb'} is not installed"
+    if os.geteuid() == 0 and not Path("/usr/sbin/runuser").exists():
+        return "runuser is missing (PostgreSQL refuses to run as root)"
+    return None
+
+
+class PostgresServer:
+    """A PostgreSQL of the test's own (initdb in a temporary folder, its own port), stoppable and restartable:
+    the machine's shared server is never touched."""
+
+    def __init__(self, port: int):
+        import tempfile
+
+        self.port = port
+        # Its own folder under the system's temporary one: a test's tmp_path is private to root.
+        folder = self.folder = Path(tempfile.mkdtemp(prefix="embperf-pg-"))
+        folder.chmod(0o755)
+        self.data = folder / "pgdata"
+        self.url = f"postgres://postgres@127.0.0.1:{port}/embperf"
+        if os.geteuid() == 0:
+            import pwd
+
+            entry = pwd.getpwnam("postgres")
+            os.chown(folder, entry.pw_uid, entry.pw_gid)
+        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.start()
+        self._pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "embperf",
+                 binary=Path("/usr/bin/createdb") if not (PG_BIN / "createdb").exists() else PG_BIN / "createdb")
+
+    def _pg(self, tool: str, *args: str, binary: Path | None = None) -> None:
+        command = [str(binary or PG_BIN / tool), *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd="/")
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed:\n{done.stdout}\n{done.stderr}")
+
+    def start(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.folder / "postgres.log"), "-w", "-t", "60", "-o",
+                 f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop(self) -> None:
+        """Stop at once (`-m immediate`: connections are cut as in a crash)."""
+        self._pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def log(self) -> str:
+        path = self.folder / "postgres.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def destroy(self) -> None:
+        import shutil
+
+        with contextlib.suppress(RuntimeError):
+            self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def drop_redis_queue(queue: str) -> None:
     import redis
 
@@ -249,11 +313,20 @@ def _serve() -> None:
     import django
 
     django.setup()
+    from django.db import connections
+    from django.db.utils import InterfaceError, OperationalError
+
     state: dict = {}
     for line in sys.stdin:
         request = json.loads(line)
+        command = COMMANDS[request.pop("command")]
         try:
-            answer = COMMANDS[request.pop("command")](state, **request)
+            try:
+                answer = command(state, **request)
+            except (OperationalError, InterfaceError):
+                # The test restarted the stack's database: a fresh connection, then one more try.
+                connections.close_all()
+                answer = command(state, **request)
         except Exception:
             answer = {"error": traceback.format_exc()}
         sys.stdout.write(json.dumps(answer, default=str) + "\n")
@@ -426,8 +499,17 @@ def _runs(state: dict) -> dict:
     return {"runs": list(Run.objects.order_by("pk").values_list("pk", flat=True))}
 
 
+def _document(state: dict, *, run: int) -> dict:
+    """The run's result document as the export gives it, and the columns a fault test checks."""
+    from portal.sweeps.models import Run
+
+    row = Run.objects.get(pk=run)
+    return {"document": row.to_document(), "resent_at": row.resent_at, "progress": row.progress,
+            "client_version": row.client_version}
+
+
 COMMANDS = {"setup": _setup, "target": _target, "grant": _grant, "broker_refused_run": _broker_refused_run,
-            "post_page": _post_page, "runs": _runs, "start": _start, "run": _run, "cancel": _cancel, "page": _page,
+            "document": _document, "post_page": _post_page, "runs": _runs, "start": _start, "run": _run, "cancel": _cancel, "page": _page,
             "plan": _plan, "api": _api, "backend_pid": _backend_pid, "press_cancel": _press_cancel,
             "progress": _progress}
 

@@ -215,12 +215,22 @@ def test_results_saved_to_a_file_are_written_when_the_database_returns(db, targe
     path = spill.path_for(run.pk)
     assert path.parent == tmp_path / "unsaved"
     reason = f"The database was unreachable ... saved to {path}"
+    sections = {"probe": {"ok": True, "vector_length": 128}, "client": {"version": "9.9.9"},
+                "inputs": {"tokens": 64}, "telemetry": {"notes": ["no GPU source"]}}
     spill.save(path, run.pk, status=Run.Status.FAILED, reason=reason, levels=level_docs((1, 4), duration_s=1),
-               document={"schema": "embperf.run/1", "levels": []})
+               document={"schema": "embperf.run/1", "levels": [], "summary": {"peak_qps": 12.5}, **sections},
+               cause="The database was unreachable for over 30 s while this run was measured (OperationalError)",
+               progress={"phase": "measure", "level_index": 1})
     assert spill.write_pending() == [run.pk]
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED and str(path) in run.status_reason
+    assert "written back" in run.status_reason and "unreachable for over 30 s" in run.status_reason
+    assert "writes them here once" not in run.status_reason
     assert run.levels.count() == 2
+    assert run.summary == {"peak_qps": 12.5} and run.progress["phase"] == "done"
+    document = run.to_document()
+    assert {key: document[key] for key in sections} == sections
+    assert run.client_version == "9.9.9"
     assert json.loads(path.read_text())["pending"] is False
     assert spill.write_pending() == []  # written once
 
@@ -296,23 +306,37 @@ def test_a_database_away_past_the_bound_fails_the_run_and_keeps_its_levels_in_a_
 
 
 def test_a_pool_process_killed_by_the_hard_time_limit_or_lost_ends_its_run(transactional_db, target, plan):
+    import socket
+
     from billiard.exceptions import WorkerLostError
     from celery.exceptions import TimeLimitExceeded
+    from celery.signals import task_failure
 
     from workers.tasks import run_sweep
 
-    timed_out = running(create_run(target=target, plan=plan), heard_s_ago=2)
+    node = socket.gethostname()  # what the hooks see outside a worker
+    timed_out = running(create_run(target=target, plan=plan), heard_s_ago=2, node=node)
     run_sweep.on_failure(TimeLimitExceeded(300), "id-1", [timed_out.pk], {}, None)
     timed_out.refresh_from_db()
     assert timed_out.status == Run.Status.FAILED and "hard time limit" in timed_out.status_reason
-    lost = running(create_run(target=target, plan=plan), heard_s_ago=2)
-    run_sweep.on_failure(WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL)."), "id-2", [lost.pk], {}, None)
+    # A lost pool process reaches the main process as the task_failure signal only (no task hook).
+    lost = running(create_run(target=target, plan=plan), heard_s_ago=2, node=node)
+    task_failure.send(sender=run_sweep, task_id="id-2", args=[lost.pk], kwargs={},
+                      exception=WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL)."))
     lost.refresh_from_db()
     assert lost.status == Run.Status.INTERRUPTED and "signal 9" in lost.status_reason
+    assert "worker process measuring this run" in lost.status_reason
     assert lost.finished == lost.heartbeat
+    # A run another node measures is not this process's to end (it held a duplicate message).
+    elsewhere = running(create_run(target=target, plan=plan), heard_s_ago=2, node="other@host")
+    task_failure.send(sender=run_sweep, task_id="id-4", args=[elsewhere.pk], kwargs={},
+                      exception=WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL)."))
+    elsewhere.refresh_from_db()
+    assert elsewhere.status == Run.Status.RUNNING
     # Any other failure is the task's own business (it records its end itself).
-    other = running(create_run(target=target, plan=plan), heard_s_ago=2)
+    other = running(create_run(target=target, plan=plan), heard_s_ago=2, node=node)
     run_sweep.on_failure(ValueError("x"), "id-3", [other.pk], {}, None)
+    task_failure.send(sender=run_sweep, task_id="id-3", args=[other.pk], kwargs={}, exception=ValueError("x"))
     other.refresh_from_db()
     assert other.status == Run.Status.RUNNING
 
@@ -361,3 +385,26 @@ def test_a_sweep_whose_database_is_away_at_its_start_goes_back_to_the_broker(tra
     monkeypatch.undo()
     run.refresh_from_db()
     assert run.status == Run.Status.QUEUED
+
+
+def test_no_run_is_judged_silent_until_the_database_has_been_back_for_a_stale_bound(db, target, plan, settings):
+    from portal.sweeps.models import WorkerPresence, note_database_back
+    from portal.sweeps.services import request_cancel
+
+    settings.EMBPERF_STALE_AFTER_S = 30
+    silent = running(create_run(target=target, plan=plan), heard_s_ago=45)
+    # A worker saw the database come back 2 s ago: every heartbeat stopped with it, so nobody is silent yet.
+    WorkerPresence.report("w@a", ["sweeps"], database_back_at=timezone.now() - timedelta(seconds=2))
+    assert not silent.worker_is_silent()
+    assert Run.objects.interrupt_stale() == []
+    assert request_cancel(silent).status == Run.Status.RUNNING  # asked to stop, not ended "at once"
+    # This process's own sighting counts the same.
+    WorkerPresence.objects.update(database_back_at=None)
+    note_database_back(timezone.now() - timedelta(seconds=5))
+    assert Run.objects.filter(pk=silent.pk).stale().count() == 0
+    # A stale bound after the database returned, silence counts again.
+    from portal.sweeps import models
+
+    models._database_back_at = timezone.now() - timedelta(seconds=31)
+    assert silent.worker_is_silent()
+    assert request_cancel(silent).status == Run.Status.CANCELLED

@@ -15,6 +15,8 @@ from django.conf import settings
 from django.db import connections
 from django.db.utils import InterfaceError, OperationalError
 
+from portal.sweeps.models import note_database_back
+
 logger = logging.getLogger(__name__)
 
 # What a lost or refused connection raises (Django wraps the driver's errors into these two).
@@ -67,6 +69,8 @@ class DatabaseWrites:
         if self.down_since is not None:
             logger.warning("%s: the database answers again after %.1f s; carrying on", self.what,
                            self.clock() - self.down_since)
+            # Heartbeats stopped with the database: nobody judges a run silent for a stale bound now.
+            note_database_back()
         self.down_since = None
         self._pause = FIRST_PAUSE_S
         self._next_try = 0.0

@@ -4,7 +4,10 @@
   timer thread that, every EMBPERF_SWEEP_INTERVAL_S, marks running runs whose heartbeat is older
   than EMBPERF_STALE_AFTER_S `interrupted` (Run.objects.interrupt_stale, whatever worker ran them),
   reports which queues this worker consumes (WorkerPresence, read by the run page for "no worker
-  is listening on queue X"), and writes back results a database outage left in files (workers.spill).
+  is listening on queue X", and whether it has a free pool process and which runs' messages it
+  holds), writes back results a database outage left in files (workers.spill), and sends again
+  queued runs whose broker messages were lost (portal.sweeps.reconcile). Silence is judged by
+  one rule (portal.sweeps.models.silent_before), which waits a stale bound after a database outage.
   With the defaults a dead worker's run ends within 40 s. No cron and no beat process are needed;
   `manage.py embperf_interrupt_stale` does the same sweep by hand.
 - When a worker starts, runs still recorded as running on its own node name are interrupted at once.
@@ -20,10 +23,14 @@ import time
 
 import psutil
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.worker import state as worker_state
 from django.conf import settings
 from django.db import connections
+from django.utils import timezone
 
-from portal.sweeps.models import Run, WorkerPresence
+from portal.sweeps.models import Run, WorkerPresence, database_back_here
+from portal.sweeps.reconcile import reconcile_queued
+from portal.taskqueue import RUN_SWEEP
 from workers import spill
 from workers.database import DatabaseWrites
 
@@ -33,16 +40,17 @@ logger = logging.getLogger(__name__)
 class Upkeep(threading.Thread):
     """The timer thread of a worker's main process (see the module docstring)."""
 
-    def __init__(self, node: str, queues: list[str], *, interval_s: float | None = None):
+    def __init__(self, node: str, queues: list[str], *, interval_s: float | None = None, concurrency: int = 1):
         super().__init__(name="embperf-upkeep", daemon=True)
         self.node = node
         self.queues = queues
+        self.concurrency = max(1, int(concurrency or 1))
+        self._free_since = timezone.now()
         self.interval_s = float(settings.EMBPERF_SWEEP_INTERVAL_S if interval_s is None else interval_s)
         self.stopped = threading.Event()
-        # A database outage also stopped every live worker's heartbeat: judge silence only once the
-        # database has answered again for a whole stale bound.
+        # A database outage also stopped every live worker's heartbeat: the rule for "silent"
+        # (portal.sweeps.models.silent_before) waits a stale bound after this noticed it ended.
         self.db = DatabaseWrites(f"worker {node} upkeep", bound_s=float("inf"))
-        self._db_back_at = float("-inf")
 
     def run(self) -> None:
         try:
@@ -52,19 +60,31 @@ class Upkeep(threading.Thread):
         finally:
             connections.close_all()
 
+    def report(self) -> None:
+        """This worker's presence: its queues, the last database outage it saw end, whether it has a
+        free pool process (and since when), and the runs whose messages it holds."""
+        held = (*worker_state.active_requests, *worker_state.reserved_requests,
+                *getattr(worker_state, "scheduled_requests", ()))  # scheduled: a run waiting for its target
+        holding = {request.args[0] for request in held if request.name == RUN_SWEEP and request.args}
+        if len(worker_state.active_requests) >= self.concurrency:
+            self._free_since = None
+        elif self._free_since is None:
+            self._free_since = timezone.now()
+        WorkerPresence.report(self.node, self.queues, database_back_at=database_back_here(),
+                              free_since=self._free_since, holding=sorted(holding))
+
     def tick(self) -> None:
-        was_down = self.db.is_down
-        ok, _ = self.db.attempt(lambda: WorkerPresence.report(self.node, self.queues))
+        ok, _ = self.db.attempt(self.report)
         if not ok:
             return
-        if was_down:
-            self._db_back_at = time.monotonic()
         try:
-            if time.monotonic() - self._db_back_at >= settings.EMBPERF_STALE_AFTER_S:
-                ok, ids = self.db.attempt(lambda: Run.objects.interrupt_stale())
-                if ok and ids:
-                    logger.warning("marked runs %s interrupted: their workers stopped reporting", ids)
+            ok, ids = self.db.attempt(lambda: Run.objects.interrupt_stale())
+            if ok and ids:
+                logger.warning("marked runs %s interrupted: their workers stopped reporting", ids)
             self.db.attempt(spill.write_pending)
+            ok, ids = self.db.attempt(lambda: reconcile_queued(self.queues))
+            if ok and ids:
+                logger.warning("runs %s: their broker messages were lost; sent again (or failed)", ids)
         except Exception:  # a bug must not end the timer: the next tick tries again
             logger.exception("worker upkeep failed")
 
@@ -89,7 +109,8 @@ def on_worker_ready(sender=None, **kwargs) -> None:
         # This runs in the main worker process; pool processes must not share its connection.
         connections.close_all()
     queues = sorted(sender.app.amqp.queues.consume_from or {})
-    _upkeep = Upkeep(node, queues)
+    concurrency = getattr(getattr(sender, "controller", None), "concurrency", None) or 1
+    _upkeep = Upkeep(node, queues, concurrency=concurrency)
     _upkeep.start()
 
 

@@ -1,10 +1,11 @@
 """Results the database could not take, kept in files until it can.
 
-When the database stays away past EMBPERF_DB_RETRY_S, the sweep stops and its level documents
-go to `EMBPERF_VAR_DIR/unsaved/run-<id>-<time>.json` on the worker's host, never dropped. The run's
-reason names that file. The worker's timer (workers.recovery) keeps trying to write pending files
-back: it stores their levels and the run's final status once the database answers, then marks the
-file written (the file itself is kept for the operator).
+When the database stays away past EMBPERF_DB_RETRY_S, the sweep stops and its whole result document
+(levels, summary, probe, client, inputs, telemetry notes) with its ending goes to
+`EMBPERF_VAR_DIR/unsaved/run-<id>-<time>.json` on the worker's host, never dropped. The run's reason
+names that file. The worker's timer (workers.recovery) keeps trying to write pending files back: once
+the database answers it stores the whole document, the run's final status, its ended progress and a
+reason saying the results are back, then marks the file written (the file is kept for the operator).
 """
 import json
 import logging
@@ -12,9 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from django.conf import settings
-from django.utils import timezone
+from django.db import transaction
 
-from portal.sweeps.documents import record_level
+from portal.sweeps.documents import record_document
 from portal.sweeps.models import Run
 
 logger = logging.getLogger(__name__)
@@ -31,11 +32,15 @@ def path_for(run_id: int) -> Path:
     return unsaved_dir() / f"run-{run_id}-{stamp}.json"
 
 
-def save(path: Path, run_id: int, *, status: str, reason: str, levels: list[dict], document: dict | None) -> Path:
-    """Write the run's levels and final status to `path` (atomically: a temporary file, then a rename)."""
+def save(path: Path, run_id: int, *, status: str, reason: str, levels: list[dict], document: dict | None,
+         cause: str = "", progress: dict | None = None) -> Path:
+    """Write the run's whole document (levels and run-wide sections), final status and progress to `path`
+    (atomically: a temporary file, then a rename). `cause` says in a sentence what kept them from the
+    database; it opens the reason the run gets once they are written back."""
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {"schema": SCHEMA, "run_id": run_id, "status": status, "reason": reason, "pending": True,
             "levels": levels, "document": {k: v for k, v in (document or {}).items() if k != "levels"},
+            "cause": cause, "progress": {**(progress or {}), "phase": "done"},
             "saved_at": datetime.now(UTC).isoformat()}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(body, default=str))
@@ -60,13 +65,7 @@ def write_pending() -> list[int]:
             continue
         run_id = body["run_id"]
         if Run.objects.filter(pk=run_id).exists():
-            run = Run(pk=run_id)
-            for level in body.get("levels") or []:
-                record_level(run, level)
-            # A run the stale sweeper meanwhile marked interrupted gets its real ending and reason.
-            Run.objects.filter(pk=run_id, status__in=[Run.Status.RUNNING, Run.Status.INTERRUPTED]).update(
-                status=body["status"], status_reason=body["reason"],
-                finished=Run.objects.filter(pk=run_id).values_list("finished", flat=True).first() or timezone.now())
+            write_back(run_id, body, path)
             logger.warning("run %s: the results kept in %s are now in the database", run_id, path)
         body["pending"] = False
         tmp = path.with_suffix(".tmp")
@@ -74,3 +73,34 @@ def write_pending() -> list[int]:
         tmp.replace(path)
         written.append(run_id)
     return written
+
+
+def written_back_reason(body: dict, path: Path) -> str:
+    """The run's reason once a file's results are in the database: what happened, and that they are back."""
+    levels = len(body.get("levels") or [])
+    what = body.get("cause") or "The database was unreachable when this run was measured"
+    return (f"{what}; the sweep was stopped and its {levels} measured level(s) were kept in {path} on the worker. "
+            f"They were written back at {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}, once the database "
+            "answered again: the results below are complete up to where the sweep stopped. Resume the run to "
+            "measure the rest.")
+
+
+@transaction.atomic
+def write_back(run_id: int, body: dict, path: Path) -> None:
+    """Store a file's whole run document (levels, summary, probe, client, inputs, telemetry notes) and
+    its ending. A run the stale sweeper meanwhile marked interrupted, or whose final write carried the
+    file's reason, gets the real ending and a reason that says its results are back."""
+    run = Run.objects.select_for_update().get(pk=run_id)
+    document = {**(body.get("document") or {}), "levels": list(body.get("levels") or [])}
+    reason = written_back_reason(body, path)
+    if not (body.get("document") or {}).get("summary"):
+        document.pop("summary", None)  # no summary to restore: keep whatever the run has
+    record_document(run, document)
+    if run.status in (Run.Status.RUNNING, Run.Status.INTERRUPTED) or (
+            run.status == body["status"] and run.status_reason == body["reason"]):
+        stopped = body.get("saved_at")
+        finished = datetime.fromisoformat(stopped) if stopped else datetime.now(UTC)
+        progress = {**(run.progress or {}), **(body.get("progress") or {}), "phase": "done",
+                    "updated_at": finished.isoformat()}
+        Run.objects.filter(pk=run_id).update(status=body["status"], status_reason=reason, finished=finished,
+                                             progress=progress)

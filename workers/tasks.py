@@ -11,9 +11,11 @@ interrupted. Time limits come with each message (portal.sweeps.services.start_ru
 Every way the task can stop writes a final status: the engine's own end, a cancel, the soft time
 limit, an exception, SystemExit or KeyboardInterrupt, and SIGTERM (`Shutdown`: while a sweep runs,
 SIGTERM stops it at once and the run ends `interrupted`, its finished levels kept). When the pool
-process itself dies (the hard time limit, SIGKILL, out of memory), the worker's main process ends
-the run (`SweepTask.on_failure`). A whole worker that dies or a lost host is found by the run's
-silent heartbeat (Run.objects.interrupt_stale, run by every worker's timer, workers.recovery).
+process itself dies, the worker's main process ends the run: the hard time limit through
+`SweepTask.on_failure`, SIGKILL, out of memory or a segfault through Celery's `task_failure` signal
+(`on_task_failure`: Celery calls no task hook for a lost process). A whole worker that dies or a
+lost host is found by the run's silent heartbeat (Run.objects.interrupt_stale, run by every
+worker's timer, workers.recovery).
 """
 import logging
 import signal
@@ -25,6 +27,7 @@ from datetime import UTC, datetime
 from billiard.exceptions import WorkerLostError
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import task_failure
 from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
@@ -114,11 +117,22 @@ class SweepTask(Task):
     """run_sweep's task class: the worker's main process ends the run when the pool process died."""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        # Called in the main process when the hard time limit killed the pool process, or when the
-        # pool process died (SIGKILL, out of memory): nothing in it could record the run's end.
-        if not isinstance(exc, (TimeLimitExceeded, WorkerLostError)) or not args:
-            return
-        run_id, node = args[0], getattr(self.request, "hostname", None) or socket.gethostname()
+        # Celery calls this in the main process when the hard time limit killed the pool process.
+        if isinstance(exc, TimeLimitExceeded) and args:
+            end_run_of_lost_process(args[0], exc, _node(self))
+
+
+@task_failure.connect
+def on_task_failure(sender=None, exception=None, args=None, **kwargs) -> None:
+    """A pool process that died (SIGKILL, the out-of-memory killer, a segfault) reaches the worker's main
+    process as WorkerLostError: Celery sends this signal there, but calls no task hook."""
+    if getattr(sender, "name", None) == "workers.tasks.run_sweep" and isinstance(exception, WorkerLostError) and args:
+        end_run_of_lost_process(args[0], exception, _node(sender))
+
+
+def end_run_of_lost_process(run_id: int, exc: BaseException, node: str) -> None:
+    """In the worker's main process: end the run whose pool process is gone (nothing in it could)."""
+    try:
         if isinstance(exc, TimeLimitExceeded):
             status, reason = Run.Status.FAILED, (
                 f"Killed after the hard time limit ({exc}), sized from the plan; the sweep did not stop at the "
@@ -127,16 +141,16 @@ class SweepTask(Task):
             status, reason = Run.Status.INTERRUPTED, (
                 f"The worker process measuring this run on {node} died ({exc}). Levels finished before that "
                 "are kept; resume the run to measure the rest.")
-        try:
-            ended = DatabaseWrites(f"run {run_id}", bound_s=10).call(
-                lambda: Run.objects.filter(pk=run_id).end_as(status, reason))
-            if ended:
-                logger.warning("run %s: %s (%s)", run_id, status, exc)
-        except DatabaseUnavailable:
-            logger.error("run %s: could not record that its worker process died; the stale-run sweeper will", run_id)
-        finally:
-            # The main process forks new pool processes: they must not inherit its connection.
-            connections.close_all()
+        # Only the run this node measures: the lost process may have held a duplicate of another's run.
+        ended = DatabaseWrites(f"run {run_id}", bound_s=10).call(
+            lambda: Run.objects.filter(pk=run_id, worker_host=node).end_as(status, reason))
+        if ended:
+            logger.warning("run %s: %s (%s)", run_id, status, exc)
+    except DatabaseUnavailable:
+        logger.error("run %s: could not record that its worker process died; the stale-run sweeper will", run_id)
+    finally:
+        # The main process forks new pool processes: they must not inherit its connection.
+        connections.close_all()
 
 
 # max_retries=None: a run waiting for its target (another run measuring it) waits as long as that takes.
@@ -325,11 +339,13 @@ def record_end(run_id: int, node: str, status: str, reason: str, document: dict 
         levels = list((document or {}).get("levels") or []) or recorder.unsaved_levels()
         path = spill.path_for(run_id)
         status = Run.Status.FAILED
-        reason = (f"The database was unreachable for over {recorder.db.bound_s:.0f} s while this run was "
-                  f"measured ({recorder.db.last_error}), so the sweep was stopped. Its {len(levels)} measured "
+        cause = (f"The database was unreachable for over {recorder.db.bound_s:.0f} s while this run was "
+                 f"measured ({recorder.db.last_error})")
+        reason = (f"{cause}, so the sweep was stopped. Its {len(levels)} measured "
                   f"level(s) were saved to {path} on the worker {node}; the worker writes them here once the "
                   "database answers again.")
-        spill.save(path, run_id, status=status, reason=reason, levels=levels, document=document)
+        spill.save(path, run_id, status=status, reason=reason, levels=levels, document=document, cause=cause,
+                   progress=progress)
     db = DatabaseWrites(f"run {run_id}")
     # The database already stayed away past its bound: one short try, the file keeps the rest and the
     # worker's timer writes it once the database answers (workers.spill).
@@ -341,10 +357,12 @@ def record_end(run_id: int, node: str, status: str, reason: str, document: dict 
             path = spill.path_for(run_id)
             status = Run.Status.FAILED
             levels = list((document or {}).get("levels") or []) or recorder.unsaved_levels()
-            reason = (f"The database was unreachable when this run ended ({exc}). Its {len(levels)} measured "
+            cause = f"The database was unreachable when this run ended ({exc})"
+            reason = (f"{cause}. Its {len(levels)} measured "
                       f"level(s) were saved to {path} on the worker {node}; the worker writes them here once "
                       "the database answers again.")
-            spill.save(path, run_id, status=status, reason=reason, levels=levels, document=document)
+            spill.save(path, run_id, status=status, reason=reason, levels=levels, document=document, cause=cause,
+                       progress=progress)
         logger.error("run %s: could not record its end: %s", run_id, exc)
     if recorder.ended_elsewhere:
         logger.info("run %s: ended elsewhere as %s; its measured levels are kept", run_id, recorder.ended_elsewhere)

@@ -304,8 +304,11 @@ class RunQuerySet(TeamOwnedQuerySet):
         return self.filter(status=Run.Status.RUNNING)
 
     def stale(self, *, stale_after_s: float | None = None):
-        """Running runs whose worker has been silent for longer than `stale_after_s` seconds."""
-        cutoff = timezone.now() - timedelta(seconds=stale_after(stale_after_s))
+        """Running runs whose worker has been silent for longer than `stale_after_s` seconds while the
+        database answered (`silent_before`): none at all shortly after a database outage."""
+        cutoff = silent_before(stale_after_s)
+        if cutoff is None:
+            return self.none()
         silent = Q(heartbeat__lt=cutoff) | Q(heartbeat__isnull=True, started__lt=cutoff) | Q(
             heartbeat__isnull=True, started__isnull=True)
         return self.running().filter(silent)
@@ -348,6 +351,46 @@ class RunQuerySet(TeamOwnedQuerySet):
 def stale_after(seconds: float | None = None) -> float:
     """The heartbeat age past which a running run's worker is taken for dead (EMBPERF_STALE_AFTER_S)."""
     return float(seconds if seconds is not None else settings.EMBPERF_STALE_AFTER_S)
+
+
+# When this process last saw the database answer again after failing (set by workers.database).
+_database_back_at = None
+
+
+def note_database_back(at=None) -> None:
+    """Record that the database answers again after an outage this process saw; workers also report it
+    in their WorkerPresence row, so every process (a waiting run's task, the web's cancel) knows."""
+    global _database_back_at
+    at = at or timezone.now()
+    if _database_back_at is None or at > _database_back_at:
+        _database_back_at = at
+
+
+def database_back_here():
+    """The latest end of a database outage this process saw, or None."""
+    return _database_back_at
+
+
+def database_back_at():
+    """The latest end of a database outage known here or reported by any worker, or None."""
+    reported = WorkerPresence.objects.aggregate(latest=models.Max("database_back_at"))["latest"]
+    known = [at for at in (_database_back_at, reported) if at is not None]
+    return max(known) if known else None
+
+
+def silent_before(stale_after_s: float | None = None):
+    """The one rule for "silent": a running run whose last heartbeat is older than the returned time
+    is taken for dead; None means no run may be judged silent now.
+
+    A database outage stops every live worker's heartbeat with it, so silence counts only once the
+    database has answered again for a whole stale bound (every worker had that long to report).
+    The stale-run sweeper, a run waiting for its target and a cancel all ask this function."""
+    seconds = stale_after(stale_after_s)
+    now = timezone.now()
+    back = database_back_at()
+    if back is not None and (now - back).total_seconds() < seconds:
+        return None
+    return now - timedelta(seconds=seconds)
 
 
 class Run(models.Model):
@@ -397,6 +440,8 @@ class Run(models.Model):
     document = models.JSONField(default=dict, blank=True)
     summary = models.JSONField(default=dict, blank=True)
     is_baseline = models.BooleanField(default=False)
+    # When the reconciler sent this queued run's message again because the broker had lost it (once).
+    resent_at = models.DateTimeField(null=True, blank=True)
     # A resumed run measures only the levels the run it continues had not finished (docs/api.md, Resume).
     resumed_from = models.ForeignKey("self", models.SET_NULL, null=True, blank=True, related_name="resumed_by")
 
@@ -431,9 +476,13 @@ class Run(models.Model):
         return None if beat is None else max(0.0, (timezone.now() - beat).total_seconds())
 
     def worker_is_silent(self) -> bool:
-        """True for a running run whose worker has not reported within EMBPERF_STALE_AFTER_S."""
-        age = self.heartbeat_age_s()
-        return self.status == self.Status.RUNNING and (age is None or age > stale_after())
+        """True for a running run whose worker has not reported within EMBPERF_STALE_AFTER_S
+        (the rule of `silent_before`, which waits after a database outage)."""
+        if self.status != self.Status.RUNNING:
+            return False
+        cutoff = silent_before()
+        beat = self.last_heard()
+        return cutoff is not None and (beat is None or beat < cutoff)
 
     @property
     def aborted_at_level(self) -> float | None:
@@ -614,6 +663,12 @@ class WorkerPresence(models.Model):
     node = models.CharField(max_length=200, unique=True)
     queues = models.JSONField(default=list)
     seen = models.DateTimeField()
+    # When this worker last saw the database answer again after an outage (the rule for "silent").
+    database_back_at = models.DateTimeField(null=True, blank=True)
+    # Since when the worker has had a free pool process (None: all busy), and the runs whose messages
+    # it holds (running or waiting): what tells a lost message from one still queued (services).
+    free_since = models.DateTimeField(null=True, blank=True)
+    holding = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["node"]
@@ -625,9 +680,12 @@ class WorkerPresence(models.Model):
     FORGET_AFTER = timedelta(days=7)
 
     @classmethod
-    def report(cls, node: str, queues: list[str]) -> None:
+    def report(cls, node: str, queues: list[str], *, database_back_at=None, free_since=None,
+               holding: list[int] | None = None) -> None:
         now = timezone.now()
-        cls.objects.update_or_create(node=node, defaults={"queues": sorted(queues), "seen": now})
+        cls.objects.update_or_create(node=node, defaults={
+            "queues": sorted(queues), "seen": now, "database_back_at": database_back_at, "free_since": free_since,
+            "holding": sorted(holding or [])})
         cls.objects.filter(seen__lt=now - cls.FORGET_AFTER).delete()
 
     @classmethod

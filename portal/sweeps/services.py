@@ -199,7 +199,18 @@ def start_run(*, target: Target, plan: Plan, user=None, label: str = "", notes: 
 
 
 def requeue_run(run: Run) -> Run:
-    """Queue again a run the broker refused; raises RunStateError for a run a worker already took."""
+    """Queue again a run the broker refused, or send again a queued run whose message the broker lost
+    (portal.sweeps.reconcile); raises RunStateError for a run a worker already took."""
+    if run.status == Run.Status.QUEUED:
+        from portal.sweeps.reconcile import resend_lost
+
+        if resend_lost(run, on_request=True) is None:
+            raise RunStateError(
+                f"Run {run.pk} is queued and its message is still with the broker or a worker; it starts when a "
+                f"worker of queue {run.queue} is free. A queued run is sent again only once its message is taken "
+                f"for lost (no free worker received it within {settings.EMBPERF_REQUEUE_AFTER_S:.0f} s).")
+        run.refresh_from_db()
+        return run
     if not run.never_started:
         raise RunStateError(
             f"Run {run.pk} is {run.status} and a worker has already taken it; only a run the broker refused "
@@ -208,7 +219,7 @@ def requeue_run(run: Run) -> Run:
         raise RunStateError(f"The target of run {run.pk} has been deleted; there is nothing to queue it against.")
     _gate(run)
     Run.objects.filter(pk=run.pk, status=Run.Status.FAILED, started__isnull=True).update(
-        status=Run.Status.QUEUED, status_reason="", finished=None, cancel_requested=False)
+        status=Run.Status.QUEUED, status_reason="", finished=None, cancel_requested=False, resent_at=None)
     run.refresh_from_db()
     _enqueue_on_commit(run)
     run.refresh_from_db()
