@@ -509,9 +509,9 @@ def _document(state: dict, *, run: int) -> dict:
 
 
 COMMANDS = {"setup": _setup, "target": _target, "grant": _grant, "broker_refused_run": _broker_refused_run,
-            "document": _document, "post_page": _post_page, "runs": _runs, "start": _start, "run": _run, "cancel": _cancel, "page": _page,
-            "plan": _plan, "api": _api, "backend_pid": _backend_pid, "press_cancel": _press_cancel,
-            "progress": _progress}
+            "document": _document, "post_page": _post_page, "runs": _runs, "start": _start, "run": _run,
+            "cancel": _cancel, "page": _page, "plan": _plan, "api": _api, "backend_pid": _backend_pid,
+            "press_cancel": _press_cancel, "progress": _progress}
 
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
     _serve()

@@ -54,13 +54,23 @@ def resend_lost(run: Run, *, on_request: bool = False) -> str | None:
     """Send a queued run whose message was lost again (the first time, or whenever someone asks:
     `on_request`), or fail it (lost a second time). Returns what was done, as the run's new reason, or
     None when its message is not taken for lost."""
-    from portal.sweeps.services import enqueue_run
+    from portal.sweeps.services import enqueue_run, run_start_errors
 
     why = lost_message_reason(run)
     if why is None:
         return None
     now = timezone.now()
     stamp = now.strftime("%H:%M:%S UTC")
+    # Sending again is sending work: the gate every start passes (a queue grant may have been withdrawn).
+    errors = run_start_errors(run.target, run.plan, spec=dict(run.plan_config or {}))
+    if errors:
+        refusal = " ".join(message for messages in errors.values() for message in messages)
+        reason = f"The broker lost this run's message ({why}); it was not sent again: {refusal}"
+        if Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
+                status=Run.Status.FAILED, status_reason=reason, finished=now):
+            logger.warning("run %s: %s", run.pk, reason)
+            return reason
+        return None
     if run.resent_at is None or on_request:
         reason = f"The broker lost this run's message ({why}); it was sent again at {stamp}."
         if not Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED, resent_at=run.resent_at).update(

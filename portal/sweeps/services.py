@@ -204,6 +204,7 @@ def requeue_run(run: Run) -> Run:
     if run.status == Run.Status.QUEUED:
         from portal.sweeps.reconcile import resend_lost
 
+        _gate(run)
         if resend_lost(run, on_request=True) is None:
             raise RunStateError(
                 f"Run {run.pk} is queued and its message is still with the broker or a worker; it starts when a "
