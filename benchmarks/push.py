@@ -158,4 +158,6 @@ def push_from_cli(args: argparse.Namespace, document: dict, out, err) -> bool:
         out.print(f"already in the portal as run {answer.get('id')}: {where}", markup=False, highlight=False)
     else:
         out.print(f"pushed to the portal as run {answer['id']}: {where}", markup=False, highlight=False)
+        if answer.get("plan_note"):
+            out.print(str(answer["plan_note"]), markup=False, highlight=False)
     return True

@@ -24,7 +24,9 @@ def test_cli_push_lands_in_history_beside_a_browser_run(live_server, owner, targ
     with running_simulator() as sim:
         cli = subprocess.run(
             [sys.executable, "-m", "benchmarks", "run", "--url", sim.base_url, "--model", "sim-embed",
-             "--levels", "1,2", "--duration", "1.5", "--warmup", "0.3", "--tokens", "16", "--dimensions", "64",
+             # The plan's own settings: a sweep of other settings gets a plan of its own (test_push_plans.py).
+             "--levels", "1,4", "--duration", "2", "--warmup", "0.5", "--tokens", "32", "--dimensions", "64",
+             "--timeout", "5",
              "--quiet", "--json", str(out_file), "--label", "from-ci",
              "--push", live_server.url, "--token", token, "--target-name", target.name, "--plan-name", plan.name],
             capture_output=True, text=True, timeout=120,

@@ -4,7 +4,9 @@ The document is checked against benchmarks/result-schema.json and a few rules JS
 say; every problem is reported with the path of the field (`levels[2].latency_ms.p99`). Nothing is
 saved unless the whole document is accepted. The target and plan are matched by name within the
 team (and created from the document when missing, `Target/Plan.from_spec`), so ingested runs sit
-in history beside runs started in the browser. The accepted document is recorded by
+in history beside runs started in the browser. A plan of the document's name whose settings differ
+is never used: the run goes to a plan named after what differs, "smoke (levels 16-64, 3 s)", and
+the answer's `plan_note` says which. The accepted document is recorded by
 `portal.sweeps.documents.record_document`, as the worker records the runs it measures.
 """
 import json
@@ -230,14 +232,66 @@ def _match_target(team, spec: dict) -> Target:
     return target
 
 
-def _match_plan(team, spec: dict) -> Plan:
+def _plan_settings(plan: Plan) -> dict:
+    """A plan's settings without its name: what must agree for two sweeps to share one history."""
+    return {key: value for key, value in plan.to_spec().items() if key != "name"}
+
+
+def _levels_text(levels: list) -> str:
+    values = [f"{float(v):g}" for v in levels]
+    return f"{values[0]}-{values[-1]}" if len(values) > 2 else ", ".join(values)
+
+
+# How a plan's differing setting is named in the name of the plan made for it (the first three differences).
+_NAME_PARTS = {
+    "levels": lambda v: f"levels {_levels_text(v)}", "duration_s": lambda v: f"{v:g} s",
+    "warmup_s": lambda v: f"warm-up {v:g} s", "tokens": lambda v: f"{v} tokens", "batch": lambda v: f"batch {v}",
+    "dimensions": lambda v: f"{v or 'model'} dims", "mode": lambda v: f"{v} loop",
+}
+
+
+def _differences(settings: dict, other: dict) -> list[str]:
+    return [key for key in settings if settings.get(key) != other.get(key)]
+
+
+def _variant_name(name: str, settings: dict, differing: list[str]) -> str:
+    parts = [_NAME_PARTS[key](settings[key]) for key in _NAME_PARTS if key in differing][:3]
+    if not parts:
+        parts = [f"{key} {settings[key]}" for key in differing[:2]]
+    suffix = f" ({', '.join(parts)})"
+    return name[:100 - len(suffix)] + suffix
+
+
+def _match_plan(team, spec: dict) -> tuple[Plan, str]:
+    """The team's plan this document's sweep belongs to, and what was done, in words.
+
+    A plan of the document's name is used only when its settings are the document's; otherwise the
+    sweep is filed under a plan named after what differs ("smoke (levels 16-64, 3 s)"), made when
+    missing, so unlike sweeps never share one history."""
     name = _plan_name(spec)
-    plan = Plan.objects.filter(team=team, name=name).order_by("id").first()
-    if plan is not None:
-        return plan
-    plan = Plan.from_spec({**spec, "name": name}, team=team)
-    plan.save()
-    return plan
+    wanted = Plan.from_spec({**spec, "name": name}, team=team)
+    settings = _plan_settings(wanted)
+    same_name = Plan.objects.filter(team=team, name=name).order_by("id").first()
+    if same_name is None:
+        wanted.save()
+        return wanted, f"Filed under a new plan “{name}”."
+    if _plan_settings(same_name) == settings:
+        return same_name, f"Filed under the plan “{name}”."
+    differing = _differences(settings, _plan_settings(same_name))
+    base = _variant_name(name, settings, differing)
+    what = ", ".join(differing)
+    for n in range(1, 100):
+        candidate = base if n == 1 else f"{base[:100 - len(str(n)) - 1]} {n}"
+        plan = Plan.objects.filter(team=team, name=candidate).order_by("id").first()
+        if plan is not None and _plan_settings(plan) == settings:
+            return plan, (f"Filed under the plan “{candidate}”: the plan “{name}” has other settings ({what}).")
+        if plan is None:
+            wanted.name = candidate
+            wanted.save()
+            return wanted, (f"Filed under a new plan “{candidate}”: the plan “{name}” has other settings "
+                            f"({what}), and sweeps of unlike plans never share a history.")
+    raise IngestError({"plan.name": [f"The plan “{name}” and 99 variants of it have other settings than this "
+                                     "document's; give the sweep a plan name of its own (--plan-name)."]})
 
 
 def ingest_document(doc, *, team, user=None) -> Run:
@@ -256,7 +310,7 @@ def ingest_document(doc, *, team, user=None) -> Run:
             raise AlreadyIngested(existing)
     with transaction.atomic():
         target = _match_target(team, doc["target"])
-        plan = _match_plan(team, doc["plan"])
+        plan, plan_note = _match_plan(team, doc["plan"])
         target_config = public_target(doc["target"])
         plan_config = dict(doc["plan"])
         plan_config.setdefault("name", plan.name)
@@ -283,4 +337,5 @@ def ingest_document(doc, *, team, user=None) -> Run:
             Run.objects.filter(pk=run.pk).update(created=times["started"])
             run.created = times["started"]
         record_document(run, doc)
+    run.plan_note = plan_note
     return run

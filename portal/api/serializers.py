@@ -274,6 +274,11 @@ class RunSerializer(serializers.ModelSerializer):
                   "A run with status succeeded and a non-null aborted_at_level did not measure its later levels.")
     resumed_from = serializers.PrimaryKeyRelatedField(
         read_only=True, help_text="The run this one continues (it measured only the levels that run had not finished).")
+    repeat_of = serializers.PrimaryKeyRelatedField(
+        read_only=True, help_text="The run this one repeats (*Run again*: same target, plan and server config).")
+    is_baseline = serializers.BooleanField(
+        read_only=True, help_text="Marked as the baseline of its target and plan: later runs of the pair are "
+                                  "checked for regressions against it (set with `links.baseline`).")
 
     class Meta:
         model = Run
@@ -281,7 +286,7 @@ class RunSerializer(serializers.ModelSerializer):
             "id", "url", "web_url", "uuid", "team", "target", "plan", "label", "notes", "status", "status_reason",
             "source", "created_by", "created", "started", "finished", "worker_host", "heartbeat", "client_version",
             "cancel_requested", "is_baseline", "server_config", "target_config", "plan_config", "summary", "links",
-            "aborted_at_level", "resumed_from",
+            "aborted_at_level", "resumed_from", "repeat_of",
         ]
         read_only_fields = fields
 
@@ -304,6 +309,8 @@ class RunSerializer(serializers.ModelSerializer):
             "cancel": reverse("api:run-cancel", args=[obj.pk]),
             "resume": reverse("api:run-resume", args=[obj.pk]),
             "enqueue": reverse("api:run-enqueue", args=[obj.pk]),
+            "repeat": reverse("api:run-repeat", args=[obj.pk]),
+            "baseline": reverse("api:run-baseline", args=[obj.pk]),
         }
 
 
@@ -383,3 +390,11 @@ class RunStartedSerializer(serializers.Serializer):
     url = serializers.CharField()
     web_url = serializers.CharField(allow_null=True)
     status = serializers.CharField()
+
+
+class IngestedSerializer(RunStartedSerializer):
+    plan = serializers.IntegerField(help_text="The plan the run was filed under.")
+    plan_name = serializers.CharField()
+    plan_note = serializers.CharField(
+        help_text="Which plan the run went to and why: the plan of the document's name, or a new one named after "
+                  "what differs (“smoke (levels 16-64, 3 s)”) when that plan has other settings.")

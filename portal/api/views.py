@@ -20,6 +20,7 @@ from portal.api import export
 from portal.api.ingest import AlreadyIngested, IngestError, ingest_document
 from portal.api.renderers import CSVRenderer, MarkdownRenderer
 from portal.api.serializers import (
+    IngestedSerializer,
     PlanSerializer,
     RunDetailSerializer,
     RunFilterSerializer,
@@ -205,6 +206,42 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return _started(request, new)
 
+    @extend_schema(request=None, responses={201: RunStartedSerializer, 400: START_400, 403: READ_ONLY,
+                                            404: ERROR_404, 409: STATE_409, 503: BROKER_503})
+    @action(detail=True, methods=["post"])
+    def repeat(self, request, pk=None):
+        """Run again: a new run of this run's target and plan with its server config and label, recorded as
+        its repeat (`repeat_of`), checked like any start (400 names what stops it)."""
+        run = self.get_object()
+        check_write(request, run.team)
+        try:
+            new = services.repeat_run(run, user=request.user, source=Run.Source.API)
+        except services.RunRefused as exc:  # the start rules, as a start answers them
+            return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
+        except services.RunStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return _started(request, new)
+
+    @extend_schema(methods=["POST"], request=None, responses={200: RunSerializer, 403: READ_ONLY, 404: ERROR_404,
+                                                              409: STATE_409},
+                   description="Make this run the baseline of its target and plan (the one before, if any, stops "
+                               "being it); later runs are checked for regressions against it.")
+    @extend_schema(methods=["DELETE"], request=None, responses={200: RunSerializer, 403: READ_ONLY, 404: ERROR_404},
+                   description="Stop this run being the baseline of its target and plan.")
+    @action(detail=True, methods=["post", "delete"])
+    def baseline(self, request, pk=None):
+        """Mark or unmark this run as its target and plan's baseline (the history page's *Set baseline*)."""
+        run = self.get_object()
+        check_write(request, run.team)
+        if request.method == "DELETE":
+            run = services.clear_baseline(run)
+        else:
+            try:
+                run = services.set_baseline(run)
+            except services.RunStateError as exc:
+                return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(RunSerializer(run, context={"request": request}).data)
+
     @extend_schema(request=None, responses={200: RunSerializer, 400: START_400, 403: READ_ONLY, 404: ERROR_404,
                                             409: STATE_409, 503: BROKER_503})
     @action(detail=True, methods=["post"])
@@ -347,7 +384,7 @@ class IngestView(APIView):
     @extend_schema(
         parameters=[IngestQuerySerializer],
         request={"application/json": OpenApiTypes.OBJECT},
-        responses={201: RunStartedSerializer, 400: ERROR_400,
+        responses={201: IngestedSerializer, 400: ERROR_400,
                    409: OpenApiResponse(description="This run (by run.uuid) is already in history.")},
     )
     def post(self, request):
@@ -374,5 +411,6 @@ class IngestView(APIView):
             url = RunSerializer(exc.run, context={"request": request}).data["url"]
             return Response({"detail": str(exc), "id": exc.run.pk, "url": url}, status=status.HTTP_409_CONFLICT)
         data = RunSerializer(run, context={"request": request}).data
-        body = {"id": run.pk, "url": data["url"], "web_url": data["web_url"], "status": run.status}
+        body = {"id": run.pk, "url": data["url"], "web_url": data["web_url"], "status": run.status,
+                "plan": run.plan_id, "plan_name": run.plan.name, "plan_note": run.plan_note}
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})

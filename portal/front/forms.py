@@ -206,6 +206,8 @@ class RunForm(forms.Form):
         help_text="What was different on the server for this run, one per line: "
         "“--max-running-requests 128” or “key=value”.",
     )
+    # "Run again": the run this one repeats (the view checks it is the user's to see).
+    repeat_of = forms.IntegerField(required=False, widget=forms.HiddenInput, min_value=1)
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -23,6 +23,8 @@ from portal.sweeps.models import Plan, Run, Target, WorkerPresence
 from portal.sweeps.services import (
     ProbeThrottle,
     RunStateError,
+    is_repeat,
+    repeat_changes,
     request_cancel,
     request_probe,
     requeue_run,
@@ -193,12 +195,28 @@ def run_list(request):
     return render(request, "sweeps/run_list.html", context)
 
 
+def _repeated_run(request) -> Run | None:
+    """The run named by ?repeat=N (or the form's repeat_of): "Run again" of a run this user can see."""
+    raw = request.POST.get("repeat_of") or request.GET.get("repeat") or ""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        return None
+    return get_owned_or_404(Run, request.user, int(raw))
+
+
 @login_required
 def run_create(request):
+    """Start a run; with ?repeat=N ("Run again") the form starts from run N's target, plan, label and
+    server config, and the new run is recorded as its repeat when those are kept."""
+    original = _repeated_run(request)
     initial = {k: request.GET[k] for k in ("target", "plan", "label") if request.GET.get(k)}
+    if original is not None:
+        initial.update({"target": original.target_id, "plan": original.plan_id, "label": original.label,
+                        "server_config": dict(original.server_config or {}), "repeat_of": original.pk})
     form = RunForm(request.POST or None, initial=initial, user=request.user)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
+        repeat_of = original if original is not None and is_repeat(
+            original, data["target"], data["plan"], data["server_config"]) else None
         run = start_run(
             target=data["target"],
             plan=data["plan"],
@@ -206,13 +224,22 @@ def run_create(request):
             label=data["label"],
             notes=data["notes"],
             server_config=data["server_config"],
+            repeat_of=repeat_of,
         )
         if run.never_started:
             messages.error(request, "The run could not be queued; it is kept, and can be queued again from this page.")
+        elif repeat_of is not None:
+            messages.success(request, f"Run queued: a repeat of #{repeat_of.pk}. This page follows it live.")
+        elif original is not None:
+            messages.success(request, f"Run queued. It is not a repeat of #{original.pk}: its target, plan or "
+                                      "server config differs. This page follows it live.")
         else:
             messages.success(request, "Run queued. This page follows it live.")
         return redirect(run)
-    return render(request, "sweeps/run_form.html", {"form": form})
+    return render(request, "sweeps/run_form.html", {
+        "form": form, "repeat_of": original,
+        "repeat_changes": repeat_changes(original) if original is not None else [],
+    })
 
 
 def level_rows(run: Run) -> list[dict]:

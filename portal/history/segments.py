@@ -11,71 +11,20 @@ working server's figures and are left out too. Fewer than 3 repeats give no esti
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from benchmarks.compare import METRICS, between_run_noise
+from portal.sweeps.snapshots import config_changes, config_fingerprint, snapshot_fields
+
+__all__ = ["REPEAT_WINDOW", "Repeat", "config_changes", "config_fingerprint", "repeat_noise", "snapshot_fields",
+           "usable_level"]
 
 # Repeats (latest first) of one configuration that feed its between-run noise.
 REPEAT_WINDOW = 20
 # A level with more errors than this measured a failing server (the plans' default error threshold).
 ERRORED_LEVEL_RATE = 0.01
-
-TARGET_LABELS = {
-    "name": "Target", "engine": "Engine", "engine_version": "Engine version", "model": "Model",
-    "flavor": "API flavor", "base_urls": "Base URLs", "gpus": "GPUs", "gpu_source": "GPU source",
-    "metrics_urls": "Metrics URLs", "queue": "Queue", "tokenizer": "Tokenizer",
-}
-PLAN_LABELS = {
-    "name": "Plan", "mode": "Load mode", "levels": "Levels", "arrival": "Arrival", "max_in_flight": "Max in flight",
-    "warmup_s": "Warm-up (s)", "duration_s": "Duration (s)", "tokens": "Tokens per text", "batch": "Texts per request",
-    "dimensions": "Dimensions", "encoding": "Encoding", "timeout_s": "Timeout (s)", "slo_p99_ms": "SLO p99 (ms)",
-    "input": "Input", "processes": "Client processes", "abort_error_rate": "Abort error rate",
-    "abort_window_s": "Abort window (s)", "corpus": "Corpus", "keep_samples": "Keep samples",
-    "thresholds": "Thresholds",
-}
-
-
-def config_fingerprint(target_config: dict, plan_config: dict, server_config: dict) -> str:
-    """Identical for runs made with the same target, plan and server configuration (repeats)."""
-    return json.dumps([target_config or {}, plan_config or {}, server_config or {}], sort_keys=True, default=str)
-
-
-def config_text(value) -> str:
-    """A configuration value as the "What changed" panels write it ('–' for nothing)."""
-    if value is None or value == "" or value == [] or value == {}:
-        return "–"
-    if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True, default=str)
-    return str(value)
-
-
-def snapshot_fields(target_config: dict, plan_config: dict, server_config: dict) -> dict[str, str]:
-    """The three snapshots flattened to labelled strings: 'Engine', 'Launch --x', 'Server --y', 'Levels'."""
-    fields: dict[str, str] = {}
-    for key, value in sorted((target_config or {}).items()):
-        if key == "launch_config":
-            for name, setting in sorted((value or {}).items()):
-                fields[f"Launch {name}"] = config_text(setting)
-        else:
-            fields[TARGET_LABELS.get(key, f"Target {key}")] = config_text(value)
-    for key, value in sorted((server_config or {}).items()):
-        fields[f"Server {key}"] = config_text(value)
-    for key, value in sorted((plan_config or {}).items()):
-        fields[PLAN_LABELS.get(key, f"Plan {key}")] = config_text(value)
-    return fields
-
-
-def config_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
-    """'Server --max-running-requests: 64 → 128' for every field that differs, sorted by field."""
-    names = sorted(set(before) | set(after))
-    return [f"{name}: {before.get(name, '–')} → {after.get(name, '–')}" for name in names
-            if before.get(name, "–") != after.get(name, "–")]
-
 
 @dataclass
 class Repeat:

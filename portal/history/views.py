@@ -2,7 +2,6 @@
 comparison.py, timeline.py and charts.py."""
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.db.models import F
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
@@ -28,6 +27,7 @@ from portal.history.timeline import (
     last_two_per_pair,
 )
 from portal.sweeps.models import Plan, Run, Target
+from portal.sweeps.services import RunStateError, clear_baseline, set_baseline
 
 # Rows of the history table shown unless ?all=1 (the charts always show every run).
 HISTORY_TABLE_ROWS = 50
@@ -151,15 +151,15 @@ def _history_chart_context(hist) -> dict:
 def mark_baseline(request, pk: int):
     """Make this run the baseline of its target and plan (or, with clear=1, stop it being one)."""
     run = get_owned_or_404(Run, request.user, pk, write=True)
-    with transaction.atomic():
-        if request.POST.get("clear") == "1":
-            Run.objects.filter(pk=run.pk).update(is_baseline=False)
-            messages.success(request, f"Run #{run.pk} is no longer the baseline.")
-        else:
-            Run.objects.filter(team=run.team, target_id=run.target_id, plan_id=run.plan_id,
-                               is_baseline=True).update(is_baseline=False)
-            Run.objects.filter(pk=run.pk).update(is_baseline=True)
+    if request.POST.get("clear") == "1":
+        clear_baseline(run)
+        messages.success(request, f"Run #{run.pk} is no longer the baseline.")
+    else:
+        try:
+            set_baseline(run)
             messages.success(request, f"Run #{run.pk} is now the baseline of {run.target_config.get('name', '')}.")
+        except RunStateError as exc:
+            messages.error(request, str(exc))
     nxt = request.POST.get("next", "")
     if nxt and url_has_allowed_host_and_scheme(nxt, allowed_hosts={request.get_host()},
                                                require_https=request.is_secure()):

@@ -444,6 +444,8 @@ class Run(models.Model):
     resent_at = models.DateTimeField(null=True, blank=True)
     # A resumed run measures only the levels the run it continues had not finished (docs/api.md, Resume).
     resumed_from = models.ForeignKey("self", models.SET_NULL, null=True, blank=True, related_name="resumed_by")
+    # "Run again": a repeat of this run, with its target, plan and server config (a run of its segment).
+    repeat_of = models.ForeignKey("self", models.SET_NULL, null=True, blank=True, related_name="repeats")
 
     objects = RunQuerySet.as_manager()
 

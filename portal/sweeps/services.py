@@ -10,6 +10,7 @@ from rest_framework.throttling import UserRateThrottle
 
 from portal.sweeps.bounds import plan_field_errors, sweep_seconds
 from portal.sweeps.models import Plan, QueueGrant, Run, Target
+from portal.sweeps.snapshots import config_changes, snapshot_fields
 from portal.taskqueue import PROBE_TARGET, RUN_SWEEP, enqueue
 
 logger = logging.getLogger(__name__)
@@ -25,9 +26,10 @@ PROBE_EXPIRES_S = 300
 
 
 def create_run(*, target: Target, plan: Plan, user=None, label: str = "", notes: str = "",
-               server_config: dict | None = None, source: str = Run.Source.PORTAL) -> Run:
+               server_config: dict | None = None, source: str = Run.Source.PORTAL, repeat_of: Run | None = None) -> Run:
     """Create a queued run with snapshots of its target and plan (the caller enqueues it)."""
     return Run.objects.create(
+        repeat_of=repeat_of,
         team=target.team,
         target=target,
         plan=plan,
@@ -188,14 +190,46 @@ def _enqueue_on_commit(run: Run) -> None:
 
 
 def start_run(*, target: Target, plan: Plan, user=None, label: str = "", notes: str = "",
-              server_config: dict | None = None, source: str = Run.Source.PORTAL) -> Run:
+              server_config: dict | None = None, source: str = Run.Source.PORTAL, repeat_of: Run | None = None) -> Run:
     """Create a queued run and hand it to the workers of the target's queue, with time limits sized
     from the plan. When the broker cannot be reached the run is marked failed with the reason
     (`Run.never_started`: it can be queued again with `requeue_run`)."""
     run = create_run(target=target, plan=plan, user=user, label=label, notes=notes,
-                     server_config=server_config, source=source)
+                     server_config=server_config, source=source, repeat_of=repeat_of)
     _enqueue_on_commit(run)
     return run
+
+
+def is_repeat(original: Run, target: Target | None, plan: Plan | None, server_config: dict | None) -> bool:
+    """Whether a run of `target` and `plan` with `server_config` repeats `original` ("Run again"):
+    the same target, plan and server config."""
+    return (target is not None and plan is not None and original.target_id == target.pk
+            and original.plan_id == plan.pk and dict(original.server_config or {}) == dict(server_config or {}))
+
+
+def repeat_changes(original: Run) -> list[str]:
+    """What differs between `original`'s target and plan snapshots and the target and plan as they are
+    now ('Levels: 1, 4 → 1, 4, 8'): a repeat made today then starts a new segment of the history."""
+    if original.target is None or original.plan is None:
+        return []
+    before = snapshot_fields(original.target_config, original.plan_config, {})
+    now = snapshot_fields(original.target.to_spec(with_secret=False), original.plan.to_spec(), {})
+    return config_changes(before, now)
+
+
+def repeat_run(original: Run, *, user=None, source: str = Run.Source.PORTAL) -> Run:
+    """Run again: a new run of `original`'s target and plan with its server config and label, linked to
+    it (`repeat_of`), through the same checks as any start (RunRefused names what stops it; RunStateError
+    when the target or plan is gone)."""
+    if original.target is None or original.plan is None:
+        gone = "target" if original.target is None else "plan"
+        raise RunStateError(f"The {gone} of run {original.pk} has been deleted; there is nothing to repeat it with.")
+    errors = run_start_errors(original.target, original.plan)
+    if errors:
+        raise RunRefused(errors)
+    return start_run(target=original.target, plan=original.plan, user=user, label=original.label,
+                     notes=original.notes, server_config=dict(original.server_config or {}), source=source,
+                     repeat_of=original)
 
 
 def requeue_run(run: Run) -> Run:
@@ -262,6 +296,27 @@ def resume_run(run: Run, *, user=None, source: str = Run.Source.PORTAL) -> Run:
     _enqueue_on_commit(new)
     new.refresh_from_db()
     return new
+
+
+def set_baseline(run: Run) -> Run:
+    """Make `run` the baseline of its target and plan (the one before stops being it); returns it refreshed.
+    A run whose target or plan was deleted has no history to be the baseline of (RunStateError)."""
+    if run.target_id is None or run.plan_id is None:
+        raise RunStateError(f"The target or plan of run {run.pk} has been deleted; it has no history to be the "
+                            "baseline of.")
+    with transaction.atomic():
+        Run.objects.filter(team=run.team, target_id=run.target_id, plan_id=run.plan_id,
+                           is_baseline=True).exclude(pk=run.pk).update(is_baseline=False)
+        Run.objects.filter(pk=run.pk).update(is_baseline=True)
+    run.refresh_from_db()
+    return run
+
+
+def clear_baseline(run: Run) -> Run:
+    """Stop `run` being a baseline; returns it refreshed."""
+    Run.objects.filter(pk=run.pk).update(is_baseline=False)
+    run.refresh_from_db()
+    return run
 
 
 def request_cancel(run: Run) -> Run:
