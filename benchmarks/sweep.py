@@ -32,6 +32,7 @@ from benchmarks.tokens import (
     ESTIMATE,
     TOKENIZER,
     USAGE,
+    TokenizerPolicy,
     check_usage,
     count,
     load_tokenizer,
@@ -85,10 +86,11 @@ class Sweep:
     """One run of a plan against a target (use `run_sweep`)."""
 
     def __init__(self, target, plan, *, cancel, on_progress, on_level, telemetry, samples_sink, run_info,
-                 outbound=None, limits=None):
+                 outbound=None, limits=None, tokenizers=None):
         self.target = normalize_target(target)
         self.outbound = outbound if outbound is not None else OutboundPolicy.from_environment()
         self.limits = limits or PlanLimits()
+        self.tokenizers = tokenizers or TokenizerPolicy()
         self.plan = normalize_plan(plan, self.limits)
         check_combination(self.target, self.plan)
         self.cancel = cancel or CancelToken()
@@ -168,8 +170,8 @@ class Sweep:
         if not spec:
             return None
         try:
-            self.tokenizer_path = resolve_tokenizer(spec)
-            return load_tokenizer(self.tokenizer_path)
+            self.tokenizer_path = resolve_tokenizer(spec, policy=self.tokenizers)
+            return load_tokenizer(self.tokenizer_path, self.tokenizers.max_bytes)
         except ConfigError as exc:
             raise SweepError(str(exc)) from None
 
@@ -486,7 +488,7 @@ def run_sweep(target: dict, plan: dict, *, cancel: CancelToken | None = None,
               telemetry=None,
               samples_sink: Callable[[int, list[tuple]], None] | None = None,
               run_info: dict | None = None, outbound: OutboundPolicy | None = None,
-              limits: PlanLimits | None = None) -> dict:
+              limits: PlanLimits | None = None, tokenizers: TokenizerPolicy | None = None) -> dict:
     """Run a plan against a target and return the full `embperf.run/1` document.
 
     Synchronous: the load runs in its own thread (one process) or spawned processes, this thread
@@ -497,8 +499,10 @@ def run_sweep(target: dict, plan: dict, *, cancel: CancelToken | None = None,
     Every address the sweep contacts passes `outbound` (default: the policy of $EMBPERF_ALLOWED_TARGETS,
     benchmarks/outbound.py); telemetry carries its own (`build_telemetry(outbound=...)`). `limits` are
     the installation's bounds for the plan (benchmarks.plan; the defaults when not given).
+    `tokenizers` says which tokenizer files the target may name (benchmarks.tokens.TokenizerPolicy;
+    by default any local path, as for the CLI; the portal's workers pass their folder's policy).
     """
     sweep = Sweep(target, plan, cancel=cancel, on_progress=on_progress, on_level=on_level,
                   telemetry=telemetry, samples_sink=samples_sink, run_info=run_info, outbound=outbound,
-                  limits=limits)
+                  limits=limits, tokenizers=tokenizers)
     return sweep.run()

@@ -1,16 +1,24 @@
 """Where token counts come from: the model's own tokenizer, the server's usage, or an estimate.
 
-A target may name a tokenizer: a local `tokenizer.json` (or a folder holding one) or a Hugging Face
-model id. With it the engine counts tokens itself with the `tokenizers` library and cuts unique
-texts to the planned count (inputs.py). A model id is fetched once with `huggingface_hub` into
-`<data folder>/tokenizers` (the data folder is $EMBPERF_VAR_DIR, shared by the portal's workers), and
-a host that cannot reach the hub gets a plain message within seconds, never a hang.
+A target may name a tokenizer: a Hugging Face model id, or a `tokenizer.json` file. With it the
+engine counts tokens itself with the `tokenizers` library and cuts unique texts to the planned count
+(inputs.py). A model id is fetched once with `huggingface_hub` into `<data folder>/tokenizers` (the
+data folder is $EMBPERF_VAR_DIR, shared by the portal's workers), and a host that cannot reach the hub
+gets a plain message within seconds, never a hang.
+
+Which files may be read is a `TokenizerPolicy`: the CLI, run by its own user, reads any path that
+user can (a file, or a folder holding tokenizer.json); the portal's workers read only a file inside
+the folder an operator names (EMBPERF_TOKENIZER_DIR; none by default), given as a path relative to
+it, never absolute, never through `..` or a symlink out of it. Every file is capped in size
+(MAX_TOKENIZER_BYTES), and a file that cannot be used is "not a usable tokenizer": the parser's
+words, the file's contents and whether some other path exists are never repeated.
 
 The server's usage is cross-checked against the texts it was given: a figure that equals the
 character count, equals the word count, or is not between 2 and 8 characters per token (English
 prose) cannot be a token count; it is named as such and not used for the figures.
 """
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +39,59 @@ RATIO_WARN_LOW, RATIO_WARN_HIGH = 0.8, 1.25
 COUNT_SLACK = 2
 
 HUB_TIMEOUT_S = 10.0  # connect and read timeout of each call to the hub
+MAX_TOKENIZER_BYTES = 64 * 1024 * 1024  # the largest tokenizer.json of common models is about 35 MB
+
+NOT_USABLE = "not a usable tokenizer"
+FOLDER_SETTING = "EMBPERF_TOKENIZER_DIR"
+# A Hugging Face model id: "name" or "org/name", letters, digits, '.', '_' and '-'.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
+
+
+@dataclass(frozen=True)
+class TokenizerPolicy:
+    """Which tokenizers a sweep may read. With `local_paths`, any file its user can read (the CLI);
+    without, a Hugging Face model id, or a file inside `folder` (None: no files at all)."""
+
+    local_paths: bool = True
+    folder: Path | None = None
+    max_bytes: int = MAX_TOKENIZER_BYTES
+
+
+def is_hub_id(spec: str) -> bool:
+    """True for what names a model on the hub rather than a file ("org/name", no ".json", no "..")."""
+    return bool(_HUB_ID.fullmatch(spec)) and ".." not in spec and not spec.endswith(".json")
+
+
+def tokenizer_spec_error(spec: str, policy: TokenizerPolicy) -> str | None:
+    """Why `policy` refuses a target's tokenizer field, in words for the person who typed it; None when
+    it may be used (or is empty). Checked when a target is saved and again before a sweep reads it."""
+    spec = (spec or "").strip()
+    if not spec or policy.local_paths or is_hub_id(spec):
+        return None
+    example = "a Hugging Face model id such as BAAI/bge-large-en-v1.5"
+    if policy.folder is None:
+        return (f"Give {example}: tokenizer files are off on this installation (an operator can name a folder "
+                f"of them, {FOLDER_SETTING}).")
+    if not spec.endswith(".json"):
+        return f"Give {example}, or a .json tokenizer file in the tokenizer folder, such as bge/tokenizer.json."
+    if spec.startswith(("/", "~", "\\")) or re.match(r"[A-Za-z]:", spec):
+        return ("Give the tokenizer file as a path inside the tokenizer folder, such as bge/tokenizer.json, "
+                "not an absolute path.")
+    if ".." in re.split(r"[/\\]", spec):
+        return "A tokenizer path may not use '..': give a path inside the tokenizer folder, such as bge/tokenizer.json."
+    path, inside = _in_folder(spec, policy.folder)
+    if path.exists() and not inside:
+        return "That tokenizer file points outside the tokenizer folder; only files inside it can be used."
+    if inside and path.is_file() and path.stat().st_size > policy.max_bytes:
+        return f"That tokenizer file is larger than {policy.max_bytes // 2**20} MiB, the most a tokenizer may take."
+    return None
+
+
+def _in_folder(spec: str, folder: Path) -> tuple[Path, bool]:
+    """The real path a folder-relative spec leads to (symlinks followed), and whether it is inside the folder."""
+    root = Path(os.path.realpath(folder))
+    path = Path(os.path.realpath(root / spec))
+    return path, path != root and os.path.commonpath([root, path]) == str(root)
 
 
 def default_var_dir() -> Path:
@@ -38,13 +99,18 @@ def default_var_dir() -> Path:
     return Path(os.environ.get("EMBPERF_VAR_DIR") or Path(__file__).resolve().parent.parent / "var")
 
 
-def resolve_tokenizer(spec: str, *, var_dir: str | Path | None = None, timeout_s: float = HUB_TIMEOUT_S) -> str:
-    """The local path of the `tokenizer.json` a target names (a path, or a model id fetched once).
+def resolve_tokenizer(spec: str, *, var_dir: str | Path | None = None, timeout_s: float = HUB_TIMEOUT_S,
+                      policy: TokenizerPolicy | None = None) -> str:
+    """The local path of the `tokenizer.json` a target names (a file `policy` allows, or a model id
+    fetched once); by default any local path (the CLI's policy).
 
-    Raises ConfigError with a message a person can act on (missing file, unknown model, no network)."""
+    Raises ConfigError with a message a person can act on (unusable file, unknown model, no network)."""
+    policy = policy or TokenizerPolicy()
     spec = (spec or "").strip()
     if not spec:
         raise ConfigError("no tokenizer named")
+    if not policy.local_paths:
+        return _resolve_in_folder(spec, policy, var_dir, timeout_s)
     path = Path(spec).expanduser()
     if path.is_dir():
         path = path / "tokenizer.json"
@@ -54,6 +120,20 @@ def resolve_tokenizer(spec: str, *, var_dir: str | Path | None = None, timeout_s
         raise ConfigError(f"tokenizer file {path} does not exist (give a tokenizer.json, a folder holding one, "
                           "or a Hugging Face model id such as BAAI/bge-large-en-v1.5)")
     return _fetch_from_hub(spec, Path(var_dir) if var_dir else default_var_dir(), timeout_s)
+
+
+def _resolve_in_folder(spec: str, policy: TokenizerPolicy, var_dir, timeout_s: float) -> str:
+    # The same words for a file that is missing, unreadable, outside the folder or too large: nothing
+    # tells a member whether some path exists on the worker.
+    refused = tokenizer_spec_error(spec, policy)
+    if refused is None and is_hub_id(spec):
+        return _fetch_from_hub(spec, Path(var_dir) if var_dir else default_var_dir(), timeout_s)
+    if refused is None and policy.folder is not None:
+        path, inside = _in_folder(spec, policy.folder)
+        if inside and path.is_file():
+            return str(path)
+    raise ConfigError(f"the target's tokenizer {spec[:100]!r} is {NOT_USABLE}: give a Hugging Face model id, "
+                      f"or a tokenizer file the workers hold in their tokenizer folder ({FOLDER_SETTING})")
 
 
 def _fetch_from_hub(model_id: str, var_dir: Path, timeout_s: float) -> str:
@@ -107,14 +187,24 @@ def _check_reachable(model_id: str, endpoint: str, timeout_s: float, fallback: s
                           f"{fallback}") from None
 
 
-def load_tokenizer(path: str):
-    """A `tokenizers.Tokenizer` from a tokenizer.json, with a plain message when the file is not one."""
+def load_tokenizer(path: str, max_bytes: int = MAX_TOKENIZER_BYTES):
+    """A `tokenizers.Tokenizer` from a tokenizer.json of at most `max_bytes`; ConfigError "not a usable
+    tokenizer" otherwise (never the parser's words, which may quote the file)."""
     from tokenizers import Tokenizer
 
+    name = Path(path).name
     try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as exc:  # the Rust side raises plain Exceptions
-        raise ConfigError(f"{path} is not a tokenizer.json the tokenizers library can read: {exc}") from None
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError:
+        raise ConfigError(f"the tokenizer {name} is {NOT_USABLE} (it cannot be read)") from None
+    if len(raw) > max_bytes:
+        raise ConfigError(f"the tokenizer {name} is {NOT_USABLE}: it is larger than {max_bytes // 2**20} MiB")
+    try:
+        tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
+    except Exception:  # the Rust side raises plain Exceptions whose text quotes the file
+        raise ConfigError(f"the tokenizer {name} is {NOT_USABLE}: it is not a tokenizer.json the tokenizers "
+                          "library can read") from None
     # Count every token: a tokenizer saved with truncation or padding would hide or invent some.
     tokenizer.no_truncation()
     tokenizer.no_padding()

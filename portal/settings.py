@@ -232,6 +232,10 @@ EMBPERF_MAX_RUN_SECONDS = env_float("EMBPERF_MAX_RUN_SECONDS", PlanLimits.max_ru
 # worker may hold for a plan's requests in flight; a plan that could take more is refused at save.
 EMBPERF_MAX_VECTOR_LENGTH = env_int("EMBPERF_MAX_VECTOR_LENGTH", PlanLimits.max_vector_length)
 EMBPERF_MAX_WORKER_MEMORY_MIB = env_int("EMBPERF_MAX_WORKER_MEMORY_MIB", PlanLimits.max_worker_memory_mib)
+# Tokenizer files a target may name (docs/security.md): none by default (Hugging Face model ids only);
+# with a folder, files inside it, given as paths relative to it. Each tokenizer is capped in size.
+EMBPERF_TOKENIZER_DIR = env_str("EMBPERF_TOKENIZER_DIR", "")
+EMBPERF_MAX_TOKENIZER_MIB = env_int("EMBPERF_MAX_TOKENIZER_MIB", 64)
 # Outbound policy (docs/security.md): what the engine may contact, as CIDRs and host names with
 # optional ports. Blank: loopback and private ranges. Link-local, cloud metadata, unspecified,
 # multicast and broadcast addresses and this portal's own services are refused unless listed.

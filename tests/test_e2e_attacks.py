@@ -11,6 +11,7 @@ import time
 import orjson
 import psutil
 import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
 
 from benchmarks.answers import MIB, answer_limit
 from benchmarks.simulator import running_simulator
@@ -36,9 +37,12 @@ def simulator():
 def stack(simulator, tmp_path_factory):
     var_dir = tmp_path_factory.mktemp("e2e-attacks")
     queue = e2e.unique_name("e2e_attacks")
-    env = e2e.base_env(var_dir, database_url=f"sqlite:///{var_dir / 'e2e.sqlite3'}", broker_url="filesystem://")
+    tokenizers = var_dir / "tokenizer-folder"
+    tokenizers.mkdir()
+    env = e2e.base_env(var_dir, database_url=f"sqlite:///{var_dir / 'e2e.sqlite3'}", broker_url="filesystem://",
+                       extra={"EMBPERF_TOKENIZER_DIR": str(tokenizers)})
     with e2e.worker_stack(env, queue, var_dir, simulator.base_url) as parts:
-        yield {**parts, "queue": queue}
+        yield {**parts, "queue": queue, "tokenizers": tokenizers, "var_dir": var_dir}
 
 
 @pytest.fixture
@@ -223,3 +227,48 @@ def test_a_withdrawn_grant_stops_resume_enqueue_and_run_again(stack, servers):
                  worker=stack["worker"])
     assert len(server.requests) == 2
 
+
+
+# ---- 2. a target's tokenizer reads no file outside the operator's folder --------------------------
+
+SECRET = "TOPSECRET-abc123"
+
+
+def test_tokenizer_paths_out_of_the_folder_read_nothing_and_tell_nothing(stack, servers, simulator):
+    server = servers(lambda request, writer: None)  # a target server that must not even be asked
+    driver, folder = stack["driver"], stack["tokenizers"]
+    secret = stack["var_dir"] / "secret.json"
+    secret.write_text(f'"{SECRET}"')  # a JSON string: the parser's message would quote it
+    (folder / "link").mkdir()
+    (folder / "link" / "tokenizer.json").symlink_to(secret)
+    (folder / "broken").mkdir()
+    (folder / "broken" / "tokenizer.json").write_text(f'"{SECRET}"')
+    plan = driver.call("plan", name="tokens", levels=[1], warmup_s=0, duration_s=1, tokens=16, timeout_s=5)["plan"]
+    reasons = {}
+    # Saved before the rule existed (the driver writes the rows directly): the worker checks again.
+    for spec in [str(secret), "/nonexistent/x.json", "~/x.json", "link/tokenizer.json", "../secret.json",
+                 "broken/tokenizer.json"]:
+        target = driver.call("target", name=f"tok {spec}", base_urls=[server.url + "/v1"], queue=stack["queue"],
+                             tokenizer=spec)["target"]
+        state = run_to_the_end(stack, target, plan, spec)
+        assert state["status"] == "failed", state
+        reasons[spec] = state["reason"]
+    for reason in reasons.values():
+        assert "is not a usable tokenizer" in reason, reason
+        assert SECRET not in reason and "does not exist" not in reason and "invalid type" not in reason
+    # An existing file and a missing one read the same: the reason tells nothing about the worker's disk.
+    generic = {reason.replace(repr(spec), "SPEC") for spec, reason in reasons.items()
+               if spec != "broken/tokenizer.json"}
+    assert len(generic) == 1, generic
+    assert SECRET not in stack["worker"].log()
+    assert server.requests == []  # every run stopped before its first request
+
+    # A tokenizer file inside the folder is read, and the run measures with it.
+    good = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1}, unk_token="[UNK]"))
+    good.pre_tokenizer = pre_tokenizers.Whitespace()
+    (folder / "good").mkdir()
+    good.save(str(folder / "good" / "tokenizer.json"))
+    target = driver.call("target", name="tok good", base_urls=[simulator.base_url], model_name="sim-embed",
+                         queue=stack["queue"], tokenizer="good/tokenizer.json")["target"]
+    state = run_to_the_end(stack, target, plan, "good tokenizer")
+    assert state["status"] == "succeeded", state

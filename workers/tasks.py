@@ -44,6 +44,7 @@ from portal.sweeps.models import Level, Run, Target, new_servers
 from portal.sweeps.outbound import outbound_policy
 from portal.sweeps.samples import writer_for_run
 from portal.sweeps.services import run_time_limits
+from portal.sweeps.tokenizers import tokenizer_policy
 from workers import spill
 from workers.database import DatabaseUnavailable, DatabaseWrites
 from workers.recorder import RunRecorder
@@ -279,7 +280,7 @@ def execute_sweep(run_id: int, *, node: str, soft_time_limit: float | None = Non
             target_spec, plan_spec, cancel=token, on_progress=recorder.on_progress, on_level=recorder.on_level,
             telemetry=telemetry, samples_sink=recorder.on_samples if samples_writer else None, run_info=run_info,
             outbound=outbound,
-            limits=plan_limits(),
+            limits=plan_limits(), tokenizers=tokenizer_policy(),
         )
         status = Run.Status.CANCELLED if token.cancelled else Run.Status.SUCCEEDED
     except SweepError as exc:

@@ -135,7 +135,8 @@ class TargetSerializer(RuleCheckedSerializer):
     model_name = serializers.CharField(max_length=200)
     tokenizer = serializers.CharField(
         max_length=500, required=False, allow_blank=True,
-        help_text="The model's tokenizer: a Hugging Face model id or a tokenizer.json path on the workers.",
+        help_text="The model's tokenizer: a Hugging Face model id, or a file in the workers' tokenizer folder "
+                  "(EMBPERF_TOKENIZER_DIR, where the operator keeps one), such as bge/tokenizer.json.",
     )
     api_key = serializers.CharField(
         write_only=True, required=False, allow_blank=True, max_length=1000, trim_whitespace=True,

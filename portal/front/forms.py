@@ -70,7 +70,8 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
         help_texts = {
             "model_name": "The model name sent in each request, e.g. Qwen/Qwen3-Embedding-4B.",
             "tokenizer": "Optional. The model's tokenizer, to count tokens exactly rather than trust the server's "
-            "usage: a Hugging Face model id (fetched once by the worker) or a tokenizer.json path on the worker.",
+            "usage: a Hugging Face model id (fetched once by the worker), or a tokenizer file in the workers' "
+            "tokenizer folder, such as bge/tokenizer.json, where the operator keeps one.",
         }
 
     def __init__(self, *args, user=None, **kwargs):
