@@ -209,9 +209,11 @@ def test_a_withdrawn_grant_stops_resume_enqueue_and_run_again(stack, servers):
         assert not_granted in page["html"]
         assert driver.call("run", run=refused)["status"] == "failed"  # still refused, not queued
 
-        # Run again (the run page's button opens the start form with the same target and plan).
+        # Run again: the run page's button opens the start form with the same target and plan; the API repeats.
         page = driver.call("post_page", name="run-create", data={"target": target, "plan": plan})
         assert page["status"] == 200 and not_granted in page["html"]
+        answer = driver.call("api", method="POST", path=f"/api/v1/runs/{failed['run']}/repeat/")
+        assert answer["status"] == 400 and answer["json"]["target"][0].startswith(not_granted), answer
         answer = driver.call("api", method="POST", path="/api/v1/runs/", body={"target": target, "plan": plan})
         assert answer["status"] == 400 and answer["json"]["target"][0].startswith(not_granted), answer
 

@@ -11,7 +11,6 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
@@ -22,7 +21,6 @@ from benchmarks.document import SCHEMA, key_figures, level_load, public_target
 from benchmarks.plan import PLAN_DEFAULTS, planned_seconds
 from portal.accounts.models import Team
 from portal.sweeps.fields import EncryptedTextField
-from portal.sweeps.tokenizers import tokenizer_error
 
 # A key of a launch or server configuration (`--max-running-requests`, `tp_size`): what the pages and
 # the API accept, so a key saved through one is valid through the other.
@@ -146,12 +144,6 @@ class Target(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("target-detail", args=[self.pk])
-
-    def clean(self):
-        super().clean()
-        problem = tokenizer_error(self.tokenizer)
-        if problem:
-            raise ValidationError({"tokenizer": problem})
 
     def gpu_list(self) -> list[int]:
         return [int(x) for x in self.gpu_indices.replace(" ", "").split(",") if x != ""]

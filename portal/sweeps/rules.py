@@ -14,6 +14,7 @@ from portal.sweeps.bounds import plan_field_errors, target_field_errors
 from portal.sweeps.models import CONFIG_KEY_RE, Plan, QueueGrant, Target, new_servers
 from portal.sweeps.outbound import outbound_policy, validate_outbound_url
 from portal.sweeps.services import queue_refusal
+from portal.sweeps.tokenizers import tokenizer_error
 
 QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -146,7 +147,8 @@ def key_binding_error(stored: Target, base_urls: list[str]) -> str | None:
 def target_errors(values: Mapping, *, team, stored: Target | None = None,
                   keeps_stored_key: bool = False) -> dict[str, list[str]]:
     """{field: [messages]} for the rules that join a target's fields: the queue grant of its team, how many
-    URLs it lists, Prometheus telemetry needing a metrics URL, and the stored key's binding to its servers.
+    URLs it lists, Prometheus telemetry needing a metrics URL, the stored key's binding to its servers,
+    and the tokenizer rule (portal.sweeps.tokenizers: a model id or a file in the operator's folder).
 
     `values` holds the fields that read cleanly (a field that did not has its own message); `stored` is the
     target as saved (None when creating) and `keeps_stored_key` whether this save keeps its API key."""
@@ -160,6 +162,9 @@ def target_errors(values: Mapping, *, team, stored: Target | None = None,
             errors.setdefault(field, []).extend(messages)
     if values.get("gpu_source") == Target.GpuSource.PROMETHEUS and not values.get("metrics_urls"):
         errors.setdefault("metrics_urls", []).append("GPU telemetry from Prometheus needs at least one metrics URL.")
+    tokenizer = tokenizer_error(values.get("tokenizer") or "")
+    if tokenizer:
+        errors.setdefault("tokenizer", []).append(tokenizer)
     if stored is not None and stored.api_key and keeps_stored_key and "base_urls" in values:
         message = key_binding_error(stored, values["base_urls"])
         if message:

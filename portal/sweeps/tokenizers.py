@@ -1,7 +1,8 @@
 """The tokenizer rule for the portal: a target may name a Hugging Face model id, or a file inside the
 folder the operator names (EMBPERF_TOKENIZER_DIR; none by default, then only model ids). Checked when
-a target is saved (Target.clean, so the page and the API refuse with the same words) and again by
-the worker before it reads one (benchmarks.tokens.resolve_tokenizer with this policy)."""
+a target is saved (portal.sweeps.rules.target_errors, so the page and the API refuse with the same
+words) and again by the worker before it reads one (benchmarks.tokens.resolve_tokenizer with this
+policy)."""
 from pathlib import Path
 
 from django.conf import settings
