@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('sweeps', '0009_run_summary_once'),
+        ('sweeps', '0010_reconcile_and_silence'),
     ]
 
     operations = [
