@@ -3,9 +3,9 @@
 `run` sweeps the levels with live progress on stderr, prints the result table on stdout and can
 write the full result document (`--json`). Bad arguments print one line and exit with 2; a target
 that does not work prints what went wrong and exits with 1; a sweep that ran but whose figures a CI
-job must not accept (the abort policy stopped it, or a level's error rate is above
-`--max-error-rate`) exits with 3. Ctrl-C stops the sweep and keeps the levels that finished (a
-second Ctrl-C quits at once).
+job must not accept (its verdict is failed: a threshold was breached, e.g. a level's error rate is
+above `--max-error-rate`, the target refused connections, or the abort policy stopped it) exits with 3.
+Ctrl-C stops the sweep and keeps the levels that finished (a second Ctrl-C quits at once).
 """
 import argparse
 import json
@@ -36,10 +36,10 @@ PLAN_OPTIONS = {
     "dimensions": "--dimensions", "encoding": "--encoding", "timeout_s": "--timeout",
     "abort_error_rate": "--abort-error-rate", "abort_window_s": "--abort-window", "slo_p99_ms": "--slo-p99-ms",
     "input": "--repeat-input", "corpus": "--corpus", "processes": "--processes", "seed": "--seed",
-    "base_urls": "--url", "metrics_urls": "--metrics-url",
+    "base_urls": "--url", "metrics_urls": "--metrics-url", "thresholds": "--threshold",
 }
 
-EXIT_FLAWED = 3  # the sweep ran, but was stopped by the abort policy or failed too often
+EXIT_FLAWED = 3  # the sweep ran, but its verdict is failed (a threshold breached, unreachable, aborted)
 DEFAULT_MAX_ERROR_RATE = 0.01
 
 
@@ -124,8 +124,12 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
     plan.add_argument("--abort-window", type=number, default=D["abort_window_s"],
                       help=f"... for this many seconds (default {D['abort_window_s']:g})")
     plan.add_argument("--max-error-rate", type=fraction, default=DEFAULT_MAX_ERROR_RATE,
-                      help="exit with status 3 when a level's error rate is above this (0..1, default 0.01; "
-                           "1 never)")
+                      help="the error-rate threshold of every level: exit with status 3 when a level's error "
+                           "rate is above this (0..1, default 0.01; 1 never)")
+    plan.add_argument("--threshold", action="append", default=[], metavar="RULE",
+                      help="a pass/fail threshold, e.g. 'p99_ms <= 500', 'qps >= 200 at 16, 32' "
+                           "(figures: p50_ms p90_ms p99_ms mean_ms error_rate qps tokens_per_s); repeatable; "
+                           "a breached one fails the verdict (exit status 3)")
     inputs = plan.add_mutually_exclusive_group()
     inputs.add_argument("--repeat-input", action="store_true",
                         help="send one identical text (a cache study, labelled as such)")
@@ -191,7 +195,16 @@ def plan_from_args(args) -> dict:
         "slo_p99_ms": args.slo_p99_ms,
         "input": "corpus" if corpus else ("repeat" if args.repeat_input else "unique"),
         "corpus": corpus, "processes": args.processes, "keep_samples": False, "seed": args.seed,
+        "thresholds": thresholds_from_args(args),
     }
+
+
+def thresholds_from_args(args) -> list:
+    """The --threshold rules, plus --max-error-rate as the error-rate rule when none names error_rate."""
+    rules = list(getattr(args, "threshold", None) or [])
+    if not any(rule.strip().lower().startswith("error_rate") for rule in rules):
+        rules.append(f"error_rate <= {args.max_error_rate:g}")
+    return rules
 
 
 def results_table(document: dict) -> Table:
@@ -258,6 +271,9 @@ def summary_lines(document: dict) -> list[str]:
     run = document["run"]
     if run["status"] != "succeeded" or run["status_reason"]:
         lines.append(f"run {run['status']}: {run['status_reason']}".rstrip(": "))
+    if run.get("verdict"):
+        lines.append(f"verdict: {run['verdict']}" + (": " + "; ".join(run.get("verdict_reasons") or [])
+                                                     if run.get("verdict_reasons") else ""))
     return lines
 
 
@@ -363,25 +379,10 @@ def command_run(args, out: Console, err: Console) -> int:
     status = document["run"]["status"]
     if status != "succeeded":
         return 130 if status == "cancelled" else 1
-    flaws = sweep_flaws(document, args.max_error_rate)
+    flaws = document["run"].get("verdict_reasons") or []
     for flaw in flaws:
-        err.print(f"embperf: {flaw}", markup=False, highlight=False)
-    return EXIT_FLAWED if flaws else 0
-
-
-def sweep_flaws(document: dict, max_error_rate: float) -> list[str]:
-    """Why a sweep that ran to its end must not pass a CI gate: the abort policy stopped it, or a
-    level failed more often than `max_error_rate` allows (failed / attempted)."""
-    flaws = []
-    aborted_at = document["run"].get("aborted_at_level")
-    if aborted_at is not None:
-        flaws.append(f"the abort policy stopped the sweep at level {figure(aborted_at)}; "
-                     "the levels after it were not measured")
-    for level in document["levels"]:
-        if level["error_rate"] > max_error_rate:
-            flaws.append(f"level {figure(level_load(level))}: error rate {percent(level['error_rate'], 2)} is above "
-                         f"--max-error-rate {percent(max_error_rate, 2)}")
-    return flaws
+        err.print(f"embperf: verdict failed: {flaw}", markup=False, highlight=False)
+    return EXIT_FLAWED if document["run"].get("verdict") == "failed" else 0
 
 
 def command_probe(args, out: Console, err: Console) -> int:

@@ -11,6 +11,7 @@ from benchmarks import __version__, stats
 from benchmarks.errors import ERROR_CLASSES, OK
 from benchmarks.loadgen import STALL_MIN_S
 from benchmarks.tokens import ESTIMATE, TOKENIZER, USAGE
+from benchmarks.verdict import errored
 
 SCHEMA = "embperf.run/1"
 # The JSON Schema of that format: the contract the engine writes to and the portal checks ingests against.
@@ -296,11 +297,14 @@ def level_load(level: dict):
     return level["concurrency"] if level.get("concurrency") is not None else level.get("rate")
 
 
-def summarize(levels: list[dict], slo_p99_ms: float | None) -> dict:
+def summarize(levels: list[dict], slo_p99_ms: float | None, thresholds: list[dict] | None = None) -> dict:
     """Peak requests/s, the knee, and the highest level that met the p99 SLO.
 
-    Cancelled levels are left out (their window was cut short by a person, not by the server)."""
-    usable = [lv for lv in levels if lv.get("status") != "cancelled" and lv.get("requests_ok")]
+    Cancelled levels are left out (their window was cut short by a person, not by the server), and so
+    are levels whose error rate breaks the plan's error-rate thresholds (default: above 1 %): a level
+    that mostly failed measured a failing server, not its capacity."""
+    usable = [lv for lv in levels if lv.get("status") != "cancelled" and lv.get("requests_ok")
+              and not errored(lv, thresholds)]
     peak = max(usable, key=lambda lv: lv["qps"], default=None)
     knee = None
     for before, after in zip(usable, usable[1:], strict=False):
@@ -323,6 +327,7 @@ def summarize(levels: list[dict], slo_p99_ms: float | None) -> dict:
         "slo_p99_ms": slo_p99_ms,
         "slo_max_level": slo_level,
         "client_bound_levels": [level_load(lv) for lv in levels if lv.get("client", {}).get("client_bound")],
+        "errored_levels": [level_load(lv) for lv in levels if errored(lv, thresholds)],
     }
 
 

@@ -8,6 +8,7 @@ a parameter: the portal passes its settings, the CLI reads the same environment 
 """
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -117,7 +118,25 @@ PLAN_DEFAULTS = {
     "input": PLAN_CHOICES["input"][0],
     "corpus": None,
     "keep_samples": False,
+    "thresholds": None,  # None: DEFAULT_THRESHOLDS; [] : no thresholds
 }
+
+# Thresholds: a plan's pass/fail rules, one per figure and (optionally) per level, the way k6 thresholds
+# work. Written "p99_ms <= 500" or "error_rate <= 0.01 at 16, 32"; stored as
+# {"figure", "op", "limit", "levels"} (levels None: every level). Latency and error rate are upper
+# bounds (<=), throughput lower bounds (>=). benchmarks.verdict judges a run against them.
+THRESHOLD_FIGURES = {
+    "p50_ms": ("<=", Bound("A p50 latency threshold", None, 0, 600_000, unit="ms", above=True)),
+    "p90_ms": ("<=", Bound("A p90 latency threshold", None, 0, 600_000, unit="ms", above=True)),
+    "p99_ms": ("<=", Bound("A p99 latency threshold", None, 0, 600_000, unit="ms", above=True)),
+    "mean_ms": ("<=", Bound("A mean latency threshold", None, 0, 600_000, unit="ms", above=True)),
+    "error_rate": ("<=", Bound("An error-rate threshold", None, 0, 1)),
+    "qps": (">=", Bound("A requests/s threshold", None, 0, "max_rate", above=True)),
+    "tokens_per_s": (">=", Bound("A tokens/s threshold", None, 0, 1e9, above=True)),
+}
+DEFAULT_THRESHOLDS = ({"figure": "error_rate", "op": "<=", "limit": 0.01, "levels": None},)
+MAX_THRESHOLDS = 32
+_THRESHOLD_RE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>|=)?\s*([^\s@]*)\s*(?:(?:@|\bat\b)\s*(.*))?$", re.I)
 
 # Lists on a target: (label, fewest, most).
 TARGET_LISTS = {
@@ -211,6 +230,90 @@ def _check_levels(levels, mode: str, limits: PlanLimits) -> tuple[list, str | No
     return checked, None
 
 
+def format_threshold(threshold: Mapping) -> str:
+    """A threshold the way a person writes it: "p99_ms <= 500", "error_rate <= 0.05 at 16, 32"."""
+    limit = threshold["limit"]
+    op = threshold.get("op") or THRESHOLD_FIGURES.get(threshold["figure"], ("<=",))[0]
+    text = f"{threshold['figure']} {op} {show(limit) if not isinstance(limit, str) else limit}"
+    if threshold.get("levels"):
+        text += " at " + ", ".join(show(level) for level in threshold["levels"])
+    return text
+
+
+def parse_threshold(text: str) -> dict:
+    """A written threshold ("p99_ms <= 500 at 16, 32") as a dict; ValueError says what is wrong."""
+    match = _THRESHOLD_RE.match(text or "")
+    if not match or not match.group(3):
+        raise ValueError(f"Write a threshold as “figure <= number” (or “>=”), optionally “at” some levels, "
+                         f"e.g. “p99_ms <= 500 at 16, 32”; {text.strip()!r} is not one.")
+    figure, op, limit, levels = match.group(1).lower(), match.group(2), match.group(3), match.group(4)
+    levels_list = None
+    if levels is not None and levels.strip():
+        levels_list = [part.strip() for part in re.split(r"[,\s]+", levels.strip()) if part.strip()]
+    return {"figure": figure, "op": op or "", "limit": limit, "levels": levels_list}
+
+
+def check_thresholds(value, plan_levels: list, limits: PlanLimits) -> tuple[list | None, str | None]:
+    """(the checked thresholds, None) or (None, the message saying what is wrong with one of them).
+
+    None stands for the default (error rate <= 1 % at every level); [] for no thresholds at all."""
+    if value is None:
+        return [dict(t) for t in DEFAULT_THRESHOLDS], None
+    if isinstance(value, str):
+        value = [line for line in value.splitlines() if line.strip()]
+    if not isinstance(value, list | tuple):
+        return None, "Thresholds are a list, one per figure, e.g. [\"p99_ms <= 500\", \"error_rate <= 0.01\"]."
+    if len(value) > MAX_THRESHOLDS:
+        return None, f"At most {MAX_THRESHOLDS} thresholds per plan; {len(value)} were given."
+    checked = []
+    for item in value:
+        if isinstance(item, str):
+            try:
+                item = parse_threshold(item)
+            except ValueError as exc:
+                return None, str(exc)
+        if not isinstance(item, Mapping):
+            return None, f"A threshold is “figure <= number” or {{\"figure\", \"limit\"}}, not {show(item)}."
+        unknown = set(item) - {"figure", "op", "limit", "levels"}
+        if unknown:
+            names = ", ".join(sorted(map(str, unknown)))
+            return None, f"A threshold has figure, op, limit and levels; {names} is not one."
+        figure = item.get("figure")
+        if figure not in THRESHOLD_FIGURES:
+            return None, (f"Thresholds can be set on {', '.join(THRESHOLD_FIGURES)}; "
+                          f"{show(figure) if not isinstance(figure, str) else figure!r} is not one of them.")
+        op, bound = THRESHOLD_FIGURES[figure]
+        given = item.get("op") or op
+        if given.rstrip("=") != op.rstrip("="):
+            word = "an upper bound" if op == "<=" else "a lower bound"
+            return None, f"{figure} is {word}: write “{figure} {op} number”, not “{given}”."
+        limit, message = check_number(bound, item.get("limit"), limits)
+        if message:
+            return None, f"{message[:-1]} in “{figure}”." if message.endswith(".") else message
+        levels = item.get("levels")
+        if levels is not None:
+            if isinstance(levels, int | float | str) and not isinstance(levels, bool):
+                levels = [levels]
+            if not isinstance(levels, list | tuple) or not levels:
+                return None, f"The levels of the threshold on {figure} are a list of the plan's levels."
+            numbers = []
+            for level in levels:
+                try:
+                    number = float(level) if not isinstance(level, bool) else math.nan
+                except (TypeError, ValueError):
+                    number = math.nan
+                match = [p for p in plan_levels if float(p) == number]
+                if not match:
+                    named = level.strip() if isinstance(level, str) else show(level)
+                    return None, (f"The threshold on {figure} names level {named}, which the plan does not "
+                                  f"have (its levels: {', '.join(show(p) for p in plan_levels)}).")
+                if match[0] not in numbers:
+                    numbers.append(match[0])
+            levels = numbers
+        checked.append({"figure": figure, "op": op, "limit": limit, "levels": levels})
+    return checked, None
+
+
 def planned_seconds(plan: Mapping) -> float:
     """The longest a plan may take: every level's warm-up, measured duration and a last timeout."""
     per_level = sum(float(plan.get(key) or 0) for key in ("warmup_s", "duration_s", "timeout_s"))
@@ -267,6 +370,14 @@ def plan_errors(plan: Mapping, limits: PlanLimits | None = None) -> tuple[dict, 
     if message:
         errors["levels"] = [message]
     out["keep_samples"] = bool(out["keep_samples"])
+    if "levels" not in errors:
+        out["thresholds"], message = check_thresholds(out["thresholds"], out["levels"], limits)
+        if message:
+            errors["thresholds"] = [message]
+    if "abort_window_s" not in errors and "duration_s" not in errors and out["abort_window_s"] > out["duration_s"]:
+        # A window longer than the level could never fill, so the policy would never stop a level:
+        # the window is the level's measured duration at most (the plan form says so).
+        out["abort_window_s"] = out["duration_s"]
     if out["input"] == "corpus" and not out["corpus"]:
         errors["corpus"] = ["The corpus input needs texts: give one per line, or choose another input mode."]
     if out["mode"] == "open" and out["max_in_flight"] is None and "mode" not in errors:

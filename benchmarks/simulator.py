@@ -129,6 +129,9 @@ class SimulatorConfig:
     # "header" (only TEI's x-compute-tokens header, no usage in the body).
     usage: str = "tokens"
     track_texts: bool = True            # keep every text seen (tests check uniqueness; off for the CLI)
+    # A /metrics endpoint that does not follow the load, as some servers' do (vLLM's pooling models):
+    # running and waiting stay at 0 and the prompt token counter never moves.
+    frozen_metrics: bool = False
 
     def validate(self) -> None:
         """Raise ValueError with a plain message when a field is out of range."""
@@ -579,16 +582,17 @@ class Simulator:
         """Prometheus text exposition with vLLM's metric names."""
         label = f'model_name="{self.config.model}"'
         stats = self.stats
+        frozen = self.config.frozen_metrics
         lines = [
             "# HELP vllm:num_requests_running Requests in the batch that runs now.",
             "# TYPE vllm:num_requests_running gauge",
-            f"vllm:num_requests_running{{{label}}} {self._running_requests}",
+            f"vllm:num_requests_running{{{label}}} {0 if frozen else self._running_requests}",
             "# HELP vllm:num_requests_waiting Requests queued for a batch.",
             "# TYPE vllm:num_requests_waiting gauge",
-            f"vllm:num_requests_waiting{{{label}}} {len(self._pending)}",
+            f"vllm:num_requests_waiting{{{label}}} {0 if frozen else len(self._pending)}",
             "# HELP vllm:prompt_tokens_total Prompt tokens processed.",
             "# TYPE vllm:prompt_tokens_total counter",
-            f"vllm:prompt_tokens_total{{{label}}} {stats.prompt_tokens}",
+            f"vllm:prompt_tokens_total{{{label}}} {0 if frozen else stats.prompt_tokens}",
             "# HELP vllm:request_success_total Requests answered with vectors.",
             "# TYPE vllm:request_success_total counter",
             f"vllm:request_success_total{{{label}}} {stats.requests_ok}",
@@ -767,6 +771,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--usage", choices=USAGE_MODES, default=defaults.usage,
         help="what the reported usage counts: tokens (default), characters or words (as some servers "
              "wrongly do), none, or header (only the x-compute-tokens header)")
+    add("--frozen-metrics", action="store_true",
+        help="/metrics reports 0 running and 0 waiting requests and a prompt token counter that never moves, "
+             "whatever the load (as some servers' metrics do)")
     return parser
 
 
@@ -780,7 +787,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         rate_limit_rate=args.rate_limit_rate, reset_rate=args.reset_rate,
         wrong_dimensions_rate=args.wrong_dimensions_rate, nan_rate=args.nan_rate, stall_s=args.stall_s,
         stall_every_s=args.stall_every_s, stall_after_s=args.stall_after_s, seed=args.seed, usage=args.usage,
-        track_texts=False)
+        track_texts=False, frozen_metrics=args.frozen_metrics)
 
 
 async def _serve_forever(config: SimulatorConfig) -> None:

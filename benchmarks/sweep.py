@@ -39,6 +39,7 @@ from benchmarks.tokens import (
     ratio_note,
     resolve_tokenizer,
 )
+from benchmarks.verdict import judge
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class Sweep:
         self.aborted_at_level = None  # the load of the level the abort policy stopped the sweep at
         self.telemetry_notes: list[str] = []
         self._telemetry_closed = False
+        self.idle_latencies_ms: list[float] = []  # requests sent alone (calibration): what "idle" means
 
     # ---- progress --------------------------------------------------------------------------
 
@@ -159,6 +161,8 @@ class Sweep:
         result = probe_texts(self.target, texts, dimensions=plan["dimensions"], encoding=plan["encoding"],
                              timeout_s=min(plan["timeout_s"], 60), outbound=self.outbound,
                              max_vector_length=self.limits.max_vector_length)
+        if result.get("latency_ms") is not None:
+            self.idle_latencies_ms.append(result["latency_ms"])
         if not result["ok"]:
             message = result["error"] + (f" (hint: {result['hint']})" if result.get("hint") else "")
             raise SweepError(message)
@@ -366,13 +370,26 @@ class Sweep:
                 # The window, not the drain after it: energy and averages cover the time the tokens were counted in.
                 extra = self.telemetry.end_level(requests_ok=level["requests_ok"],
                                                  prompt_tokens=round(level["tokens_per_s"] * level["duration_s"]),
-                                                 duration_s=level["duration_s"])
+                                                 duration_s=level["duration_s"], **self._client_view(level))
             except Exception as exc:  # telemetry never costs a level its figures
                 extra = {"telemetry_notes": [f"telemetry failed: {type(exc).__name__}: {exc}"]}
             level.update(extra or {})
+            # A server gauge or counter that did not follow the load is something a reader must know.
+            level["notes"].extend((level.get("server") or {}).get("cross_checks") or [])
         self._progress(level_index=index, phase="drain", level_elapsed_s=min(per_level, time.perf_counter() - t0),
                        completed=level["requests_ok"], failed=level["requests_failed"])
         return level
+
+    def _client_view(self, level: dict) -> dict:
+        """What the client saw in a level, for the server's gauges to be checked against: mean requests
+        in flight, the level's p50 and the fastest idle request (calibration, or an earlier level's p50)."""
+        seconds = [p["in_flight"] for p in level.get("timeseries") or [] if p.get("in_flight") is not None]
+        p50 = (level.get("latency_ms") or {}).get("p50")
+        idle = [ms for ms in (*self.idle_latencies_ms, *(lv["latency_ms"]["p50"] for lv in self.levels))
+                if ms is not None and ms > 0]
+        view = {"client_in_flight": sum(seconds) / len(seconds) if seconds else None, "latency_ms": p50,
+                "idle_latency_ms": min(idle) if idle else None}
+        return view
 
     def _merge_second(self, sec: int, rows: dict[int, dict]) -> dict:
         phases = {r["phase"] for r in rows.values()}
@@ -468,6 +485,9 @@ class Sweep:
         }
         run.update({k: v for k, v in self.run_info.items()
                     if k not in ("status", "status_reason", "aborted_at_level")})
+        verdict = judge(plan, self.levels, status=self.status, aborted_at_level=self.aborted_at_level)
+        run.update(verdict=verdict["verdict"], verdict_reasons=verdict["reasons"],
+                   unreachable_s=verdict["unreachable_s"])
         return {
             "schema": SCHEMA,
             "run": run,
@@ -478,7 +498,7 @@ class Sweep:
             "client": client_info(plan["processes"]),
             "telemetry_notes": self.telemetry_notes,
             "levels": self.levels,
-            "summary": summarize(self.levels, plan["slo_p99_ms"]),
+            "summary": summarize(self.levels, plan["slo_p99_ms"], plan["thresholds"]),
         }
 
 

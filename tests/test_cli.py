@@ -105,7 +105,7 @@ def test_wrong_vectors_above_the_error_limit_exit_3(capsys):
                      "--warmup", "0", "--tokens", "16", "--dimensions", "64", "--seed", "1"])
     printed = capsys.readouterr()
     assert code == 3, printed.out
-    assert "error rate" in printed.err and "above --max-error-rate 1.00 %" in printed.err
+    assert "verdict failed: error rate <= 1 % breached at level 2" in printed.err
 
 
 def test_max_error_rate_lets_a_tolerated_error_rate_pass(capsys):

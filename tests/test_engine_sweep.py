@@ -266,9 +266,11 @@ class RecordingTelemetry:
     def begin_level(self, index):
         self.calls.append(f"begin {index}")
 
-    def end_level(self, *, requests_ok, prompt_tokens, duration_s):
+    def end_level(self, *, requests_ok, prompt_tokens, duration_s, client_in_flight, latency_ms, idle_latency_ms):
         self.calls.append(f"end {requests_ok} {prompt_tokens > 0}")
         self.durations.append(duration_s)
+        # what the client saw, for the server's gauges to be checked against
+        assert client_in_flight > 0 and latency_ms > 0 and 0 < idle_latency_ms
         return {"energy": {"joules": 1.0, "joules_per_request": 1.0 / requests_ok, "joules_per_1k_tokens": 1.0},
                 "telemetry_notes": ["no server metrics"]}
 

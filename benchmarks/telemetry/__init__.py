@@ -207,12 +207,16 @@ class Telemetry:
             for url in self._scrape_stats:
                 self._scrape_stats[url] = _new_stats()
 
-    def end_level(self, *, requests_ok: int, prompt_tokens: int, duration_s: float | None = None) -> dict:
+    def end_level(self, *, requests_ok: int, prompt_tokens: int, duration_s: float | None = None,
+                  client_in_flight: float | None = None, latency_ms: float | None = None,
+                  idle_latency_ms: float | None = None) -> dict:
         """The level's telemetry sections (`gpu`, `server`, `energy` when there is data) and its notes.
 
         duration_s: the measured window's length. A level may end after its window (requests still in
         flight are waited for); with duration_s the window closes at begin_level() + duration_s, so the
         energy and the averages cover exactly the time its requests_ok and prompt_tokens were counted in.
+        client_in_flight, latency_ms, idle_latency_ms: what the client saw (mean requests in flight, the
+        level's p50, an idle request's latency), to check the server's gauges against (summarise_server).
         """
         now = time.monotonic()
         with self._lock:
@@ -237,7 +241,9 @@ class Telemetry:
         if section is not None:
             out["energy"] = section
         if server_readings:
-            server, server_notes = summarise_server(server_readings, start, end, client_prompt_tokens=prompt_tokens)
+            server, server_notes = summarise_server(server_readings, start, end, client_prompt_tokens=prompt_tokens,
+                                                    client_in_flight=client_in_flight, latency_ms=latency_ms,
+                                                    idle_latency_ms=idle_latency_ms)
             notes.extend(server_notes)
             if server is not None:
                 out["server"] = server

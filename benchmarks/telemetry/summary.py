@@ -169,9 +169,25 @@ def energy_section(energy: dict, *, requests_ok: int, prompt_tokens: int) -> dic
     }
 
 
+# A gauge is cross-checked only when the client held at least this many requests in flight on average
+# and their latency was at least this many times an idle request's: the server must then have had
+# requests queued or running, whatever the moment a scrape looked.
+GAUGE_CHECK_IN_FLIGHT = 2
+GAUGE_CHECK_LATENCY_FACTOR = 2.0
+
+
 def summarise_server(readings: Sequence[ServerReading], start: float, end: float, *,
-                     client_prompt_tokens: int) -> tuple[dict | None, list[str]]:
-    """The level's `server` section (sums over all server URLs) and notes."""
+                     client_prompt_tokens: int, client_in_flight: float | None = None,
+                     latency_ms: float | None = None, idle_latency_ms: float | None = None,
+                     ) -> tuple[dict | None, list[str]]:
+    """The level's `server` section (sums over all server URLs) and notes.
+
+    Like the token counter against the client's count, the queue and running gauges are checked against
+    what the client saw: `client_in_flight` (mean requests in flight in the window), `latency_ms` (the
+    level's p50) and `idle_latency_ms` (a request alone). Gauges that stay at 0 while N requests are in
+    flight and wait far longer than an idle one did not follow the load: their figures are withheld
+    (null, with `gauges_followed` false and what they reported under `gauges_reported`) and a note names
+    them. A prompt token counter that does not move while the client sent tokens is withheld the same way."""
     notes: list[str] = []
     by_source: dict[str, list[ServerReading]] = {}
     for reading in readings:
@@ -226,6 +242,13 @@ def summarise_server(readings: Sequence[ServerReading], start: float, end: float
     }
     if not timeseries:
         notes.append("server metrics: no reading during the level")
+    # What the cross-checks find goes to `cross_checks` (the engine adds it to the level's notes).
+    checks = section["cross_checks"] = []
+    _check_gauges(section, checks, client_in_flight, latency_ms, idle_latency_ms)
+    if tokens_delta is not None and round(tokens_delta) == 0 and client_prompt_tokens > 0:
+        checks.append(f"the server's prompt token counter did not move while the client sent {client_prompt_tokens} "
+                     "prompt tokens: it does not count these requests, so it is not shown")
+        section.update(prompt_tokens_delta=None, prompt_tokens_ratio=None, tokens_counter_followed=False)
     ratio = section["prompt_tokens_ratio"]
     if ratio is not None and abs(ratio - 1.0) > 0.1:
         notes.append(
@@ -234,6 +257,31 @@ def summarise_server(readings: Sequence[ServerReading], start: float, end: float
             "other traffic, or requests still in flight at the window's edges"
         )
     return section, notes
+
+
+def _check_gauges(section: dict, notes: list[str], in_flight: float | None, latency_ms: float | None,
+                  idle_latency_ms: float | None) -> None:
+    """Withhold queue and running gauges that stayed at 0 while the client kept the server busy."""
+    gauges = [name for name in ("running", "queue_depth") if section[name]["max"] is not None]
+    if (not gauges or in_flight is None or in_flight < GAUGE_CHECK_IN_FLIGHT or latency_ms is None
+            or not idle_latency_ms or latency_ms < GAUGE_CHECK_LATENCY_FACTOR * idle_latency_ms):
+        return
+    if any(section[name]["max"] != 0 for name in gauges):
+        section["gauges_followed"] = True
+        return
+    held = round(in_flight)
+    words = {"running": "running", "queue_depth": "waiting"}
+    named = "/".join(words[name] for name in gauges)
+    notes.append(f"the server's {named} gauge{'s' if len(gauges) > 1 else ''} did not follow the {held} requests in "
+                 f"flight: {' and '.join(words[name] for name in gauges)} stayed at 0 while requests took "
+                 f"{latency_ms:.3g} ms against {idle_latency_ms:.3g} ms for an idle one, so "
+                 f"{'they are' if len(gauges) > 1 else 'it is'} not shown")
+    section["gauges_followed"] = False
+    section["gauges_reported"] = {name: dict(section[name]) for name in gauges}
+    for name in gauges:
+        section[name] = {"mean": None, "max": None}
+        for point in section["timeseries"]:
+            point[name] = None
 
 
 def _total(values: Iterable[float | None]) -> float | None:

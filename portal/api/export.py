@@ -84,6 +84,9 @@ LEVEL_COLUMNS = (
     ("run_aborted_at_level", _section("run", "aborted_at_level")),
     ("unreachable_s", _level("unreachable_s")),
     ("run_resumed_from", lambda doc, lv: (doc["run"].get("resumed_from") or {}).get("id")),
+    ("run_verdict", _section("run", "verdict")),
+    ("run_verdict_reasons", lambda doc, lv: "; ".join(doc["run"].get("verdict_reasons") or [])),
+    ("run_unreachable_s", _section("run", "unreachable_s")),
 )
 LEVEL_COLUMN_NAMES = tuple(name for name, _ in LEVEL_COLUMNS)
 
@@ -111,10 +114,13 @@ def levels_markdown(run: Run) -> str:
         f"**Run {section['id']}** {md_escape(section['label']) + ' ' if section['label'] else ''}"
         f"– target {md_escape(doc['target'].get('name', '?'))}, "
         f"plan {md_escape(doc['plan'].get('name', '?'))}, {section['status']}"
+        + (f", verdict **{section['verdict']}**" if section.get("verdict") else "")
     )
     header = [load_name, "req/s", "texts/s", "tokens/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
               "GPU util", "power W"]
     preamble = []
+    if section.get("verdict_reasons"):
+        preamble += ["Verdict failed: " + "; ".join(md_escape(r) for r in section["verdict_reasons"]) + ".", ""]
     if section.get("aborted_at_level") is not None:
         preamble += [f"**Stopped by the abort policy at level {figure(section['aborted_at_level'])}**: the levels "
                      "after it were not measured.", ""]

@@ -11,6 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from benchmarks.verdict import thresholds_of
 from portal.accounts.access import api_teams, visible_to_request
 from portal.accounts.models import Membership, Team
 from portal.sweeps import rules
@@ -201,7 +202,7 @@ class TargetSerializer(RuleCheckedSerializer):
 class PlanSerializer(RuleCheckedSerializer):
     model_fields = ("name", "description", "mode", "levels", "arrival", "max_in_flight", "warmup_s", "duration_s",
                     "tokens", "batch", "dimensions", "encoding", "timeout_s", "abort_error_rate", "abort_window_s",
-                    "slo_p99_ms", "input_mode", "corpus_text", "processes", "keep_samples")
+                    "slo_p99_ms", "thresholds", "input_mode", "corpus_text", "processes", "keep_samples")
 
     id = serializers.IntegerField(read_only=True)
     url = serializers.SerializerMethodField()
@@ -225,6 +226,11 @@ class PlanSerializer(RuleCheckedSerializer):
     abort_error_rate = serializers.FloatField(required=False)
     abort_window_s = serializers.FloatField(required=False)
     slo_p99_ms = serializers.FloatField(required=False, allow_null=True)
+    thresholds = serializers.ListField(
+        child=serializers.JSONField(), required=False, allow_null=True, max_length=64,
+        help_text="Pass/fail rules: each \"p99_ms <= 500 at 16, 32\" or {\"figure\", \"op\", \"limit\", \"levels\"}; "
+                  "figures p50_ms, p90_ms, p99_ms, mean_ms, error_rate, qps, tokens_per_s. Null or []: the "
+                  "default, error_rate <= 0.01 at every level. Answers give the thresholds in effect.")
     input_mode = serializers.ChoiceField(choices=Plan.Input.choices, required=False)
     corpus_text = serializers.CharField(required=False, allow_blank=True, max_length=10_000_000, trim_whitespace=False)
     processes = serializers.IntegerField(required=False)
@@ -242,6 +248,7 @@ class PlanSerializer(RuleCheckedSerializer):
         data = super().to_representation(instance)
         data["team"] = instance.team_id
         data["levels"] = list(instance.levels)
+        data["thresholds"] = thresholds_of(instance.to_spec())
         return data
 
     def rule_errors(self, values, attrs, team, stored):
@@ -280,6 +287,13 @@ class RunSerializer(serializers.ModelSerializer):
     is_baseline = serializers.BooleanField(
         read_only=True, help_text="Marked as the baseline of its target and plan: later runs of the pair are "
                                   "checked for regressions against it (set with `links.baseline`).")
+    verdict = serializers.SerializerMethodField(
+        help_text="passed or failed: whether the server met the plan's thresholds (null until the run ends). "
+                  "A CI gate checks verdict == \"passed\".")
+    verdict_reasons = serializers.SerializerMethodField(
+        help_text="Each breached threshold, \"target unreachable for N s\", levels not measured.")
+    unreachable_s = serializers.SerializerMethodField(
+        help_text="Seconds the target refused connections during the run, all levels together.")
 
     class Meta:
         model = Run
@@ -287,12 +301,21 @@ class RunSerializer(serializers.ModelSerializer):
             "id", "url", "web_url", "uuid", "team", "target", "plan", "label", "notes", "status", "status_reason",
             "source", "created_by", "created", "started", "finished", "worker_host", "heartbeat", "client_version",
             "cancel_requested", "is_baseline", "server_config", "target_config", "plan_config", "summary", "links",
-            "aborted_at_level", "resumed_from", "repeat_of",
+            "aborted_at_level", "resumed_from", "repeat_of", "verdict", "verdict_reasons", "unreachable_s",
         ]
         read_only_fields = fields
 
     def get_url(self, obj) -> str:
         return reverse("api:run-detail", args=[obj.pk])
+
+    def get_verdict(self, obj) -> str | None:
+        return obj.judged() or None
+
+    def get_verdict_reasons(self, obj) -> list[str]:
+        return obj.verdict_reasons if obj.judged() else []
+
+    def get_unreachable_s(self, obj) -> float | None:
+        return obj.unreachable_s if obj.judged() else None
 
     def get_web_url(self, obj) -> str | None:
         return _web_url("run-detail", obj.pk)

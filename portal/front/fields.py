@@ -3,13 +3,44 @@
 Each field turns text into the value stored on the model and explains, in plain words, what is
 wrong with the text when it cannot.
 """
+import json
 import re
 
 from django import forms
 from django.core.exceptions import ValidationError
 
+from benchmarks.plan import format_threshold
 from portal.sweeps.models import CONFIG_KEY_RE
 from portal.sweeps.rules import NO_BASE_URL, parse_url_list
+
+
+class ThresholdsField(forms.CharField):
+    """One pass/fail threshold per line ("p99_ms <= 500", "error_rate <= 0.05 at 16, 32") -> the lines;
+    blank -> None (the default). What a threshold may say is the plan rule's (benchmarks.plan)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("widget", forms.Textarea(attrs={"rows": 3}))
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value):
+        if isinstance(value, (list, tuple)):
+            return "\n".join(self._line(item) for item in value)
+        return value
+
+    @staticmethod
+    def _line(item) -> str:
+        keys = {"figure", "op", "limit", "levels"}
+        if isinstance(item, dict) and {"figure", "limit"} <= set(item) <= keys:
+            return format_threshold({"op": "", **item, "levels": item.get("levels")})
+        # Anything else is shown as given, and the plan rule says what is wrong with it.
+        return item if isinstance(item, str) else json.dumps(item)
+
+    def to_python(self, value):
+        if isinstance(value, (list, tuple)):
+            value = self.prepare_value(value)
+        lines = [line.strip() for line in (value or "").splitlines() if line.strip()]
+        return lines or None
 
 
 def format_number(value: float) -> str:

@@ -3,7 +3,7 @@ from django import forms
 from django.core.validators import MaxValueValidator, MinValueValidator
 
 from portal.accounts.access import teams_for_user
-from portal.front.fields import KeyValueField, LevelsField, URLListField
+from portal.front.fields import KeyValueField, LevelsField, ThresholdsField, URLListField
 from portal.sweeps import rules
 from portal.sweeps.models import Plan, QueueGrant, Run, Target
 from portal.sweeps.services import run_start_errors
@@ -132,13 +132,19 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
 
 class PlanForm(TeamChoiceMixin, forms.ModelForm):
     levels = LevelsField(label="Levels")
+    thresholds = ThresholdsField(
+        label="Thresholds (pass/fail)",
+        help_text="One per line: figure <= or >= number, optionally “at” some levels, e.g. “p99_ms <= 500”, "
+                  "“qps >= 200 at 16, 32”. Figures: p50_ms, p90_ms, p99_ms, mean_ms, error_rate (0 to 1), qps, "
+                  "tokens_per_s. A run that breaks one fails its verdict; a level above its error-rate "
+                  "threshold never counts for the peak, knee or SLO level. Blank: error_rate <= 0.01 at every level.")
 
     class Meta:
         model = Plan
         fields = [
             "team", "name", "description", "mode", "levels", "arrival", "max_in_flight", "warmup_s", "duration_s",
             "tokens", "batch", "dimensions", "encoding", "timeout_s", "abort_error_rate", "abort_window_s",
-            "slo_p99_ms", "input_mode", "corpus_text", "processes", "keep_samples",
+            "slo_p99_ms", "thresholds", "input_mode", "corpus_text", "processes", "keep_samples",
         ]
         labels = {
             "warmup_s": "Warm-up per level (s)",
@@ -159,6 +165,9 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
             "dimensions": "Leave blank for the model's default vector length.",
             "max_in_flight": "Leave blank for this installation's maximum (EMBPERF_MAX_CONCURRENCY).",
             "abort_error_rate": "0 to 1; 0.5 stops a level when half the requests fail.",
+            "abort_window_s": "Seconds in a row above that rate. Never longer than the measured duration: a "
+                              "longer window is cut to it, since a level could never fill it and the policy "
+                              "would never fire.",
             "corpus_text": "One text per line; used when Inputs is Corpus.",
             "slo_p99_ms": "Optional; the summary reports the highest level that met it.",
             "tokens": "",

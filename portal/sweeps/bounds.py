@@ -28,8 +28,13 @@ def plan_limits() -> PlanLimits:
 
 def plan_field_errors(spec: Mapping) -> dict[str, list[str]]:
     """{Plan model field: [messages]} for an engine plan spec (Plan.to_spec()); empty when it is valid."""
-    _, errors = plan_errors(spec, plan_limits())
-    return {MODEL_FIELD.get(field, field): messages for field, messages in errors.items()}
+    return checked_plan(spec)[1]
+
+
+def checked_plan(spec: Mapping) -> tuple[dict, dict[str, list[str]]]:
+    """(the spec as the plan rule fills and checks it, {Plan model field: [messages]})."""
+    checked, errors = plan_errors(spec, plan_limits())
+    return checked, {MODEL_FIELD.get(field, field): messages for field, messages in errors.items()}
 
 
 def plan_document_errors(spec: Mapping) -> dict[str, list[str]]:

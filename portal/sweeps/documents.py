@@ -111,3 +111,6 @@ def record_document(run: Run, document: dict | None, *, status: str | None = Non
             Run.objects.filter(pk=run.pk).update(**fields)
         for name, value in fields.items():
             setattr(run, name, value)
+        # The verdict is judged from what is now stored (the status may have been set by someone else).
+        run.refresh_from_db(fields=["status", "document", "plan_config"])
+        run.judge()

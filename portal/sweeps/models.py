@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from benchmarks.document import SCHEMA, key_figures, level_load, public_target
 from benchmarks.plan import PLAN_DEFAULTS, planned_seconds
+from benchmarks.verdict import describe, judge, thresholds_of
 from portal.accounts.models import Team
 from portal.sweeps.fields import EncryptedTextField
 
@@ -233,6 +234,8 @@ class Plan(models.Model):
     keep_samples = models.BooleanField(
         default=PLAN_DEFAULTS["keep_samples"], help_text="Keep every request's timing (raw samples)."
     )
+    # Pass/fail rules (benchmarks.plan, "thresholds"): null is the default, error rate <= 1 % at every level.
+    thresholds = models.JSONField(null=True, blank=True, default=None)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -263,18 +266,19 @@ class Plan(models.Model):
             "encoding": self.encoding,
             "timeout_s": self.timeout_s,
             "abort_error_rate": self.abort_error_rate,
-            "abort_window_s": self.abort_window_s,
+            "abort_window_s": self.abort_window_effective_s,
             "slo_p99_ms": self.slo_p99_ms,
             "input": self.input_mode,
             "corpus": self.corpus_text.splitlines() if self.input_mode == self.Input.CORPUS else None,
             "processes": self.processes,
             "keep_samples": self.keep_samples,
+            "thresholds": None if self.thresholds is None else list(self.thresholds),
         }
 
     # Plan fields whose engine name (to_spec) is the model's name too.
     SPEC_FIELDS = ("mode", "arrival", "max_in_flight", "warmup_s", "duration_s", "tokens", "batch", "dimensions",
                    "encoding", "timeout_s", "abort_error_rate", "abort_window_s", "slo_p99_ms", "processes",
-                   "keep_samples")
+                   "keep_samples", "thresholds")
 
     @classmethod
     def from_spec(cls, spec: dict, *, team: Team) -> "Plan":
@@ -286,6 +290,18 @@ class Plan(models.Model):
         if spec.get("corpus"):
             fields["corpus_text"] = "\n".join(spec["corpus"])
         return cls(team=team, name=spec["name"], levels=list(spec["levels"]), **fields)
+
+    def threshold_lines(self) -> list[str]:
+        """The pass/fail thresholds in effect, in a reader's words ("p99 latency <= 500 ms at 16")."""
+        return [describe(t) for t in thresholds_of(self.to_spec())]
+
+    @property
+    def abort_window_effective_s(self) -> float:
+        """The abort window as the engine applies it (benchmarks.plan): never longer than a level's measured
+        duration, which a longer window could never fill."""
+        if self.abort_window_s is None or self.duration_s is None:
+            return self.abort_window_s
+        return min(self.abort_window_s, self.duration_s)
 
     def expected_seconds(self) -> float:
         """The longest this plan may take (every level's warm-up, duration and a last timeout)."""
@@ -327,6 +343,7 @@ class RunQuerySet(TeamOwnedQuerySet):
                     status=status, status_reason=reason,
                     finished=Coalesce(F("heartbeat"), F("started"), Value(timezone.now()))):
                 ended.append(pk)
+                Run.objects.get(pk=pk).judge()
         return ended
 
     def interrupt_stale(self, *, stale_after_s: float | None = None) -> list[int]:
@@ -442,6 +459,11 @@ class Run(models.Model):
     is_baseline = models.BooleanField(default=False)
     # When the reconciler sent this queued run's message again because the broker had lost it (once).
     resent_at = models.DateTimeField(null=True, blank=True)
+    # Whether the server met the plan's thresholds (benchmarks.verdict), set when the run ends ("" before):
+    # verdict_detail holds the judgement's reasons, unreachable seconds and the thresholds judged.
+    verdict = models.CharField(max_length=10, blank=True, default="",
+                               choices=[("passed", "Passed"), ("failed", "Failed")])
+    verdict_detail = models.JSONField(default=dict, blank=True)
     # A resumed run measures only the levels the run it continues had not finished (docs/api.md, Resume).
     resumed_from = models.ForeignKey("self", models.SET_NULL, null=True, blank=True, related_name="resumed_by")
     # "Run again": a repeat of this run, with its target, plan and server config (a run of its segment).
@@ -490,6 +512,37 @@ class Run(models.Model):
     def aborted_at_level(self) -> float | None:
         """The load of the level at which the abort policy stopped the sweep, or None."""
         return ((self.document or {}).get("run") or {}).get("aborted_at_level")
+
+    def judge(self, *, save: bool = True) -> str:
+        """Judge a finished run against its plan's thresholds (benchmarks.verdict) from its stored levels,
+        store the verdict and return it ("" for a run that has not ended)."""
+        if not self.is_final:
+            verdict, detail = "", {}
+        else:
+            levels = [level.data for level in self.levels.order_by("index")]
+            result = judge(self.plan_config or {}, levels, status=self.status, aborted_at_level=self.aborted_at_level)
+            verdict = result.pop("verdict")
+            detail = result
+        self.verdict, self.verdict_detail = verdict, detail
+        if save:
+            Run.objects.filter(pk=self.pk).update(verdict=verdict, verdict_detail=detail)
+        return verdict
+
+    def judged(self) -> str:
+        """The stored verdict, judging the run first when it ended by a path that stored none."""
+        if not self.is_final:
+            return ""
+        return self.verdict or self.judge()
+
+    @property
+    def verdict_reasons(self) -> list[str]:
+        """Each breached threshold, unreachable time and unmeasured level behind a failed verdict."""
+        return list((self.verdict_detail or {}).get("reasons") or [])
+
+    @property
+    def unreachable_s(self) -> float:
+        """Seconds the target refused connections during the run, all levels together."""
+        return float((self.verdict_detail or {}).get("unreachable_s") or 0.0)
 
     @property
     def never_started(self) -> bool:
@@ -559,6 +612,8 @@ class Run(models.Model):
             "started_at": _iso(self.started) or section.get("started_at"),
             "finished_at": _iso(self.finished) or section.get("finished_at"),
             "aborted_at_level": section.get("aborted_at_level"),
+            "verdict": self.judged() or None, "verdict_reasons": self.verdict_reasons,
+            "unreachable_s": self.unreachable_s if self.verdict else section.get("unreachable_s"),
         })
         if self.resumed_from_id is not None:
             original = self.resumed_from

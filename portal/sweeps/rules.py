@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 
-from portal.sweeps.bounds import plan_field_errors, target_field_errors
+from portal.sweeps.bounds import checked_plan, target_field_errors
 from portal.sweeps.models import CONFIG_KEY_RE, Plan, QueueGrant, Target, new_servers
 from portal.sweeps.outbound import outbound_policy, validate_outbound_url
 from portal.sweeps.services import queue_refusal
@@ -30,7 +30,7 @@ PLAN_SPEC_FIELDS = {
     "warmup_s": "warmup_s", "duration_s": "duration_s", "tokens": "tokens", "batch": "batch",
     "dimensions": "dimensions", "encoding": "encoding", "timeout_s": "timeout_s",
     "abort_error_rate": "abort_error_rate", "abort_window_s": "abort_window_s", "slo_p99_ms": "slo_p99_ms",
-    "input": "input_mode", "processes": "processes", "keep_samples": "keep_samples",
+    "input": "input_mode", "processes": "processes", "keep_samples": "keep_samples", "thresholds": "thresholds",
 }
 
 
@@ -180,6 +180,13 @@ def plan_spec(values: Mapping) -> dict:
     return spec
 
 
-def plan_errors(values: Mapping) -> dict[str, list[str]]:
-    """{Plan model field: [messages]}: the plan rule on a plan's model-field values."""
-    return plan_field_errors(plan_spec(values))
+def plan_errors(values: dict) -> dict[str, list[str]]:
+    """{Plan model field: [messages]}: the plan rule on a plan's model-field values. Thresholds the rule
+    accepts are stored as it reads them ("p99_ms <= 500" becomes {"figure", "op", "limit", "levels"});
+    none given ([] or null) is the default."""
+    if "thresholds" in values and not values["thresholds"]:
+        values["thresholds"] = None
+    checked, errors = checked_plan(plan_spec(values))
+    if "thresholds" not in errors and values.get("thresholds") is not None:
+        values["thresholds"] = checked["thresholds"]
+    return errors
