@@ -499,6 +499,32 @@ def _runs(state: dict) -> dict:
     return {"runs": list(Run.objects.order_by("pk").values_list("pk", flat=True))}
 
 
+def _token(state: dict) -> dict:
+    """A new API token of the stack's user."""
+    from portal.accounts.models import ApiToken
+
+    return {"token": ApiToken.issue(state["user"], "e2e")[1]}
+
+
+def _api_token(state: dict, *, method: str, path: str, token: str, body: dict | None = None) -> dict:
+    """One API request with a bearer token, answered as a client would see it (a server error included)."""
+    from django.test import Client
+
+    client = Client(raise_request_exception=False, HTTP_AUTHORIZATION=f"Bearer {token}")
+    response = getattr(client, method.lower())(path, body or {}, content_type="application/json")
+    return {"status": response.status_code, "content_type": response.get("Content-Type", ""),
+            "text": response.content.decode(errors="replace")[:2000]}
+
+
+def _checkpoint(state: dict) -> dict:
+    """SQLite: copy the write-ahead log into the database file and truncate it (so new writes need new space)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"result": list(cursor.fetchone())}
+
+
 def _document(state: dict, *, run: int) -> dict:
     """The run's result document as the export gives it, and the columns a fault test checks."""
     from portal.sweeps.models import Run
@@ -509,7 +535,8 @@ def _document(state: dict, *, run: int) -> dict:
 
 
 COMMANDS = {"setup": _setup, "target": _target, "grant": _grant, "broker_refused_run": _broker_refused_run,
-            "document": _document, "post_page": _post_page, "runs": _runs, "start": _start, "run": _run,
+            "document": _document, "token": _token, "api_token": _api_token, "checkpoint": _checkpoint,
+            "post_page": _post_page, "runs": _runs, "start": _start, "run": _run,
             "cancel": _cancel, "page": _page, "plan": _plan, "api": _api, "backend_pid": _backend_pid,
             "press_cancel": _press_cancel, "progress": _progress}
 

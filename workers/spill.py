@@ -78,9 +78,9 @@ def write_pending() -> list[int]:
 def written_back_reason(body: dict, path: Path) -> str:
     """The run's reason once a file's results are in the database: what happened, and that they are back."""
     levels = len(body.get("levels") or [])
-    what = body.get("cause") or "The database was unreachable when this run was measured"
-    return (f"{what}; the sweep was stopped and its {levels} measured level(s) were kept in {path} on the worker. "
-            f"They were written back at {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}, once the database "
+    what = body.get("cause") or "The database was unreachable while this run was measured"
+    return (f"{what}. Its {levels} measured level(s) were kept in {path} on the worker and "
+            f"written back at {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}, once the database "
             "answered again: the results below are complete up to where the sweep stopped. Resume the run to "
             "measure the rest.")
 

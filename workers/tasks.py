@@ -21,6 +21,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 import traceback
 from datetime import UTC, datetime
 
@@ -38,6 +39,7 @@ from benchmarks.control import CancelToken
 from benchmarks.document import level_load
 from benchmarks.errors import SweepError
 from benchmarks.sweep import run_sweep as engine_run_sweep
+from portal.storage import is_storage_full
 from portal.sweeps.bounds import plan_limits
 from portal.sweeps.documents import record_document
 from portal.sweeps.models import Level, Run, Target, new_servers
@@ -58,6 +60,9 @@ FINAL_TRY_AFTER_LOSS_S = 5.0
 # A sweep whose database is away when it starts waits this long, then goes back to the broker for later.
 START_DB_WAIT_S = 30.0
 START_DB_RETRY_S = 30
+# Results neither the database nor a file took (a full disk) are tried again this often, growing to the max.
+KEEP_FIRST_PAUSE_S = 1.0
+KEEP_MAX_PAUSE_S = 5.0
 
 
 def client_version() -> str:
@@ -336,35 +341,23 @@ def record_end(run_id: int, node: str, status: str, reason: str, document: dict 
     elif status == Run.Status.SUCCEEDED:
         reason = stopped_levels_reason(document)
     progress = recorder.progress_snapshot()
-    if recorder.database_lost:
-        levels = list((document or {}).get("levels") or []) or recorder.unsaved_levels()
-        path = spill.path_for(run_id)
-        status = Run.Status.FAILED
-        cause = (f"The database was unreachable for over {recorder.db.bound_s:.0f} s while this run was "
-                 f"measured ({recorder.db.last_error})")
-        reason = (f"{cause}, so the sweep was stopped. Its {len(levels)} measured "
-                  f"level(s) were saved to {path} on the worker {node}; the worker writes them here once the "
-                  "database answers again.")
-        spill.save(path, run_id, status=status, reason=reason, levels=levels, document=document, cause=cause,
-                   progress=progress)
     db = DatabaseWrites(f"run {run_id}")
-    # The database already stayed away past its bound: one short try, the file keeps the rest and the
-    # worker's timer writes it once the database answers (workers.spill).
-    bound = FINAL_TRY_AFTER_LOSS_S if recorder.database_lost else None
-    try:
-        db.call(lambda: finish(run_id, status, reason, document, progress), bound_s=bound)
-    except DatabaseUnavailable as exc:
-        if not recorder.database_lost:
-            path = spill.path_for(run_id)
+    if recorder.database_lost:
+        cause = loss_cause(recorder.db.last_error, f"for over {recorder.db.bound_s:.0f} s while this run was measured")
+        status = Run.Status.FAILED
+        keep_results(run_id, node, cause=cause + ", so the sweep was stopped", status=status, document=document,
+                     levels=list((document or {}).get("levels") or []) or recorder.unsaved_levels(),
+                     progress=progress, db=db)
+    else:
+        try:
+            db.call(lambda: finish(run_id, status, reason, document, progress))
+        except DatabaseUnavailable as exc:
+            logger.error("run %s: could not record its end: %s", run_id, exc)
             status = Run.Status.FAILED
-            levels = list((document or {}).get("levels") or []) or recorder.unsaved_levels()
-            cause = f"The database was unreachable when this run ended ({exc})"
-            reason = (f"{cause}. Its {len(levels)} measured "
-                      f"level(s) were saved to {path} on the worker {node}; the worker writes them here once "
-                      "the database answers again.")
-            spill.save(path, run_id, status=status, reason=reason, levels=levels, document=document, cause=cause,
-                       progress=progress)
-        logger.error("run %s: could not record its end: %s", run_id, exc)
+            keep_results(run_id, node, cause=loss_cause(db.last_error, "when this run ended"), status=status,
+                         document=document,
+                         levels=list((document or {}).get("levels") or []) or recorder.unsaved_levels(),
+                         progress=progress, db=db)
     if recorder.ended_elsewhere:
         logger.info("run %s: ended elsewhere as %s; its measured levels are kept", run_id, recorder.ended_elsewhere)
     else:
@@ -372,6 +365,50 @@ def record_end(run_id: int, node: str, status: str, reason: str, document: dict 
     if stopping is not None:
         raise stopping
     return recorder.ended_elsewhere or status
+
+
+def loss_cause(error: str, when: str) -> str:
+    """What kept the results from the database, in a sentence: a full disk is named as such."""
+    if is_storage_full(error):
+        return f"The disk holding the database was full {when} ({error}); nothing more could be stored"
+    return f"The database was unreachable {when} ({error})"
+
+
+def keep_results(run_id: int, node: str, *, cause: str, status: str, document: dict | None, levels: list[dict],
+                 progress: dict, db: DatabaseWrites) -> None:
+    """The database did not take the run's end: save everything to a file under unsaved/ (the worker's
+    timer writes it back, workers.spill), then give the database one short try. When the file cannot be
+    written either (the same disk is full), keep it all in memory and try the file and the database
+    again, with a growing pause, until one takes it: what was measured is never dropped."""
+    path = spill.path_for(run_id)
+    pause, told = KEEP_FIRST_PAUSE_S, False
+    while True:
+        reason = (f"{cause}. Its {len(levels)} measured level(s) were saved to {path} on the worker {node}; "
+                  "the worker writes them here once the database answers again.")
+        try:
+            spill.save(path, run_id, status=status, reason=reason, levels=levels, document=document, cause=cause,
+                       progress=progress)
+        except OSError as exc:
+            if not told:
+                logger.error("run %s: could not save its results to %s either (%s); keeping them in memory and "
+                             "trying again", run_id, path, exc)
+                told = True
+        else:
+            try:
+                db.call(lambda why=reason: finish(run_id, status, why, document, progress),
+                        bound_s=FINAL_TRY_AFTER_LOSS_S)
+            except DatabaseUnavailable:
+                logger.error("run %s: its results wait in %s until the database answers", run_id, path)
+            return
+        time.sleep(pause)
+        pause = min(pause * 2, KEEP_MAX_PAUSE_S)
+        held = (f"{cause}. Its {len(levels)} measured level(s) could not be saved to a file on the worker {node} "
+                "either (its data folder was full too), so they were kept in memory and written here once "
+                "there was space again.")
+        ok, _ = db.attempt(lambda why=held: finish(run_id, status, why, document, progress))
+        if ok:
+            logger.warning("run %s: its results kept in memory are now in the database", run_id)
+            return
 
 
 def finish(run_id: int, status: str, reason: str, document: dict | None, progress: dict) -> None:

@@ -1,16 +1,19 @@
 """Teams, memberships and personal API tokens: every Target, Plan and Run belongs to one team."""
 import hashlib
+import logging
 import secrets
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import models
+from django.db import DatabaseError, models, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
 TOKEN_PREFIX = "embp_"
 # How often last_used is written: once a minute is enough to show "last used" and spares a write per request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+logger = logging.getLogger(__name__)
 
 
 class TeamQuerySet(models.QuerySet):
@@ -138,8 +141,13 @@ class ApiToken(models.Model):
             self.save(update_fields=["revoked"])
 
     def touch(self) -> None:
-        """Record use, at most once per LAST_USED_RESOLUTION."""
+        """Record use, at most once per LAST_USED_RESOLUTION. Bookkeeping only: a database that refuses
+        the write (a full disk) must not fail the request that uses the token."""
         now = timezone.now()
         if self.last_used is None or now - self.last_used >= LAST_USED_RESOLUTION:
             self.last_used = now
-            ApiToken.objects.filter(pk=self.pk).update(last_used=now)
+            try:
+                with transaction.atomic():
+                    ApiToken.objects.filter(pk=self.pk).update(last_used=now)
+            except DatabaseError as exc:
+                logger.warning("token %s: could not record its last use (%s)", self.prefix, exc)
