@@ -17,7 +17,9 @@ GPU-agent scrapes) passes one check, twice:
 Refused always, unless an operator lists them explicitly in `EMBPERF_ALLOWED_TARGETS`:
 link-local addresses and cloud metadata services, unspecified, multicast and broadcast
 addresses, and the portal's own services (database, broker, result backend and cache host:ports,
-passed in as `infrastructure`; this module knows nothing of the portal). Everything else must be
+passed in as `infrastructure`; this module knows nothing of the portal). A service on this host is
+refused at that port on every address of the host (loopback, each interface's address, what the host
+name resolves to), since a service bound to all addresses answers on each. Everything else must be
 covered by the allowlist; the default allows loopback and private ranges, so a demo on one machine
 and a company network both work. Redirects are never followed anywhere in the engine, so no answer
 can send a request somewhere the check did not see.
@@ -34,6 +36,7 @@ import os
 import re
 import socket
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -175,9 +178,22 @@ def unmapped(address: IPAddress) -> IPAddress:
     return address
 
 
+# Dots a resolver's IDNA step turns into '.' that NFKC leaves alone (the ideographic full stop).
+_IDNA_DOTS = re.compile("[\u3002\uff0e\uff61]")
+
+
 def host_of(name: str) -> str:
-    """A URL's host as the policy compares it: lower case, no brackets, no trailing dot."""
-    return name.strip().strip("[]").lower().rstrip(".")
+    """A URL's host as the policy compares it: NFKC and IDNA normalised (full-width digits and dots
+    are the ASCII ones a resolver would use, an international name its xn-- form), lower case, no
+    brackets, no trailing dot."""
+    name = _IDNA_DOTS.sub(".", unicodedata.normalize("NFKC", name.strip()))
+    name = name.strip("[]").lower().rstrip(".")
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise OutboundRefused(f"{name!r} is not a valid host name") from None
+    return name
 
 
 def literal_address(host: str) -> IPAddress | None:
@@ -279,7 +295,9 @@ class OutboundPolicy:
             if address.version == network.version and address in network and not self._lists(address, port, network):
                 raise self._refusal(f"{shown} is {why}", explicit=True)
         for service, service_address in self._service_addresses():
-            same = address == service_address or (address.is_loopback and service_address.is_loopback)
+            # A service on this host answers on every address of it (a service bound to loopback
+            # only does not, but which one is bound where is not known here): refuse them all.
+            same = address == service_address or (on_this_host(address) and on_this_host(service_address))
             if same and port == service.port and not self._names_port(name, port, address):
                 raise self._refusal(f"{shown} port {port} is this portal's own {service.label}", explicit=True)
         if name is not None and any(rule.covers_name(name, port) for rule in self.allowed):
@@ -346,6 +364,41 @@ def _service_lookup(host: str, port: int) -> list[IPAddress]:
     addresses = [unmapped(ipaddress.ip_address(str(info[4][0]).split("%")[0])) for info in infos]
     _service_cache[(host, port)] = (now + _SERVICE_TTL_S, addresses)
     return addresses
+
+
+_host_cache: list = [0.0, frozenset()]
+
+
+def host_addresses() -> frozenset[IPAddress]:
+    """Every address of this host: each interface's, and what its host name resolves to (cached)."""
+    now = time.monotonic()
+    if _host_cache[0] > now:
+        return _host_cache[1]
+    found: set[IPAddress] = set()
+    try:
+        import psutil
+
+        for entries in psutil.net_if_addrs().values():
+            for entry in entries:
+                if entry.family in (socket.AF_INET, socket.AF_INET6):
+                    try:
+                        found.add(unmapped(ipaddress.ip_address(entry.address.split("%")[0])))
+                    except ValueError:
+                        pass
+    except (ImportError, OSError):
+        pass
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM):
+            found.add(unmapped(ipaddress.ip_address(str(info[4][0]).split("%")[0])))
+    except (OSError, ValueError):
+        pass
+    _host_cache[:] = [now + _SERVICE_TTL_S, frozenset(found)]
+    return _host_cache[1]
+
+
+def on_this_host(address: IPAddress) -> bool:
+    """True for an address that reaches this host: loopback, unspecified, or one of its own."""
+    return address.is_loopback or address.is_unspecified or address in host_addresses()
 
 
 def _is_plain_ip(host: str) -> bool:

@@ -241,6 +241,76 @@ def test_the_portals_own_broker_is_refused_at_save_and_at_connect(transactional_
     assert broker.accepted == 0
 
 
+class EveryAddressPeer(Peer):
+    """A Peer listening on every address of this host (IPv6 and IPv4), as a service bound to all is."""
+
+    def __init__(self, **kwargs):
+        self.sock = socket.socket(socket.AF_INET6)
+        self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self.sock.bind(("::", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.banner, self.greets, self.http_first, self.answer = b"", True, 0, kwargs.get("answer")
+        self.accepted = 0
+        self.received = b""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+
+def _hosted(address) -> str:
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
+def test_the_portals_own_broker_is_refused_on_every_address_of_this_host(transactional_db, owner, team, plan,
+                                                                          client):
+    from benchmarks.outbound import host_addresses
+
+    own = sorted((a for a in host_addresses() if not a.is_loopback and not a.is_link_local), key=str)
+    if not own:
+        pytest.skip("this host has no address besides loopback")
+    broker = EveryAddressPeer(answer=HTTP_ANSWER)
+    try:
+        # The broker is configured on loopback; "*" allows every address, so only the rule for the
+        # portal's own services stands between a target and the broker.
+        with override_settings(CELERY_BROKER_URL=f"redis://127.0.0.1:{broker.port}/0", EMBPERF_ALLOWED_TARGETS="*"):
+            client.force_login(owner)
+            api = token_client(owner)
+            for address in own:
+                url = f"http://{_hosted(address)}:{broker.port}/v1"
+                response = client.post(reverse("target-create"), {
+                    "name": "sneaky", "flavor": "openai", "base_urls": url, "model_name": "m", "engine": "other",
+                    "gpu_source": "none", "queue": "sweeps"})
+                assert "is this portal&#x27;s own task broker" in response.content.decode(), url
+                answer = api.post("/api/v1/targets/", {"name": "sneaky", "base_urls": [url], "model_name": "m"},
+                                  format="json")
+                assert answer.status_code == 400 and "own task broker" in answer.json()["base_urls"][0], url
+                # Saved before the rule: the worker refuses at connect time.
+                target = Target.objects.create(team=team, name=f"old {address}", base_urls=[url], model_name="m")
+                probe_target.apply(args=[target.pk])
+                target.refresh_from_db()
+                assert "own task broker" in target.last_probe["error"], target.last_probe
+                run = create_run(target=target, plan=plan)
+                assert run_sweep.apply(args=[run.pk]).get() == Run.Status.FAILED
+                run.refresh_from_db()
+                assert "own task broker" in run.status_reason
+            # Loopback written with ideographic full stops is loopback too.
+            answer = api.post("/api/v1/targets/", {"name": "sneaky", "model_name": "m",
+                                                   "base_urls": [f"http://127\u30020\u30020\u30021:{broker.port}/v1"]},
+                              format="json")
+            assert answer.status_code == 400 and "own task broker" in answer.json()["base_urls"][0]
+        assert not Target.objects.filter(name="sneaky").exists()
+        assert broker.accepted == 0
+        # Each of those addresses does reach the broker: the refusals above were the policy's.
+        for address in own:
+            with socket.create_connection((str(address), broker.port), timeout=3):
+                pass
+        deadline = time.monotonic() + 5
+        while broker.accepted < len(own) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert broker.accepted == len(own)
+    finally:
+        broker.close()
+
+
 @pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
 def test_the_portals_own_database_is_refused(settings):
     from portal.sweeps.outbound import infrastructure, outbound_policy, validate_outbound_url
@@ -263,7 +333,10 @@ def test_the_portals_own_database_is_refused(settings):
 
 
 @pytest.mark.parametrize("url", ["http://169.254.169.254/v1", "http://0x7f000001:9100/v1", "http://0.0.0.0:9100",
-                                 "http://metadata.google.internal/v1", "http://8.8.8.8/v1"])
+                                 "http://metadata.google.internal/v1", "http://8.8.8.8/v1",
+                                 # Full-width and ideographic dots and digits: what a resolver makes of them.
+                                 "http://169\u3002254\u3002169\u3002254/v1", "http://169\uff0e254\uff0e169\uff0e254/v1",
+                                 "http://\uff11\uff16\uff19.254.169.254/v1", "http://metadata\u3002google\u3002internal/v1"])
 def test_the_form_and_the_api_refuse_what_the_policy_refuses(db, owner, client, url):
     client.force_login(owner)
     response = client.post(reverse("target-create"), {
