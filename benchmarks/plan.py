@@ -376,8 +376,9 @@ def plan_errors(plan: Mapping, limits: PlanLimits | None = None) -> tuple[dict, 
             errors["thresholds"] = [message]
     if "abort_window_s" not in errors and "duration_s" not in errors and out["abort_window_s"] > out["duration_s"]:
         # A window longer than the level could never fill, so the policy would never stop a level:
-        # the window is the level's measured duration at most (the plan form says so).
-        out["abort_window_s"] = out["duration_s"]
+        # the window is the level's measured duration at most (the plan form says so), and never below
+        # its own minimum, so that a plan checked twice (saved, then run) reads the same both times.
+        out["abort_window_s"] = max(out["duration_s"], PLAN_BOUNDS["abort_window_s"].minimum)
     if out["input"] == "corpus" and not out["corpus"]:
         errors["corpus"] = ["The corpus input needs texts: give one per line, or choose another input mode."]
     if out["mode"] == "open" and out["max_in_flight"] is None and "mode" not in errors:

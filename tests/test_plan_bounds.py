@@ -148,6 +148,12 @@ def test_the_memory_budget_names_its_figure_and_the_plan_within_it_passes():
                        PlanLimits(max_worker_memory_mib=8192))[1] == {}
 
 
+def test_a_plan_checked_twice_reads_the_same():
+    # The worker checks a plan the portal already checked: a short level's cut abort window must pass again.
+    once = normalize_plan({"levels": [1], "duration_s": 0.5})
+    assert normalize_plan(once) == once and once["abort_window_s"] == 1
+
+
 def test_the_maximum_vector_length_is_one_setting():
     limits = PlanLimits.from_environ({"EMBPERF_MAX_VECTOR_LENGTH": "4096"})
     assert limits.max_vector_length == 4096

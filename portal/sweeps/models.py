@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from benchmarks.document import SCHEMA, key_figures, level_load, public_target
-from benchmarks.plan import PLAN_DEFAULTS, planned_seconds
+from benchmarks.plan import PLAN_BOUNDS, PLAN_DEFAULTS, planned_seconds
 from benchmarks.verdict import describe, judge, thresholds_of
 from portal.accounts.models import Team
 from portal.sweeps.fields import EncryptedTextField
@@ -298,10 +298,10 @@ class Plan(models.Model):
     @property
     def abort_window_effective_s(self) -> float:
         """The abort window as the engine applies it (benchmarks.plan): never longer than a level's measured
-        duration, which a longer window could never fill."""
+        duration, which a longer window could never fill, and never below the window's own minimum."""
         if self.abort_window_s is None or self.duration_s is None:
             return self.abort_window_s
-        return min(self.abort_window_s, self.duration_s)
+        return min(self.abort_window_s, max(self.duration_s, PLAN_BOUNDS["abort_window_s"].minimum))
 
     def expected_seconds(self) -> float:
         """The longest this plan may take (every level's warm-up, duration and a last timeout)."""
