@@ -251,6 +251,9 @@ def summary_lines(document: dict) -> list[str]:
         best = summary["slo_max_level"]
         lines.append(f"p99 <= {figure(summary['slo_p99_ms'])} ms up to level {figure(best)}" if best is not None
                      else f"no level met p99 <= {figure(summary['slo_p99_ms'])} ms")
+    if summary.get("errored_levels"):
+        lines.append("left out of the peak, knee and SLO level (error rate above its threshold): level "
+                     + ", ".join(figure(load) for load in summary["errored_levels"]))
     if document["inputs"].get("cache_study"):
         lines.append("cache study: every request sent the same text (--repeat-input)")
     lines.extend(token_notes(document)[1])

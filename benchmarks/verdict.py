@@ -103,8 +103,9 @@ def judge(plan: Mapping, levels: list[Mapping], *, status: str, aborted_at_level
     planned = len((plan or {}).get("levels") or []) if planned_levels is None else planned_levels
     measured = sum(1 for lv in levels if lv.get("status") == "completed")
     if aborted_at_level is not None:
-        reasons.append(f"the abort policy stopped the sweep at level {show(aborted_at_level)}; "
-                       f"{max(planned - len(levels), 0)} of {planned} levels were not measured")
+        missing = max(planned - len(levels), 0)
+        reasons.append(f"the abort policy stopped the sweep at level {show(aborted_at_level)}"
+                       + (f"; {missing} of {planned} levels were not measured" if missing else ""))
     elif status != "succeeded":
         reasons.append(f"the run {status}: {measured} of {planned} levels measured")
     elif measured < planned:

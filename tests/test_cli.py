@@ -143,3 +143,25 @@ def test_an_outage_is_named_and_exits_3(capsys):
     assert code == 3, printed.out
     assert "level 0: the target refused connections for" in printed.out
     assert "the abort policy stopped the sweep at level 2" in printed.err
+
+
+def test_a_server_that_dies_mid_sweep_fails_the_verdict_and_exits_3(capsys):
+    with running_simulator(**FAST) as sim:
+        def kill_once_measuring():
+            # The condition the test needs, measured: calibration is over and the first level is running.
+            deadline = threading.Event()
+            while sim.stats.requests_ok < 30 and not deadline.wait(0.01):
+                pass
+            sim.refuse_now(600)
+
+        killer = threading.Thread(target=kill_once_measuring, daemon=True)
+        killer.start()
+        code = main(["run", "--url", sim.base_url, "--model", "sim-embed", "--levels", "1,2", "--duration", "2",
+                     "--warmup", "0", "--tokens", "16", "--dimensions", "64", "--threshold", "p99_ms <= 60000"])
+        killer.join(5)
+    printed = capsys.readouterr()
+    assert code == 3, printed.out
+    assert "embperf: verdict failed: target unreachable for" in printed.err
+    assert "embperf: verdict failed: error rate <= 1 % breached at level" in printed.err
+    assert "verdict: failed: " in printed.out
+    assert "left out of the peak, knee and SLO level (error rate above its threshold): level " in printed.out

@@ -205,6 +205,7 @@ def test_the_run_page_and_list_show_verdict_and_unreachable_time(client, owner, 
     assert "target unreachable for 17.2 s" in page
     summary = page.split('id="run-summary"')[1].split("</div>\n</div>")[0]
     assert "Highest level with p99" in summary and '<div class="stat-value">4</div>' in summary
+    assert "Left out of the peak, the knee and the SLO level" in page and "concurrency 8, 16, 32, 64." in page
     listing = client.get(reverse("run-list")).content.decode()
     assert 'verdict" title="' in listing and ">failed</span>" in listing
 
