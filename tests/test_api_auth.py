@@ -96,6 +96,36 @@ def test_token_never_sees_a_team_its_user_left(owner, target, team):
     assert client.get("/api/v1/targets/").json()["results"] == []
 
 
+def test_token_whose_teams_are_all_deleted_sees_nothing(owner, target, team, other_team):
+    from portal.accounts.models import Membership, Team
+    from portal.sweeps.models import Target
+
+    Membership.objects.create(team=other_team, user=owner, role="owner")
+    Target.objects.create(team=other_team, name="other-sim", base_urls=["http://127.0.0.1:1/v1"], model_name="m")
+    doomed = Team.objects.create(name="Short-lived")
+    Membership.objects.create(team=doomed, user=owner, role="owner")
+    alone = token_client(owner, teams=[doomed])
+    two = token_client(owner, teams=[doomed, other_team])
+    everything = token_client(owner)
+    assert alone.get("/api/v1/targets/").json()["results"] == []
+    Team.objects.filter(pk=doomed.pk).delete()  # as the admin's bulk delete does
+    # Its only team gone, the token is revoked with it instead of widening to all of its user's teams.
+    answer = alone.get("/api/v1/targets/")
+    assert answer.status_code == 401 and "revoked" in answer.json()["detail"]
+    assert alone.get(f"/api/v1/targets/{target.pk}/").status_code == 401
+    # A token with a team left keeps to it; one never limited is unchanged.
+    assert [t["name"] for t in two.get("/api/v1/targets/").json()["results"]] == ["other-sim"]
+    assert {t["name"] for t in everything.get("/api/v1/targets/").json()["results"]} == {"sim", "other-sim"}
+
+
+def test_deleting_one_team_object_revokes_its_only_tokens(owner, team, target):
+    client = token_client(owner, teams=[team])
+    token = ApiToken.objects.get(teams=team)
+    team.delete()
+    token.refresh_from_db()
+    assert token.revoked is not None and client.get("/api/v1/targets/").status_code == 401
+
+
 def test_session_auth_works_for_the_browser(owner, target):
     client = APIClient()
     client.force_login(owner)

@@ -6,6 +6,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, models, transaction
+from django.db.models.signals import pre_delete
+from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -151,3 +153,16 @@ class ApiToken(models.Model):
                     ApiToken.objects.filter(pk=self.pk).update(last_used=now)
             except DatabaseError as exc:
                 logger.warning("token %s: could not record its last use (%s)", self.prefix, exc)
+
+
+@receiver(pre_delete, sender=Team)
+def revoke_tokens_scoped_to_team(sender, instance: Team, **kwargs) -> None:
+    """A token limited to teams that are all gone would otherwise fall back to "no limit" (all of its
+    user's teams): a token whose last team is being deleted is revoked with it."""
+    # Count every team of the token first, then keep those of this team: a count after the filter would
+    # see this team alone.
+    counted = ApiToken.objects.active().annotate(n_teams=models.Count("teams", distinct=True))
+    last = list(counted.filter(teams=instance, n_teams=1).values_list("pk", flat=True))
+    if last:
+        ApiToken.objects.filter(pk__in=last).update(revoked=timezone.now())
+        logger.info("team %s deleted: revoked %d token(s) limited to it alone", instance.pk, len(last))
