@@ -249,3 +249,31 @@ def test_thresholds_are_editable_on_the_plan_form(client, owner, team):
 def test_configerror_is_the_plan_rules_error():
     with pytest.raises(ConfigError):
         normalize_plan({"levels": [1], "thresholds": ["nonsense"]})
+
+
+@pytest.mark.django_db
+def test_the_run_page_names_gauges_that_did_not_follow_and_withholds_them(client, owner, target, plan):
+    note = ("the server's running/waiting gauges did not follow the 4 requests in flight: running and waiting "
+            "stayed at 0 while requests took 80 ms against 20 ms for an idle one, so they are not shown")
+    docs = level_docs((1, 4))
+    docs[1]["server"] = {
+        "source": "http://gpu:8000/metrics", "sources": ["http://gpu:8000/metrics"], "engines": ["vllm"],
+        "queue_depth": {"mean": None, "max": None}, "running": {"mean": None, "max": None},
+        "gauges_followed": False, "gauges_reported": {"running": {"mean": 0.0, "max": 0.0},
+                                                      "queue_depth": {"mean": 0.0, "max": 0.0}},
+        "prompt_tokens_delta": None, "client_prompt_tokens": 1000, "prompt_tokens_ratio": None,
+        "tokens_counter_followed": False, "batch_size_mean": None, "samples": 8, "timeseries": [],
+        "cross_checks": [note]}
+    docs[1]["notes"] = [note]
+    docs[0]["server"] = dict(docs[1]["server"], queue_depth={"mean": 0.0, "max": 0.0},
+                             running={"mean": 0.8, "max": 1.0}, cross_checks=[], prompt_tokens_delta=998,
+                             prompt_tokens_ratio=0.998)
+    for key in ("gauges_followed", "gauges_reported", "tokens_counter_followed"):
+        del docs[0]["server"][key]
+    run = stored_run(target=target, plan=plan, docs=docs)
+    client.force_login(owner)
+    page = client.get(reverse("run-detail", args=[run.pk])).content.decode()
+    assert "gauges did not follow the load" in page and "counter did not move" in page
+    assert "running/waiting gauges did not follow the 4 requests in flight" in page
+    row = page.split('id="telemetry-table"')[1].split('data-level="1"')[1].split("</tr>")[0]
+    assert "0 / 0" not in row and "gauges did not follow the load" in row
