@@ -107,7 +107,9 @@ def judge(plan: Mapping, levels: list[Mapping], *, status: str, aborted_at_level
         reasons.append(f"the abort policy stopped the sweep at level {show(aborted_at_level)}"
                        + (f"; {missing} of {planned} levels were not measured" if missing else ""))
     elif status != "succeeded":
-        reasons.append(f"the run {status}: {measured} of {planned} levels measured")
+        ended = {"failed": "the run failed", "cancelled": "the run was cancelled",
+                 "interrupted": "the run was interrupted"}.get(status, f"the run ended {status}")
+        reasons.append(f"{ended}: {measured} of {planned} levels measured")
     elif measured < planned:
         reasons.append(f"{measured} of {planned} levels measured")
     return {"verdict": FAILED if reasons else PASSED, "reasons": reasons, "unreachable_s": unreachable,

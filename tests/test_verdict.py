@@ -126,7 +126,7 @@ def test_each_breached_threshold_is_named_and_a_clean_run_passes():
 def test_a_run_that_did_not_measure_every_level_fails():
     docs = level_docs((1, 4))
     plan = normalize_plan({"levels": [1, 4, 16]})
-    assert judge(plan, docs, status="interrupted")["reasons"] == ["the run interrupted: 2 of 3 levels measured"]
+    assert judge(plan, docs, status="interrupted")["reasons"] == ["the run was interrupted: 2 of 3 levels measured"]
     docs[1]["status"] = "aborted"
     aborted = judge(plan, docs, status="succeeded", aborted_at_level=4)
     assert aborted["reasons"] == ["the abort policy stopped the sweep at level 4; 1 of 3 levels were not measured"]
