@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,10 +197,75 @@ class PostgresServer:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def destroy(self) -> None:
-        import shutil
-
         with contextlib.suppress(RuntimeError):
             self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def rabbitmq_problem() -> str | None:
+    """None when this machine can start a RabbitMQ of the test's own (a second node beside any shared one)."""
+    if not shutil.which("rabbitmq-server") or not shutil.which("rabbitmqctl"):
+        return "rabbitmq-server is not installed"
+    return None
+
+
+class RabbitMQServer:
+    """A RabbitMQ node of the test's own: its own node name, AMQP and distribution ports, folders and
+    configuration (e.g. a short consumer_timeout), no plugins. The machine's shared node is never touched."""
+
+    def __init__(self, port: int, *, config: dict[str, str]):
+        import tempfile
+
+        self.port = port
+        self.node = f"{unique_name('embperf')}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{port}//"
+        self.folder = Path(tempfile.mkdtemp(prefix="embperf-rabbit-"))
+        (self.folder / "enabled_plugins").write_text("[].\n")
+        lines = {"listeners.tcp.default": f"127.0.0.1:{port}", "loopback_users": "none", **config}
+        (self.folder / "rabbitmq.conf").write_text("".join(f"{key} = {value}\n" for key, value in lines.items()))
+        self.folder.chmod(0o777)
+        if os.geteuid() == 0:
+            with contextlib.suppress(KeyError):
+                import pwd
+
+                entry = pwd.getpwnam("rabbitmq")
+                for path in (self.folder, *self.folder.iterdir()):
+                    os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.env = {**os.environ, "RABBITMQ_NODENAME": self.node, "RABBITMQ_NODE_PORT": str(port),
+                    "RABBITMQ_DIST_PORT": str(port + 20000), "RABBITMQ_MNESIA_BASE": str(self.folder / "mnesia"),
+                    "RABBITMQ_LOG_BASE": str(self.folder / "log"),
+                    "RABBITMQ_CONFIG_FILE": str(self.folder / "rabbitmq.conf"),
+                    "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.folder / "enabled_plugins"),
+                    "RABBITMQ_FEATURE_FLAGS_FILE": str(self.folder / "feature_flags"),
+                    "RABBITMQ_PID_FILE": str(self.folder / "pid")}
+        self._log = open(self.folder / "server.out", "wb")  # closed in stop()
+        self.proc = subprocess.Popen(["rabbitmq-server"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=self.folder)
+        import socket
+
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"rabbitmq-server did not start on port {port}") from None
+                time.sleep(0.5)
+
+    def log(self) -> str:
+        return (self.folder / "server.out").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            subprocess.run(["rabbitmqctl", "-n", self.node, "stop"], env=self.env, capture_output=True, timeout=60)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

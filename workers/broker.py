@@ -13,15 +13,32 @@
   goes on. Messages that were in the removed folder are lost with it: those runs stay queued and
   are started again by hand (docs/operations.md).
 
-`install()` points the `redis`, `rediss` and `filesystem` URL schemes at these classes; it runs
-when the Celery app is created (workers.celery), in the web process and the worker alike.
+- RabbitMQ closes a consumer's channel with `PRECONDITION_FAILED - delivery acknowledgement on
+  channel N timed out` when a delivery stays unacknowledged past its `consumer_timeout` (30 min by
+  default), which a late-acknowledged sweep of hours always does. py-amqp raises that as a channel
+  error, Celery's consumer stops on it ("Unrecoverable error: PreconditionFailed") and the worker
+  exits once its sweep is done. Here that one closure is a lost connection instead: the consumer
+  reconnects, RabbitMQ puts the delivery back, and the task skips it as a duplicate of its live run
+  (workers.tasks); the sweep itself, in a pool process, never notices (docs/operations.md, RabbitMQ).
+
+`install()` points the `redis`, `rediss`, `filesystem`, `amqp` and `pyamqp` URL schemes at these
+classes; it runs when the Celery app is created (workers.celery), in the web process and the worker alike.
 """
+import logging
 import os
 from queue import Empty
 
+from amqp import spec
+from amqp.exceptions import ConnectionForced
 from kombu.exceptions import ChannelError
-from kombu.transport import TRANSPORT_ALIASES, filesystem, redis
+from kombu.transport import TRANSPORT_ALIASES, filesystem, pyamqp, redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+logger = logging.getLogger(__name__)
+
+# RabbitMQ's words when a delivery outlived consumer_timeout (reply code 406, PRECONDITION_FAILED).
+CONSUMER_TIMEOUT_TEXT = "delivery acknowledgement"
+PRECONDITION_FAILED = 406
 
 
 class RedisChannel(redis.Channel):
@@ -85,8 +102,29 @@ class FilesystemTransport(filesystem.Transport):
     Channel = FilesystemChannel
 
 
+class AmqpChannel(pyamqp.Channel):
+    def _on_close(self, reply_code, reply_text, class_id, method_id):
+        if (reply_code == PRECONDITION_FAILED and CONSUMER_TIMEOUT_TEXT in str(reply_text)
+                and not self.connection.is_closing and not self.is_closing):
+            self.send_method(spec.Channel.CloseOk)
+            logger.warning("RabbitMQ closed the channel: %s; reconnecting (the delivery comes back and is "
+                           "skipped as a duplicate of its live run)", reply_text)
+            raise ConnectionForced(str(reply_text), (class_id, method_id))
+        return super()._on_close(reply_code, reply_text, class_id, method_id)
+
+
+class AmqpConnection(pyamqp.Connection):
+    Channel = AmqpChannel
+
+
+class AmqpTransport(pyamqp.Transport):
+    Connection = AmqpConnection
+
+
 def install() -> None:
     """Make the broker URL schemes resolve to the transports above."""
     TRANSPORT_ALIASES["redis"] = "workers.broker:RedisTransport"
     TRANSPORT_ALIASES["rediss"] = "workers.broker:RedisTransport"
     TRANSPORT_ALIASES["filesystem"] = "workers.broker:FilesystemTransport"
+    TRANSPORT_ALIASES["amqp"] = "workers.broker:AmqpTransport"
+    TRANSPORT_ALIASES["pyamqp"] = "workers.broker:AmqpTransport"
