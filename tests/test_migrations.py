@@ -59,3 +59,26 @@ def test_the_summary_is_kept_once_in_its_column():
     back = migrate([("sweeps", "0008_run_heartbeat_worker_presence")])
     assert back.get_model("sweeps", "Run").objects.get(pk=both.pk).document["summary"] == summary
     migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+
+
+def test_runs_that_ended_before_verdicts_are_judged_once():
+    old = migrate([("sweeps", "0012_plan_thresholds_run_verdict")])
+    team = old.get_model("accounts", "Team").objects.create(name="t", slug="t")
+    Run, Level = old.get_model("sweeps", "Run"), old.get_model("sweeps", "Level")
+    plan = {"levels": [1, 4], "duration_s": 5}
+    clean = Run.objects.create(team=team, status="succeeded", plan_config=plan)
+    errored = Run.objects.create(team=team, status="succeeded", plan_config=plan)
+    running = Run.objects.create(team=team, status="running", plan_config=plan)
+    for run, rate in ((clean, 0.0), (errored, 0.3), (running, 0.0)):
+        for index, load in enumerate((1, 4)):
+            Level.objects.create(run=run, index=index, data={"concurrency": load, "status": "completed",
+                                                             "error_rate": rate, "unreachable_s": 0.0})
+    new = migrate([("sweeps", "0013_judge_finished_runs")])
+    rows = {run.pk: run for run in new.get_model("sweeps", "Run").objects.all()}
+    assert rows[clean.pk].verdict == "passed" and rows[clean.pk].verdict_detail["reasons"] == []
+    assert rows[errored.pk].verdict == "failed"
+    assert rows[errored.pk].verdict_detail["reasons"] == ["error rate <= 1 % breached at level 1 (30 %), 4 (30 %)"]
+    assert rows[running.pk].verdict == ""
+    back = migrate([("sweeps", "0012_plan_thresholds_run_verdict")])
+    assert back.get_model("sweeps", "Run").objects.get(pk=errored.pk).verdict == ""
+    migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
