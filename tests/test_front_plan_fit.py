@@ -18,7 +18,7 @@ PROBE_384 = {"ok": True, "served_model": "sim-embed", "vector_length": 384, "pro
 
 @pytest.fixture
 def small_model(target):
-    target.last_probe = PROBE_384
+    target.last_probe = target.probe_answer(**PROBE_384)
     target.save()
     return target
 
@@ -108,7 +108,7 @@ def test_the_demo_plans_fit_a_384_dimension_model(db):
     call_command("embperf_bootstrap")
     demo = Team.objects.get(name="Demo")
     target = demo.targets.get()
-    target.last_probe = PROBE_384
+    target.last_probe = target.probe_answer(**PROBE_384)
     for name in ("Smoke", "Classic sweep"):
         plan = demo.plans.get(name=name)
         assert plan.to_spec()["dimensions"] is None

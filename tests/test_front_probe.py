@@ -24,9 +24,9 @@ def test_probe_is_enqueued_on_the_targets_queue(client, owner, target, enqueued)
 
 def test_probe_result_is_shown(client, owner, target):
     target.probe_requested_at = timezone.now() - timezone.timedelta(seconds=5)
-    target.last_probe = {"ok": True, "served_model": "sim-embed", "vector_length": 1024, "prompt_tokens": 7,
-                         "latency_ms": 3.2, "status": 200, "error": None, "hint": None,
-                         "at": timezone.now().isoformat()}
+    target.last_probe = target.probe_answer(
+        ok=True, served_model="sim-embed", vector_length=1024, prompt_tokens=7, latency_ms=3.2, status=200,
+        error=None, hint=None, at=timezone.now().isoformat())
     target.save()
     client.force_login(owner)
     state = client.get(reverse("target-probe", args=[target.pk])).json()
@@ -37,8 +37,9 @@ def test_probe_result_is_shown(client, owner, target):
 
 def test_probe_error_in_plain_words(client, owner, target):
     target.probe_requested_at = timezone.now() - timezone.timedelta(seconds=5)
-    target.last_probe = {"ok": False, "status": None, "error": "connection refused at http://127.0.0.1:9100/v1",
-                         "hint": "Is the server running?", "at": timezone.now().isoformat()}
+    target.last_probe = target.probe_answer(
+        ok=False, status=None, error="connection refused at http://127.0.0.1:9100/v1", hint="Is the server running?",
+        at=timezone.now().isoformat())
     target.save()
     client.force_login(owner)
     html = client.get(reverse("target-probe", args=[target.pk])).json()["html"]
@@ -46,7 +47,7 @@ def test_probe_error_in_plain_words(client, owner, target):
 
 
 def test_an_older_result_does_not_hide_a_new_request(client, owner, target):
-    target.last_probe = {"ok": True, "at": (timezone.now() - timezone.timedelta(minutes=5)).isoformat()}
+    target.last_probe = target.probe_answer(ok=True, at=(timezone.now() - timezone.timedelta(minutes=5)).isoformat())
     target.probe_requested_at = timezone.now()
     target.save()
     client.force_login(owner)

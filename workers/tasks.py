@@ -474,6 +474,11 @@ def probe_target(self, target_id: int) -> dict | None:
                   "latency_ms": None, "status": None,
                   "error": f"The probe failed inside the worker ({type(exc).__name__}: {exc})"[:REASON_MAX],
                   "hint": f"The worker log on {node} has the details."}
-    result = {**result, "at": datetime.now(UTC).isoformat(), "worker_host": node}
-    Target.objects.filter(pk=target_id).update(last_probe=result)
+    result = target.probe_answer(**result, at=datetime.now(UTC).isoformat(), worker_host=node)
+    with transaction.atomic():
+        # The target may have been pointed elsewhere while the probe ran: an answer about the old servers
+        # is not stored (the edit cleared the last one; the page's test of the new URLs is asked anew).
+        current = Target.objects.select_for_update().filter(pk=target_id).first()
+        if current is not None and list(current.base_urls or []) == result["base_urls"]:
+            Target.objects.filter(pk=target_id).update(last_probe=result)
     return result

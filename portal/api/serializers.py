@@ -152,7 +152,10 @@ class TargetSerializer(RuleCheckedSerializer):
     gpu_indices = serializers.CharField(max_length=50, required=False, allow_blank=True)
     metrics_urls = serializers.ListField(child=serializers.CharField(max_length=500), required=False)
     queue = serializers.CharField(max_length=50, required=False)
-    last_probe = serializers.JSONField(read_only=True)
+    last_probe = serializers.JSONField(
+        read_only=True, source="current_probe",
+        help_text="The last connection test of the target's current base URLs (`base_urls` says which it tried); "
+                  "null when none was run since they last changed.")
     created = serializers.DateTimeField(read_only=True)
     updated = serializers.DateTimeField(read_only=True)
 
@@ -383,6 +386,21 @@ class RunStartSerializer(StrictMixin, serializers.Serializer):
         if errors:
             raise serializers.ValidationError(errors)
         return attrs
+
+
+class ProbeStateSerializer(serializers.Serializer):
+    """A target's connection test ("Test connection"): asked and waiting for a worker, or its answer."""
+
+    pending = serializers.BooleanField(help_text="Asked and not answered yet: ask again in a few seconds.")
+    requested_at = serializers.DateTimeField(allow_null=True, help_text="When the latest test was asked for.")
+    waited_s = serializers.FloatField(allow_null=True, help_text="How long the pending test has waited.")
+    queue = serializers.CharField(help_text="The worker queue that runs the target's tests and sweeps.")
+    result = serializers.JSONField(
+        allow_null=True,
+        help_text="The answer (null while pending or never tested): ok, served_model, vector_length, "
+                  "max_input_tokens, latency_ms, status, error, hint, url, base_urls (the URLs it tried), at, "
+                  "worker_host.")
+    tested_at = serializers.DateTimeField(allow_null=True, help_text="When the answer was given.")
 
 
 class DateOrDateTimeField(serializers.DateTimeField):

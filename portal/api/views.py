@@ -22,6 +22,7 @@ from portal.api.renderers import CSVRenderer, MarkdownRenderer
 from portal.api.serializers import (
     IngestedSerializer,
     PlanSerializer,
+    ProbeStateSerializer,
     RunDetailSerializer,
     RunFilterSerializer,
     RunSerializer,
@@ -35,6 +36,7 @@ from portal.sweeps.models import Plan, Run, Target
 
 ERROR_400 = OpenApiResponse(description="Invalid input: the body names each field and what is wrong with it.")
 ERROR_404 = OpenApiResponse(description="No such object among your teams' objects.")
+READ_ONLY = OpenApiResponse(description="Read-only role.")
 FORMAT_PARAM = OpenApiParameter(
     "format", str, enum=["json", "csv", "md"], description="json (default), csv or md (Markdown table)."
 )
@@ -80,6 +82,34 @@ class TargetViewSet(TeamOwnedViewSet):
     def get_queryset(self):
         return visible_to_request(Target, self.request).order_by("name", "id")
 
+    @extend_schema(
+        methods=["GET"], request=None, responses={200: ProbeStateSerializer, 404: ERROR_404},
+        description="The target's connection test: pending, or the last answer for its current base URLs.")
+    @extend_schema(
+        methods=["POST"], request=None,
+        responses={202: ProbeStateSerializer, 200: ProbeStateSerializer, 403: READ_ONLY, 404: ERROR_404,
+                   429: OpenApiResponse(description="Too many tests (EMBPERF_PROBE_RATE per user, shared with the "
+                                                    "page's Test connection): `detail` says when to try again.")},
+        description="Test connection: a worker on the target's queue sends it one request. 202 while it waits "
+                    "for a worker (GET this URL until `pending` is false); 200 when it was answered at once (a "
+                    "queue the team may not use, a broker that is down).")
+    @action(detail=True, methods=["get", "post"])
+    def probe(self, request, pk=None):
+        """Test connection, as the target page's button does; GET reads the answer."""
+        target = self.get_object()
+        if request.method == "POST":
+            check_write(request, target.team)
+            throttle = services.ProbeThrottle()
+            if not throttle.allow_request(request, self):
+                detail, wait = throttle.refusal()
+                return Response({"detail": detail, "retry_after_s": wait}, status=status.HTTP_429_TOO_MANY_REQUESTS,
+                                headers={"Retry-After": str(wait)})
+            services.request_probe(target)
+            target.refresh_from_db()
+        state = services.probe_state(target)
+        code = status.HTTP_202_ACCEPTED if request.method == "POST" and state["pending"] else status.HTTP_200_OK
+        return Response(ProbeStateSerializer(state).data, status=code)
+
 
 @extend_schema_view(
     create=extend_schema(responses={201: PlanSerializer, 400: ERROR_400}),
@@ -96,7 +126,6 @@ class PlanViewSet(TeamOwnedViewSet):
         return visible_to_request(Plan, self.request).order_by("name", "id")
 
 
-READ_ONLY = OpenApiResponse(description="Read-only role.")
 START_400 = OpenApiResponse(description="The start rules refuse this work (queue grant, plan bounds, team): "
                                         "`target` or `plan` says why, as a new start would.")
 STATE_409 = OpenApiResponse(description="The run is not in a state that allows this; `detail` says why.")

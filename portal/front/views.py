@@ -1,5 +1,4 @@
 """Pages for targets, plans and runs. Views stay thin: access checks, a form, a template."""
-import math
 
 from django.conf import settings
 from django.contrib import messages
@@ -11,7 +10,6 @@ from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.dateformat import format as date_format
-from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
 from benchmarks.document import token_notes
@@ -24,6 +22,7 @@ from portal.sweeps.services import (
     ProbeThrottle,
     RunStateError,
     is_repeat,
+    probe_state,
     repeat_changes,
     request_cancel,
     request_probe,
@@ -91,22 +90,6 @@ def target_delete(request, pk):
     return render(request, "sweeps/target_confirm_delete.html", {"target": target, "run_count": target.runs.count()})
 
 
-def probe_state(target: Target) -> dict:
-    """What the page shows about 'Test connection': pending (waiting for a worker) or the last result."""
-    result = target.last_probe or None
-    requested = target.probe_requested_at
-    answered_at = parse_datetime((result or {}).get("at") or "")
-    # A result written before the latest request is the previous test's: the new one is still pending.
-    pending = requested is not None and (result is None or (answered_at is not None and answered_at < requested))
-    return {
-        "pending": pending,
-        "waited_s": (timezone.now() - requested).total_seconds() if pending else None,
-        "queue": target.queue,
-        "result": None if pending else result,
-        "tested_at": answered_at,
-    }
-
-
 @login_required
 def target_probe(request, pk):
     """POST: ask a worker on the target's queue to probe it. GET: the probe's state as JSON."""
@@ -118,9 +101,7 @@ def target_probe(request, pk):
     target = get_owned_or_404(Target, request.user, pk, write=True)
     throttle = ProbeThrottle()
     if not throttle.allow_request(request, None):
-        wait = math.ceil(throttle.wait() or 1)
-        message = (f"Too many connection tests: at most {throttle.rate} per user on this installation "
-                   f"(EMBPERF_PROBE_RATE). Try again in {wait} s.")
+        message, wait = throttle.refusal()
         if "application/json" in request.headers.get("Accept", ""):
             html = render_to_string("sweeps/_probe_throttled.html", {"message": message})
             response = JsonResponse({"error": message, "retry_after_s": wait, "html": html}, status=429)

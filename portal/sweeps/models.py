@@ -143,11 +143,36 @@ class Target(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args, **kwargs):
+        # A probe answers for the URLs it tried: when they change, its result (and a test still waiting for
+        # a worker) says nothing about the new servers, so both are forgotten.
+        if self.pk is not None:
+            stored = Target.objects.filter(pk=self.pk).values_list("base_urls", flat=True).first()
+            if stored is not None and list(stored) != list(self.base_urls or []):
+                self.last_probe = None
+                self.probe_requested_at = None
+                if kwargs.get("update_fields") is not None:
+                    kwargs["update_fields"] = {*kwargs["update_fields"], "last_probe", "probe_requested_at"}
+        super().save(*args, **kwargs)
+
     def get_absolute_url(self) -> str:
         return reverse("target-detail", args=[self.pk])
 
     def gpu_list(self) -> list[int]:
         return [int(x) for x in self.gpu_indices.replace(" ", "").split(",") if x != ""]
+
+    def probe_answer(self, **answer) -> dict:
+        """A probe's answer as stored in `last_probe`: with the base URLs it tried."""
+        return {**answer, "base_urls": list(self.base_urls or [])}
+
+    @property
+    def current_probe(self) -> dict | None:
+        """The last probe's answer if it tried the target's current base URLs; None when the target was never
+        probed or only at other URLs (a probe stored before the URLs changed, or before probes kept theirs)."""
+        probe = self.last_probe
+        if not isinstance(probe, dict) or list(probe.get("base_urls") or []) != list(self.base_urls or []):
+            return None
+        return probe
 
     def to_spec(self, *, with_secret: bool = True) -> dict:
         """The target section of the engine's input (and, without the key, of the result document)."""

@@ -2,10 +2,12 @@
 
 Recording what a run measured is in documents.py."""
 import logging
+import math
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from rest_framework.throttling import UserRateThrottle
 
 from portal.sweeps.bounds import plan_field_errors, sweep_seconds
@@ -46,8 +48,9 @@ def create_run(*, target: Target, plan: Plan, user=None, label: str = "", notes:
 def plan_misfits(target: Target, plan: Plan | dict) -> list[str]:
     """What a plan (a Plan or its spec) asks for that the target's last successful probe says the server
     cannot give (more dimensions than its vectors have, longer texts than it accepts), with the figures.
-    Checked before a run is queued; empty when the probe has not run or saw nothing to object to."""
-    probe = target.last_probe or {}
+    Checked before a run is queued; empty when no probe of the target's current URLs succeeded or it saw
+    nothing to object to (a probe of other servers says nothing about these)."""
+    probe = target.current_probe or {}
     if not probe.get("ok"):
         return []
     spec = plan.to_spec() if isinstance(plan, Plan) else plan
@@ -102,6 +105,39 @@ def plan_start_errors(plan: Plan | dict) -> list[str]:
     return [f"{field}: {' '.join(messages)}" for field, messages in plan_field_errors(spec).items()]
 
 
+def probe_start_error(target: Target) -> str | None:
+    """Why a sweep of this target is not sent to a worker: its last connection test, of its current URLs,
+    failed (a sweep would fail at its own probe a moment later). None when the test passed, or when no test
+    of these URLs has been stored (the sweep probes the target first, as every sweep does)."""
+    probe = target.current_probe
+    if not probe or probe.get("ok"):
+        return None
+    error = (probe.get("error") or "no answer").rstrip(".")
+    state = probe_state(target)
+    then = ("A new test is waiting for a worker; start once it passes." if state["pending"] else
+            f"Test the connection again (Test connection on the target's page, or POST "
+            f"/api/v1/targets/{target.pk}/probe/) and start once it passes.")
+    return f"The target's last connection test failed: {error}. {then}"
+
+
+def probe_state(target: Target) -> dict:
+    """'Test connection' as the pages and the API show it: pending (asked, no worker answer yet) or the last
+    answer for the target's current URLs, with when it was asked and answered."""
+    result = target.current_probe
+    requested = target.probe_requested_at
+    answered_at = parse_datetime((result or {}).get("at") or "")
+    # A result written before the latest request is the previous test's: the new one is still pending.
+    pending = requested is not None and (result is None or (answered_at is not None and answered_at < requested))
+    return {
+        "pending": pending,
+        "requested_at": requested,
+        "waited_s": (timezone.now() - requested).total_seconds() if pending else None,
+        "queue": target.queue,
+        "result": None if pending else result,
+        "tested_at": answered_at,
+    }
+
+
 class RunStateError(Exception):
     """The run is not in a state that allows this (the message says why and what to do instead)."""
 
@@ -126,9 +162,9 @@ def run_start_errors(target: Target | None, plan: Plan | None, *, spec: dict | N
             misfits = plan_misfits(target, spec)
             if misfits:
                 errors["plan"] = misfits
-    queue_error = target_queue_error(target) if target else None
-    if queue_error:
-        errors["target"] = [queue_error]
+    for refusal in (target_queue_error(target), probe_start_error(target)) if target else ():
+        if refusal:
+            errors.setdefault("target", []).append(refusal)
     return errors
 
 
@@ -350,13 +386,19 @@ class ProbeThrottle(UserRateThrottle):
     def get_rate(self) -> str:
         return settings.EMBPERF_PROBE_RATE
 
+    def refusal(self) -> tuple[str, int]:
+        """(message, seconds to wait) once allow_request() said no: the page and the API say the same."""
+        wait = math.ceil(self.wait() or 1)
+        return (f"Too many connection tests: at most {self.rate} per user on this installation "
+                f"(EMBPERF_PROBE_RATE). Try again in {wait} s."), wait
+
 
 def request_probe(target: Target) -> None:
     """Ask a worker of the target's queue to probe it; the answer lands on Target.last_probe."""
     now = timezone.now()
     refusal = target_queue_error(target)
     if refusal:
-        target.last_probe = {"ok": False, "error": refusal, "hint": None, "at": now.isoformat()}
+        target.last_probe = target.probe_answer(ok=False, error=refusal, hint=None, at=now.isoformat())
         Target.objects.filter(pk=target.pk).update(last_probe=target.last_probe)
         return
     Target.objects.filter(pk=target.pk).update(probe_requested_at=now)
@@ -366,5 +408,5 @@ def request_probe(target: Target) -> None:
                 soft_time_limit=PROBE_SOFT_LIMIT_S, time_limit=PROBE_SOFT_LIMIT_S + 30)
     except Exception as exc:
         logger.exception("target %s: could not enqueue the probe", target.pk)
-        target.last_probe = {"ok": False, "error": _broker_failure(exc), "hint": None, "at": now.isoformat()}
+        target.last_probe = target.probe_answer(ok=False, error=_broker_failure(exc), hint=None, at=now.isoformat())
         Target.objects.filter(pk=target.pk).update(last_probe=target.last_probe)
