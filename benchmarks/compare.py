@@ -58,6 +58,7 @@ METRICS: dict[str, Metric] = {
     for m in (
         Metric("qps", "Requests/s", "req/s", True),
         Metric("tokens_per_s", "Tokens/s", "tokens/s", True),
+        Metric("mean_ms", "Mean latency", "ms", False),
         Metric("p50_ms", "p50 latency", "ms", False, 50.0),
         Metric("p90_ms", "p90 latency", "ms", False, 90.0),
         Metric("p99_ms", "p99 latency", "ms", False, 99.0),
@@ -124,11 +125,14 @@ def _series(timeseries: Iterable[dict], key: str) -> list[float]:
     return [float(s[key]) for s in timeseries if s.get(key) is not None]
 
 
-def level_noise(doc: dict, quantile: Callable[[float], float] | None = None) -> dict[str, float | None]:
+def level_noise(doc: dict, quantile: Callable[[float], float] | None = None,
+                stddev_ms: float | None = None) -> dict[str, float | None]:
     """Standard error of each compared figure of one level, from the variation inside the level.
 
     `quantile(percentile) -> ms` reads the level's latency histogram; without it latency noise
-    comes from the per-second percentiles alone (and p90 has none). None means unknown.
+    comes from the per-second percentiles alone (and p90 has none). `stddev_ms`, the histogram's
+    standard deviation, gives the mean latency's error (sd / sqrt(n), or the per-second p50's drift
+    when larger). None means unknown.
     """
     timeseries = doc.get("timeseries") or []
     noise: dict[str, float | None] = dict.fromkeys(METRICS)
@@ -153,6 +157,14 @@ def level_noise(doc: dict, quantile: Callable[[float], float] | None = None) -> 
             if se is not None:
                 candidates.append(se)
         noise[key] = max(candidates) if candidates else None
+
+    mean_candidates = []
+    if stddev_ms is not None and count >= 2:
+        mean_candidates.append(stddev_ms / math.sqrt(count))
+    drift = standard_error_of_mean(_series(timeseries, "p50_ms"))
+    if drift is not None and mean_candidates:
+        mean_candidates.append(drift)
+    noise["mean_ms"] = max(mean_candidates) if mean_candidates else None
 
     noise["error_rate"] = binomial_standard_error(float(doc.get("error_rate") or 0), count)
     return noise

@@ -106,14 +106,15 @@ def test_run_compare_and_history_pages(page, live_server, runs):
     # Three runs compared against the baseline.
     ids = [made[2].pk, made[6].pk, made[8].pk]
     page.goto(f"{live_server.url}/compare/?runs={','.join(map(str, ids))}&baseline={made[2].pk}")
-    _charts_drawn(page, [f"compare-{m}" for m in ("qps", "tokens_per_s", "p50_ms", "p90_ms", "p99_ms", "error_rate")])
+    _charts_drawn(page, [f"compare-{m}" for m in ("qps", "tokens_per_s", "mean_ms", "p50_ms", "p90_ms", "p99_ms",
+                                                  "error_rate")])
     assert page.locator("#compare-table td.delta-worse").count() > 0  # the slow run
     assert page.locator("#what-changed").inner_text().count("--max-running-requests") == 1
     page.click("#copy-markdown")
     page.wait_for_function("() => document.getElementById('copied-text')")
     copied = page.evaluate("() => document.getElementById('copied-text').textContent")
     table = _markdown_table_ok(copied)
-    assert len(table) == 2 + 6 * 6 and f"#{made[2].pk}" in table[0]
+    assert len(table) == 2 + 6 * 7 and f"#{made[2].pk}" in table[0]
     try:
         clipboard = page.evaluate("() => navigator.clipboard.readText()")
     except Exception:  # headless clipboard may be unavailable; the mirrored text was checked
@@ -124,6 +125,8 @@ def test_run_compare_and_history_pages(page, live_server, runs):
         page.click("button.chart-png[data-chart='compare-qps']")
     assert download.value.suggested_filename == "embperf-compare-qps.png"
     _shot(page, "history_compare.png")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#compare-table").screenshot(path=str(SCREENSHOTS / "history_compare_table.png"))
 
     # Ten runs of one target under one plan.
     page.goto(f"{live_server.url}/history/?target={target_id}&plan={plan.pk}")

@@ -49,12 +49,12 @@ def test_markdown_and_csv_are_tables(three):
     lines = comparison.to_markdown().splitlines()
     table = [ln for ln in lines if ln.startswith("|")]
     widths = {ln.count("|") for ln in table}
-    assert len(widths) == 1 and len(table) == 2 + 2 * 6  # header, rule, 2 levels x 6 metrics
+    assert len(widths) == 1 and len(table) == 2 + 2 * 7  # header, rule, 2 levels x 7 metrics
     assert table[0].startswith("| Concurrency | Metric | #") and "(baseline)" in table[0]
     assert "%\\*" in comparison.to_markdown()  # the tuned run's gain is beyond the noise
     csv_lines = comparison.to_csv().splitlines()
     assert csv_lines[0].startswith("concurrency,metric,unit,run ")
-    assert len(csv_lines) == 1 + 12 + 4  # a line per level and metric, then the run-wide figures
+    assert len(csv_lines) == 1 + 14 + 4  # a line per level and metric, then the run-wide figures
 
 
 def test_compare_page(client, owner, three):

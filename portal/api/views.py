@@ -341,7 +341,34 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
 class CompareQuerySerializer(serializers.Serializer):
     runs = serializers.CharField(help_text="Comma-separated run ids, e.g. 12,15,16.", max_length=500)
     baseline = serializers.IntegerField(required=False, min_value=1,
-                                        help_text="Run id to compare against; defaults to the first of `runs`.")
+                                        help_text="Run id to compare against, one of `runs`; defaults to the first.")
+    metrics = serializers.CharField(required=False, max_length=200,
+                                    help_text="Figures to compare, e.g. qps,mean_ms,p99_ms (default: every one).")
+    levels = serializers.CharField(required=False, max_length=500,
+                                   help_text="Levels (loads) to compare, e.g. 16,32,64 (default: every one).")
+
+    def validate_metrics(self, value):
+        from portal.history.comparison import ComparisonError, parse_metrics
+
+        try:
+            return parse_metrics(value)
+        except ComparisonError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+    def validate_levels(self, value):
+        from portal.history.comparison import ComparisonError, parse_levels
+
+        try:
+            return parse_levels(value)
+        except ComparisonError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+    def validate(self, attrs):
+        baseline = attrs.get("baseline")
+        if baseline is not None and baseline not in attrs["runs"]:
+            raise serializers.ValidationError({"baseline": [
+                f"Run {baseline} is not one of the compared runs; add it to runs or leave baseline out."]})
+        return attrs
 
     def validate_runs(self, value):
         from portal.history.comparison import ComparisonError, parse_run_ids
@@ -377,17 +404,17 @@ class CompareView(APIView):
         params.is_valid(raise_exception=True)
         ids = params.validated_data["runs"]
         baseline_id = params.validated_data.get("baseline") or ids[0]
-        if baseline_id not in ids:
-            ids.insert(0, baseline_id)
         found = {run.pk: run for run in visible_to_request(Run, request).filter(pk__in=ids)}
         missing = [i for i in ids if i not in found]
         if missing:
             return Response({"detail": f"No run {missing[0]} among your teams' runs."},
                             status=status.HTTP_404_NOT_FOUND)
         try:
-            comparison = build_comparison([found[i] for i in ids], found[baseline_id])
+            comparison = build_comparison([found[i] for i in ids], found[baseline_id],
+                                          metrics=params.validated_data.get("metrics"),
+                                          loads=params.validated_data.get("levels"))
         except ComparisonError as exc:
-            raise ValidationError({"runs": [str(exc)]}) from None
+            raise ValidationError({exc.field: [str(exc)]}) from None
         fmt = request.accepted_renderer.format
         if fmt == "csv":
             return _attachment(Response(comparison.to_csv()), "embperf-compare.csv")

@@ -17,6 +17,7 @@ from portal.accounts.access import can_write, get_owned_or_404, teams_for_user
 from portal.front.charts import run_charts
 from portal.front.forms import PlanForm, RunFilterForm, RunForm, TargetForm
 from portal.front.presets import PLAN_PRESETS, PRESET_LABELS
+from portal.history.timeline import compare_link
 from portal.sweeps.models import Plan, Run, Target, WorkerPresence
 from portal.sweeps.services import (
     ProbeThrottle,
@@ -305,6 +306,7 @@ def run_detail(request, pk):
     context["queue_text"] = run.queue_text()
     # A finished run gets its full charts; while it runs, run_progress.js grows two charts as levels finish.
     context["charts"] = run_charts(run) if run.is_final else []
+    context["run_compare_url"] = compare_link(run)
     return render(request, "sweeps/run_detail.html", context)
 
 

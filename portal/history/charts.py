@@ -49,7 +49,7 @@ def comparison_charts(comparison: Comparison) -> list[dict]:
                 value = row["cells"][i]["value"]
                 if value is not None:
                     points.append({"x": row["load"], "y": value * 100 if key == "error_rate" else value})
-            datasets.append({"label": run["title"] + (" (baseline)" if run["is_baseline"] else ""),
+            datasets.append({"label": run["title"] + (" (baseline)" if run["is_reference"] else ""),
                              "axis": "y", "color": i, "dashed": False, "data": points})
         charts.append({
             "id": f"compare-{key}",

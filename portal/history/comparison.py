@@ -29,6 +29,7 @@ MIN_RUNS, MAX_RUNS = 2, 10
 METRIC_COLUMNS = {
     "qps": "qps",
     "tokens_per_s": "tokens_per_s",
+    "mean_ms": "latency_mean_ms",
     "p50_ms": "latency_p50_ms",
     "p90_ms": "latency_p90_ms",
     "p99_ms": "latency_p99_ms",
@@ -38,7 +39,47 @@ HEADLINE_FIELDS = ("id", "run_id", "index", "concurrency", "rate", "client_bound
 
 
 class ComparisonError(ValueError):
-    """A selection that cannot be compared; the message says why in plain words."""
+    """A selection that cannot be compared; the message says why in plain words, `field` which
+    parameter it is about (runs, metrics, levels)."""
+
+    def __init__(self, message: str, field: str = "runs"):
+        super().__init__(message)
+        self.field = field
+
+
+def parse_metrics(value: str | None) -> list[str] | None:
+    """Figure keys from ?metrics=qps,mean_ms,p99_ms (None: every figure); ComparisonError names a wrong one."""
+    if not value or not value.strip():
+        return None
+    keys = []
+    for part in value.replace(" ", "").split(","):
+        if not part:
+            continue
+        if part not in METRICS:
+            raise ComparisonError(f"'{part[:40]}' is not a compared figure; pick from {', '.join(METRICS)}.",
+                                  "metrics")
+        if part not in keys:
+            keys.append(part)
+    return keys or None
+
+
+def parse_levels(value: str | None) -> list[float] | None:
+    """Loads from ?levels=16,32,64 (None: every level); ComparisonError names a wrong one."""
+    if not value or not value.strip():
+        return None
+    loads = []
+    for part in value.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            load = float(part) if part.isascii() and len(part) <= 20 else math.nan
+        except ValueError:
+            load = math.nan
+        if not math.isfinite(load) or load < 0:
+            raise ComparisonError(f"'{part[:40]}' is not a level; give loads like 16,32,64.", "levels")
+        if load not in loads:
+            loads.append(load)
+    return loads or None
 
 
 def is_id(text: str) -> bool:
@@ -180,14 +221,23 @@ class Comparison:
     """Runs aligned level by level against a baseline; see to_dict() for the shape."""
 
     def __init__(self, runs: list[Run], baseline: Run, levels: dict[int, dict[float, Level]],
-                 stats: dict[int, LevelStats], repeats: dict[tuple, dict]):
+                 stats: dict[int, LevelStats], repeats: dict[int, dict], metrics: list[str] | None = None,
+                 loads: list[float] | None = None):
         self.runs = runs
         self.baseline = baseline
         self.candidates = [r for r in runs if r.pk != baseline.pk]
         self._levels = levels
         self._stats = stats
         self._repeats = repeats
-        self.loads = sorted({load for by_load in levels.values() for load in by_load})
+        self.all_loads = sorted({load for by_load in levels.values() for load in by_load})
+        unknown = [load for load in loads or [] if load not in self.all_loads]
+        if unknown:
+            raise ComparisonError(f"Level {unknown[0]:g} is in none of the compared runs; their levels are "
+                                  f"{', '.join(f'{x:g}' for x in self.all_loads)}.", "levels")
+        # The picked figures and levels, in their natural order (every one when none is picked).
+        self.metrics = [m for m in METRICS if metrics is None or m in metrics]
+        self.loads = [load for load in self.all_loads if loads is None or load in loads]
+        self.picked = {"metrics": metrics is not None, "levels": loads is not None}
         modes = {r.level_key for r in runs}
         self.load_key = modes.pop() if len(modes) == 1 else "load"
         self.rows = self._build_rows()
@@ -202,7 +252,8 @@ class Comparison:
         rows = []
         for load in self.loads:
             base_level = self._levels[self.baseline.pk].get(load)
-            for metric_key, metric in METRICS.items():
+            for metric_key in self.metrics:
+                metric = METRICS[metric_key]
                 cells = []
                 base_value = level_value(base_level, metric_key) if base_level else None
                 base_noise = self._noise(self.baseline, base_level, metric_key) if base_level else None
@@ -258,15 +309,17 @@ class Comparison:
                     "plan": r.plan_config.get("name", ""),
                     "created": r.created.isoformat() if r.created else None,
                     "status": r.status,
-                    "is_baseline": r.pk == self.baseline.pk,
+                    "is_reference": r.pk == self.baseline.pk,
+                    "is_baseline": r.is_baseline,
                     "figures": self.figures(r),
                 }
                 for r in self.runs
             ],
             "metrics": [
                 {"key": m.key, "label": m.label, "unit": m.unit, "higher_is_better": m.higher_is_better}
-                for m in METRICS.values()
+                for m in (METRICS[k] for k in self.metrics)
             ],
+            "available": {"metrics": list(METRICS), "loads": self.all_loads},
             "rows": self.rows,
             "config_diff": self.config_diff(),
         })
@@ -330,8 +383,28 @@ class Comparison:
                          "–" if d is None else _fmt_diff(metric.key, d["diff"]), _fmt_pct(d)]
             table.append(line)
         note = f"\\* beyond the noise ({K_SIGMA:g} standard errors of the difference, and 2 % of the baseline)."
-        lines = [*markdown_table(header, table, align), "", note]
+        lines = [*markdown_table(header, table, align), "", note, "", *self._what_changed_markdown()]
         return "\n".join(lines) + "\n"
+
+    def _what_changed_markdown(self) -> list[str]:
+        """The "What changed" panel as a Markdown list: each differing field with every run's value."""
+        changed = self.config_diff()["changed"]
+        lines = ["**What changed**", ""]
+        if not changed:
+            return [*lines, "- nothing: the runs were made with identical configurations."]
+        titles = [f"#{r.pk}" for r in self.runs]
+        for item in changed:
+            values = ", ".join(f"{t} {_md_text(v)}" for t, v in zip(titles, item["values"], strict=True))
+            lines.append(f"- {_md_text(item['field'])}: {values}")
+        return lines
+
+
+def _md_text(text: str) -> str:
+    """A configuration value safe inside a Markdown list item (no markup, one line)."""
+    text = " ".join(str(text).split())
+    for char in "\\`*_[]<>|":
+        text = text.replace(char, "\\" + char)
+    return text
 
 
 def _finite(value):
@@ -345,8 +418,10 @@ def _finite(value):
     return value
 
 
-def build_comparison(runs: list[Run], baseline: Run) -> Comparison:
-    """Compare `runs` (already permission-checked, in display order) against `baseline`, one of them."""
+def build_comparison(runs: list[Run], baseline: Run, *, metrics: list[str] | None = None,
+                     loads: list[float] | None = None) -> Comparison:
+    """Compare `runs` (already permission-checked, in display order) against `baseline`, one of them;
+    only the picked figures and levels (every one by default)."""
     if not MIN_RUNS <= len(runs) <= MAX_RUNS:
         raise ComparisonError(f"Pick between {MIN_RUNS} and {MAX_RUNS} runs to compare (got {len(runs)}).")
     if baseline.pk not in {r.pk for r in runs}:
@@ -356,4 +431,4 @@ def build_comparison(runs: list[Run], baseline: Run) -> Comparison:
     for lv in all_levels:
         levels[lv.run_id][lv.load] = lv
     stats = LevelStats.objects.for_levels(all_levels)
-    return Comparison(runs, baseline, levels, stats, repeated_run_noise(runs))
+    return Comparison(runs, baseline, levels, stats, repeated_run_noise(runs), metrics=metrics, loads=loads)

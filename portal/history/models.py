@@ -54,9 +54,10 @@ class LevelStats(models.Model):
     def fields_from_level(level: Level) -> dict:
         """The derived fields for one level, read from its level document."""
         doc = level.data or {}
-        quantile = curve = None
+        quantile = curve = stddev_ms = None
         hist = stats.decode(doc["histogram"]) if doc.get("histogram") else None
         if hist is not None and hist.get_total_count() > 0:
+            stddev_ms = hist.get_stddev() / 1000
             def quantile(pct: float) -> float:
                 return stats.percentile_ms(hist, pct)
 
@@ -64,7 +65,7 @@ class LevelStats(models.Model):
         gpus = (doc.get("gpu") or {}).get("gpus") or []
         return {
             "run_id": level.run_id,
-            "noise": level_noise(doc, quantile),
+            "noise": level_noise(doc, quantile, stddev_ms),
             "curve": curve or [],
             "gpu_names": [g.get("name") for g in gpus if g.get("name")],
         }

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import Count, F, Max, Q, Window
 from django.db.models.functions import RowNumber
+from django.urls import reverse
 
 from benchmarks.compare import METRICS, combine_noise, compare_values
 from benchmarks.document import key_figures, level_load
@@ -277,6 +278,27 @@ def dashboard_regressions(runs) -> list[RunPoint]:
         find_regressions(group, within)
         flagged += [p for p in group if p.regressions][-DASHBOARD_WINDOW:]
     return sorted(flagged, key=lambda p: (p.created, p.id), reverse=True)
+
+
+def compare_link(run: Run) -> str:
+    """Where the run page's *Compare…* goes: this run against its target and plan's baseline; a baseline
+    against the newest run after it; else against the run before it; else the picker with it ticked."""
+    url = reverse("compare")
+    if run.target_id and run.plan_id:
+        pair = Run.objects.filter(team_id=run.team_id, target_id=run.target_id, plan_id=run.plan_id,
+                                  status__in=CHECKED_STATUSES).exclude(pk=run.pk)
+        baseline = pair.filter(is_baseline=True).values_list("id", flat=True).first()
+        if baseline is not None and not run.is_baseline:
+            return f"{url}?runs={baseline},{run.pk}&baseline={baseline}"
+        if run.is_baseline:
+            later = pair.filter(created__gte=run.created).order_by("-created", "-id").values_list("id", flat=True)
+            if later.first() is not None:
+                return f"{url}?runs={run.pk},{later.first()}&baseline={run.pk}"
+        before = (pair.filter(created__lte=run.created).exclude(created=run.created, id__gt=run.pk)
+                  .order_by("-created", "-id").values_list("id", flat=True).first())
+        if before is not None:
+            return f"{url}?runs={before},{run.pk}&baseline={before}"
+    return f"{url}?pick={run.pk}"
 
 
 def has_baseline(runs) -> bool:

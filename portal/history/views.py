@@ -1,5 +1,7 @@
 """Dashboard, compare, history and the baseline switch. Views stay thin: the work is in
 comparison.py, timeline.py and charts.py."""
+from urllib.parse import quote
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import F
@@ -9,6 +11,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
+from benchmarks.compare import METRICS
 from portal.accounts.access import get_owned_or_404
 from portal.history import charts
 from portal.history.comparison import (
@@ -17,6 +20,8 @@ from portal.history.comparison import (
     ComparisonError,
     build_comparison,
     is_id,
+    parse_levels,
+    parse_metrics,
     parse_run_ids,
 )
 from portal.history.timeline import (
@@ -35,9 +40,19 @@ HISTORY_TABLE_ROWS = 50
 RUN_LIST_FIELDS = ("id", "label", "status", "created", "target_id", "plan_id", "target__name", "plan__name")
 
 
-def _compare_url(ids: list[int], baseline: int | None) -> str:
+def _compare_url(ids: list[int], baseline: int | None, picks: str = "") -> str:
     url = reverse("compare") + "?runs=" + ",".join(str(i) for i in ids)
-    return url + (f"&baseline={baseline}" if baseline else "")
+    return url + (f"&baseline={baseline}" if baseline else "") + picks
+
+
+def _picks_query(request) -> str:
+    """The figure and level picks of a compare URL, to carry into its other links."""
+    out = ""
+    for key in ("metrics", "levels"):
+        values = [v for v in request.GET.getlist(key) if v]
+        if values:
+            out += f"&{key}=" + quote(",".join(values), safe=",.")
+    return out
 
 
 def _picker_runs(user):
@@ -54,10 +69,15 @@ def compare(request):
     except ComparisonError as exc:
         messages.error(request, str(exc))
         ids = []
-    if len(raw) > 1:  # a form submission with one box per run: go to the canonical permalink
-        return redirect(_compare_url(ids, request.GET.get("baseline")))
-    context = {"picker": _picker_runs(request.user), "selected": ids, "min_runs": MIN_RUNS, "max_runs": MAX_RUNS}
+    picks = _picks_query(request)
+    if len(raw) > 1 or len(request.GET.getlist("metrics")) > 1 or len(request.GET.getlist("levels")) > 1:
+        # A form submission with one box per run, figure or level: go to the canonical permalink.
+        return redirect(_compare_url(ids, request.GET.get("baseline"), picks))
+    pick = request.GET.get("pick", "")
+    context = {"picker": _picker_runs(request.user), "selected": ids or ([int(pick)] if is_id(pick) else []),
+               "min_runs": MIN_RUNS, "max_runs": MAX_RUNS}
     if not ids:
+        context["pick_hint"] = int(pick) if is_id(pick) else None
         return render(request, "history/compare.html", context)
     found = {r.pk: r for r in Run.objects.for_user(request.user).filter(pk__in=ids).defer("progress")}
     if len(found) != len(ids):
@@ -66,11 +86,13 @@ def compare(request):
     baseline_param = request.GET.get("baseline", "")
     baseline = found.get(int(baseline_param)) if is_id(baseline_param) else runs[0]
     if baseline is None:
+        # Never added to the compared runs: the person picked these runs, the link named another.
         messages.error(request, f"Run #{baseline_param} is not one of the compared runs; "
                                 "the first run is the baseline.")
         baseline = runs[0]
     try:
-        comparison = build_comparison(runs, baseline)
+        comparison = build_comparison(runs, baseline, metrics=parse_metrics(request.GET.get("metrics")),
+                                      loads=parse_levels(request.GET.get("levels")))
     except ComparisonError as exc:
         messages.error(request, str(exc))
         return render(request, "history/compare.html", context)
@@ -86,9 +108,13 @@ def compare(request):
         "comparison": data,
         "markdown": comparison.to_markdown(),
         "charts": charts.comparison_charts(comparison),
-        "permalink": request.build_absolute_uri(_compare_url(ids, baseline.pk)),
-        "baseline_links": [(r["id"], r["title"], _compare_url(ids, r["id"])) for r in data["runs"]],
+        "permalink": request.build_absolute_uri(_compare_url(ids, baseline.pk, picks)),
+        "csv_url": _compare_url(ids, baseline.pk, picks) + "&format=csv",
+        "baseline_links": [(r["id"], r["title"], _compare_url(ids, r["id"], picks)) for r in data["runs"]],
         "table": _comparison_table(data),
+        "figure_choices": [(key, METRICS[key].label, key in comparison.metrics) for key in METRICS],
+        "level_choices": [(load, load in comparison.loads) for load in comparison.all_loads],
+        "picked": comparison.picked,
     })
     return render(request, "history/compare.html", context)
 
@@ -108,8 +134,10 @@ def _comparison_table(data: dict) -> list[dict]:
             if metric["key"] == "error_rate":
                 value = None if value is None else value * 100
                 if delta:
-                    delta = {**delta, "diff": delta["diff"] * 100}
-            cells.append({**cell, "value": value, "delta": delta, "is_baseline": run["is_baseline"]})
+                    threshold = delta["threshold"]
+                    delta = {**delta, "diff": delta["diff"] * 100,
+                             "threshold": None if threshold is None else threshold * 100}
+            cells.append({**cell, "value": value, "delta": delta, "is_reference": run["is_reference"]})
         unit = "%" if metric["key"] == "error_rate" else metric["unit"]
         groups[-1]["rows"].append({"metric": metric, "unit": unit, "cells": cells})
     return groups
