@@ -31,7 +31,7 @@ def test_a_document_of_other_levels_gets_a_plan_of_its_own(owner, target, plan):
     assert run.plan.name == body["plan_name"] == "smoke (levels 16-64, 3 s)"
     assert (run.plan.levels, run.plan.duration_s) == ([16, 32, 64], 3)
     assert body["plan_note"].startswith("Filed under a new plan “smoke (levels 16-64, 3 s)”: the plan “smoke” has "
-                                        "other settings (levels, duration_s)")
+                                        "other settings (levels, duration_s")
     assert not plan.runs.exists()
 
     # The next sweep like it joins that plan's history.
