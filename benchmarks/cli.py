@@ -1,11 +1,14 @@
-"""The command line: `python -m benchmarks run ...` and `python -m benchmarks probe ...`.
+"""The command line: `python -m benchmarks run ...`, `capacity ...` and `probe ...`.
 
 `run` sweeps the levels with live progress on stderr, prints the result table on stdout and can
 write the full result document (`--json`). Bad arguments print one line and exit with 2; a target
 that does not work prints what went wrong and exits with 1; a sweep that ran but whose figures a CI
 job must not accept (its verdict is failed: a threshold was breached, e.g. a level's error rate is
 above `--max-error-rate`, the target refused connections, or the abort policy stopped it) exits with 3.
-Ctrl-C stops the sweep and keeps the levels that finished (a second Ctrl-C quits at once).
+`capacity` searches for the highest load that meets an SLO (docs/capacity.md), printing each level as
+the search chooses it and then the answer; it exits with 4 when no load met the SLO and 5 when the
+client, not the server, was the limit. Ctrl-C stops the sweep and keeps the levels that finished (a
+second Ctrl-C quits at once).
 """
 import argparse
 import json
@@ -37,9 +40,15 @@ PLAN_OPTIONS = {
     "abort_error_rate": "--abort-error-rate", "abort_window_s": "--abort-window", "slo_p99_ms": "--slo-p99-ms",
     "input": "--repeat-input", "corpus": "--corpus", "processes": "--processes", "seed": "--seed",
     "base_urls": "--url", "metrics_urls": "--metrics-url", "thresholds": "--threshold",
+    "slo_p90_ms": "--slo-p90-ms", "slo_p50_ms": "--slo-p50-ms", "slo_mean_ms": "--slo-mean-ms",
+    "slo_error_rate": "--slo-error-rate", "slo_goodput_share": "--slo-goodput-share",
+    "capacity_precision": "--precision", "capacity_trials": "--trials", "capacity_budget_s": "--budget",
+    "capacity_max_load": "--max-load",
 }
 
 EXIT_FLAWED = 3  # the sweep ran, but its verdict is failed (a threshold breached, unreachable, aborted)
+EXIT_NO_CAPACITY = 4  # a capacity search found no load that meets the SLO
+EXIT_CLIENT_BOUND = 5  # a capacity search stopped because the client, not the server, was the limit
 DEFAULT_MAX_ERROR_RATE = 0.01
 
 
@@ -103,6 +112,55 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
                       help="concurrencies (closed loop) or rates in requests/s (open loop), e.g. 1,4,8,16")
     plan.add_argument("--mode", choices=("closed", "open"), default=D["mode"],
                       help="closed: fixed requests in flight; open: fixed arrival rate (default closed)")
+    _add_load_arguments(plan)
+    plan.add_argument("--slo-p99-ms", type=number, help="p99 latency objective, ms")
+    plan.add_argument("--max-error-rate", type=fraction, default=DEFAULT_MAX_ERROR_RATE,
+                      help="the error-rate threshold of every level: exit with status 3 when a level's error "
+                           "rate is above this (0..1, default 0.01; 1 never)")
+    plan.add_argument("--threshold", action="append", default=[], metavar="RULE",
+                      help="a pass/fail threshold, e.g. 'p99_ms <= 500', 'qps >= 200 at 16, 32' "
+                           "(figures: p50_ms p90_ms p99_ms mean_ms error_rate qps tokens_per_s); repeatable; "
+                           "a breached one fails the verdict (exit status 3)")
+    _add_output_arguments(run)
+    return run
+
+
+def _add_capacity_parser(sub) -> argparse.ArgumentParser:
+    cap = sub.add_parser("capacity", help="find the highest load that meets an SLO",
+                         description="Search for the highest arrival rate (open loop, the default) or concurrency "
+                                     "(closed loop) whose level meets the SLO: a synchronous level, an exponential "
+                                     "probe up to the first failure, then bisection (docs/capacity.md).")
+    _add_target_arguments(cap)
+    plan = cap.add_argument_group("plan")
+    plan.add_argument("--mode", choices=("closed", "open"), default="open",
+                      help="open: search arrival rates (default); closed: search concurrencies")
+    _add_load_arguments(plan)
+    slo = cap.add_argument_group("SLO (a level passes when every limit given holds)")
+    slo.add_argument("--slo-p99-ms", type=number, help="p99 latency limit, ms")
+    slo.add_argument("--slo-p90-ms", type=number, help="p90 latency limit, ms")
+    slo.add_argument("--slo-p50-ms", type=number, help="p50 latency limit, ms")
+    slo.add_argument("--slo-mean-ms", type=number, help="mean latency limit, ms")
+    slo.add_argument("--slo-error-rate", type=fraction,
+                     help=f"highest error rate (0..1, default {DEFAULT_MAX_ERROR_RATE:g})")
+    slo.add_argument("--slo-goodput-share", type=fraction,
+                     help="least share of requests (0..1) whose latency met the latency limit")
+    search = cap.add_argument_group("search")
+    search.add_argument("--precision", type=number, default=D["capacity_precision"],
+                        help="stop when the lowest fail is within this share of the highest pass "
+                             f"(closed loop: or 1); default {D['capacity_precision']:g}")
+    search.add_argument("--trials", type=whole_number, default=D["capacity_trials"],
+                        help=f"passes a load needs at the boundary (default {D['capacity_trials']})")
+    search.add_argument("--budget", type=number,
+                        help="time budget of the search, s (default: EMBPERF_MAX_RUN_SECONDS)")
+    search.add_argument("--max-load", type=number,
+                        help="highest rate or concurrency to try (default: EMBPERF_MAX_RATE or "
+                             "EMBPERF_MAX_CONCURRENCY)")
+    _add_output_arguments(cap)
+    return cap
+
+
+def _add_load_arguments(plan) -> None:
+    """The plan options `run` and `capacity` share: how each level loads the server."""
     plan.add_argument("--arrival", choices=("constant", "poisson"), default=D["arrival"],
                       help="open loop arrivals (default poisson)")
     plan.add_argument("--max-in-flight", type=whole_number,
@@ -117,24 +175,19 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
                       help=f"texts per request (default {D['batch']})")
     plan.add_argument("--processes", type=whole_number, default=D["processes"],
                       help=f"load processes (default {D['processes']})")
-    plan.add_argument("--slo-p99-ms", type=number, help="p99 latency objective, ms")
     plan.add_argument("--abort-error-rate", type=number, default=D["abort_error_rate"],
                       help="stop a level when the error rate stays above this "
                            f"(0..1, default {D['abort_error_rate']:g}) ...")
     plan.add_argument("--abort-window", type=number, default=D["abort_window_s"],
                       help=f"... for this many seconds (default {D['abort_window_s']:g})")
-    plan.add_argument("--max-error-rate", type=fraction, default=DEFAULT_MAX_ERROR_RATE,
-                      help="the error-rate threshold of every level: exit with status 3 when a level's error "
-                           "rate is above this (0..1, default 0.01; 1 never)")
-    plan.add_argument("--threshold", action="append", default=[], metavar="RULE",
-                      help="a pass/fail threshold, e.g. 'p99_ms <= 500', 'qps >= 200 at 16, 32' "
-                           "(figures: p50_ms p90_ms p99_ms mean_ms error_rate qps tokens_per_s); repeatable; "
-                           "a breached one fails the verdict (exit status 3)")
     inputs = plan.add_mutually_exclusive_group()
     inputs.add_argument("--repeat-input", action="store_true",
                         help="send one identical text (a cache study, labelled as such)")
     inputs.add_argument("--corpus", metavar="FILE", help="texts to send: one per line, or JSONL with 'text'")
     plan.add_argument("--seed", type=int, help="seed for inputs and arrivals (default: random)")
+
+
+def _add_output_arguments(run) -> None:
     tele = run.add_argument_group("telemetry")
     tele.add_argument("--gpus", type=_gpus, help="local GPU indices to sample with NVML, e.g. 0,1 (or 'all')")
     tele.add_argument("--metrics-url", action="append", default=[], metavar="URL",
@@ -144,7 +197,6 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
     out.add_argument("--label", default="", help="label stored in the result document")
     out.add_argument("--quiet", action="store_true", help="no live progress")
     push.add_push_arguments(run)
-    return run
 
 
 def _add_probe_parser(sub) -> argparse.ArgumentParser:
@@ -159,9 +211,11 @@ def build_parser() -> Parser:
     """The `python -m benchmarks` argument parser (run and probe)."""
     parser = Parser(prog="python -m benchmarks", description="embperf: benchmark text-embedding servers.")
     parser.add_argument("--version", action="version", version=f"embperf {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{run,probe,simulate,gpu-agent}", parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{run,capacity,probe,simulate,gpu-agent}",
+                                parser_class=Parser)
     sub.required = True
     _add_run_parser(sub)
+    _add_capacity_parser(sub)
     _add_probe_parser(sub)
     sub.add_parser("simulate", help="serve the embedding-server simulator (see: simulate --help)", add_help=False)
     sub.add_parser("gpu-agent", help="export local GPU metrics for a remote worker (see: gpu-agent --help)",
@@ -187,8 +241,8 @@ def plan_from_args(args) -> dict:
     from benchmarks.inputs import load_corpus
 
     corpus = load_corpus(args.corpus) if args.corpus else None
-    return {
-        "name": "cli", "mode": args.mode, "levels": args.levels, "arrival": args.arrival,
+    plan = {
+        "name": "cli", "mode": args.mode, "levels": getattr(args, "levels", None), "arrival": args.arrival,
         "max_in_flight": args.max_in_flight, "warmup_s": args.warmup, "duration_s": args.duration,
         "tokens": args.tokens, "batch": args.batch, "dimensions": args.dimensions, "encoding": args.encoding,
         "timeout_s": args.timeout, "abort_error_rate": args.abort_error_rate, "abort_window_s": args.abort_window,
@@ -197,23 +251,39 @@ def plan_from_args(args) -> dict:
         "corpus": corpus, "processes": args.processes, "keep_samples": False, "seed": args.seed,
         "thresholds": thresholds_from_args(args),
     }
+    if args.command == "capacity":
+        plan.update(search="capacity", slo_p90_ms=args.slo_p90_ms, slo_p50_ms=args.slo_p50_ms,
+                    slo_mean_ms=args.slo_mean_ms, slo_error_rate=args.slo_error_rate,
+                    slo_goodput_share=args.slo_goodput_share, capacity_precision=args.precision,
+                    capacity_trials=args.trials, capacity_budget_s=args.budget, capacity_max_load=args.max_load)
+    return plan
 
 
 def thresholds_from_args(args) -> list:
-    """The --threshold rules, plus --max-error-rate as the error-rate rule when none names error_rate."""
+    """The --threshold rules, plus --max-error-rate as the error-rate rule when none names error_rate
+    (`capacity` has neither: its SLO is its rule)."""
     rules = list(getattr(args, "threshold", None) or [])
-    if not any(rule.strip().lower().startswith("error_rate") for rule in rules):
-        rules.append(f"error_rate <= {args.max_error_rate:g}")
+    max_error_rate = getattr(args, "max_error_rate", None)
+    if max_error_rate is not None and not any(rule.strip().lower().startswith("error_rate") for rule in rules):
+        rules.append(f"error_rate <= {max_error_rate:g}")
     return rules
 
 
 def results_table(document: dict) -> Table:
     """The per-level table: load, QPS, average and p99 latency, error rate, tokens/s."""
     open_loop = document["plan"]["mode"] == "open"
+    search = "capacity" in document
+    goodput = any("goodput" in level for level in document["levels"])
     table = Table(title=f"embperf: {document['target'].get('model') or document['target']['base_urls'][0]}")
-    table.add_column("rate/s" if open_loop else "concurrency", justify="right")
-    for name in ("QPS", "avg ms", "P99 ms", "error rate", "tokens/s"):
-        table.add_column(name, justify="right")
+    if search:
+        table.add_column("step", justify="right")
+        table.add_column("phase")
+    # The figures keep their width on a narrow terminal; the phase and note columns wrap instead.
+    table.add_column("rate/s" if open_loop else "concurrency", justify="right", no_wrap=True)
+    for name in ("QPS", *(("goodput/s",) if goodput else ()), "avg ms", "P99 ms", "error rate", "tokens/s"):
+        table.add_column(name, justify="right", no_wrap=True)
+    if search:
+        table.add_column("SLO")
     table.add_column("note")
     tokens_short, _ = token_notes(document)
     for level in document["levels"]:
@@ -231,21 +301,70 @@ def results_table(document: dict) -> Table:
             notes.append(f"refused {level['unreachable_s']:.1f} s")
         for stall in level.get("stalls") or []:
             notes.append(f"stalled {stall['duration_s']:g} s at t = {stall['t']:g} s")
+        step = level.get("capacity_step") or {}
+        load = figure(level_load(level))
+        if search and level.get("concurrency") is not None and open_loop:
+            load = f"{load} in flight"  # the synchronous level of an open-loop search
         table.add_row(
-            figure(level_load(level)), figure(level["qps"]), figure(level["latency_ms"]["mean"]),
+            *((str(step.get("step", "")), step.get("phase", "")) if search else ()),
+            load, figure(level["qps"]),
+            *((figure((level.get("goodput") or {}).get("per_s")),) if goodput else ()),
+            figure(level["latency_ms"]["mean"]),
             figure(level["latency_ms"]["p99"]), percent(level["error_rate"]), figure(level["tokens_per_s"]),
+            *((step.get("outcome") or "",) if search else ()),
             ", ".join(notes),
         )
     return table
 
 
+def capacity_lines(document: dict) -> list[str]:
+    """The answer of a capacity search in plain words (docs/capacity.md)."""
+    cap = document.get("capacity")
+    if not cap:
+        return []
+    slo = cap["slo"]
+    limits = [f"{key[:-3]} <= {figure(value)} ms" for key, value in slo.items() if key.endswith("_ms")]
+    if slo.get("error_rate") is not None:
+        limits.append(f"error rate <= {percent(slo['error_rate'], 2)}")
+    if slo.get("goodput_share") is not None:
+        limits.append(f"goodput share >= {percent(slo['goodput_share'], 1)}")
+    unit = "req/s" if cap["unit"] == "rate" else "in flight"
+    slo_text = ", ".join(limits)
+    lines = []
+    if cap["load"] is None and cap["status"] == "client_bound":
+        lines.append(f"capacity: not measured: the client was the limit before any load passed ({slo_text})")
+    elif cap["load"] is None:
+        lines.append(f"capacity: no load met the SLO ({slo_text})")
+    else:
+        f = cap["figures"]
+        lines.append(f"capacity: {figure(cap['load'])} {unit} at {slo_text}"
+                     + ("" if cap["confirmed"] else f" (passed once, not yet repeated {cap['trials']} times)"))
+        lines.append(f"  at capacity: {figure(f['qps'])} req/s, {figure(f['tokens_per_s'])} tokens/s, "
+                     f"p50 {figure(f['latency_ms']['p50'])} ms, p99 {figure(f['latency_ms']['p99'])} ms, "
+                     f"errors {percent(f['error_rate'], 2)}"
+                     + (f", goodput {figure(f['goodput_per_s'])} req/s" if f.get("goodput_per_s") is not None else ""))
+    if cap["lowest_fail"] is not None:
+        lines.append(f"lowest failing load: {figure(cap['lowest_fail'])} {unit} "
+                     f"({'; '.join(cap['lowest_fail_breaches'])})")
+    if cap["uncertainty"]:
+        lines.append(f"uncertainty: the limit lies between {figure(cap['load'])} and {figure(cap['lowest_fail'])} "
+                     f"(+{percent(cap['uncertainty']['share'], 1)})")
+    if cap["binding"]:
+        lines.append(f"binding constraint: {cap['binding'].replace('_', ' ')}")
+    if cap["cliff"]:
+        lines.append(f"cliff: {cap['cliff_reason']}")
+    lines.append(f"search {cap['status'].replace('_', ' ')}: {cap['reason']} "
+                 f"({cap['levels_run']} levels, {cap['elapsed_s']:g} s)")
+    return lines
+
+
 def summary_lines(document: dict) -> list[str]:
     """Plain-words summary of a sweep and everything a reader must know to trust it."""
     summary = document["summary"]
-    lines = []
+    lines = capacity_lines(document)
     if summary["peak_qps"] is not None:
         lines.append(f"peak {figure(summary['peak_qps'])} req/s at {figure(summary['peak_level'])}")
-    if summary["knee_level"] is not None:
+    if summary["knee_level"] is not None and "capacity" not in document:  # a search's levels run in no order
         lines.append(f"knee at {figure(summary['knee_level'])} (after it, throughput grows < 10 % while p99 grows)")
     if summary["slo_p99_ms"] is not None:
         best = summary["slo_max_level"]
@@ -311,10 +430,19 @@ class LiveView:
         self.live.update(Text(text))
 
     def level(self, level: dict) -> None:
-        self.console.print(f"level {level['index'] + 1} ({self.unit} {figure(level_load(level))}): "
-                           f"{figure(level['qps'])} req/s, p99 {figure(level['latency_ms']['p99'])} ms, "
-                           f"errors {percent(level['error_rate'])}"
-                           + (f" [{level['status']}]" if level["status"] != "completed" else ""))
+        unit = "concurrency" if level.get("concurrency") is not None else "rate"
+        goodput = level.get("goodput")
+        text = (f"level {level['index'] + 1} ({unit} {figure(level_load(level))}): "
+                f"{figure(level['qps'])} req/s, p99 {figure(level['latency_ms']['p99'])} ms, "
+                f"errors {percent(level['error_rate'])}"
+                + (f", goodput {figure(goodput['per_s'])} req/s" if goodput else "")
+                + (f" [{level['status']}]" if level["status"] != "completed" else ""))
+        step = level.get("capacity_step")
+        if step:
+            text += f" -> {step['outcome'] or 'not judged'} ({step['phase']}: {step['reason']})"
+            if step["breaches"]:
+                text += f"; {'; '.join(step['breaches'])}"
+        self.console.print(text, markup=False, highlight=False)
 
 
 def _build_telemetry(args):
@@ -332,9 +460,9 @@ def write_document(path: str, document: dict) -> None:
         fh.write("\n")
 
 
-def command_run(args, out: Console, err: Console) -> int:
-    """`run`: sweep, show progress, print the table; exit 0 on success, 1 when the sweep failed,
-    130 when it was stopped with Ctrl-C (the finished levels are still printed and written)."""
+def _sweep(args, err: Console) -> dict | int:
+    """Run the plan the arguments give, with live progress: the document, or 1 when the sweep failed
+    (the partial document is still written with --json)."""
     from benchmarks.sweep import check_combination, normalize_target, run_sweep
 
     target = target_from_args(args)
@@ -370,6 +498,12 @@ def command_run(args, out: Console, err: Console) -> int:
         return 1
     finally:
         signal.signal(signal.SIGINT, previous)
+    return document
+
+
+def _report(args, document: dict, out: Console, err: Console) -> int | None:
+    """Print the table and summary, write --json, push; 1 when the push failed or the run failed,
+    130 when it was cancelled, None when the run succeeded."""
     if document["levels"]:
         out.print(results_table(document))
     for line in summary_lines(document):
@@ -382,10 +516,44 @@ def command_run(args, out: Console, err: Console) -> int:
     status = document["run"]["status"]
     if status != "succeeded":
         return 130 if status == "cancelled" else 1
+    return None
+
+
+def command_run(args, out: Console, err: Console) -> int:
+    """`run`: sweep, show progress, print the table; exit 0 on success, 1 when the sweep failed,
+    130 when it was stopped with Ctrl-C (the finished levels are still printed and written)."""
+    document = _sweep(args, err)
+    if isinstance(document, int):
+        return document
+    status = _report(args, document, out, err)
+    if status is not None:
+        return status
     flaws = document["run"].get("verdict_reasons") or []
     for flaw in flaws:
         err.print(f"embperf: verdict failed: {flaw}", markup=False, highlight=False)
     return EXIT_FLAWED if document["run"].get("verdict") == "failed" else 0
+
+
+def command_capacity(args, out: Console, err: Console) -> int:
+    """`capacity`: search for the highest load that meets the SLO, printing each level as it is
+    chosen and then the answer. Exit 0 when a capacity was found, 4 when no load met the SLO, 5 when
+    the client was the limit, and as `run` for a failed or cancelled search."""
+    document = _sweep(args, err)
+    if isinstance(document, int):
+        return document
+    status = _report(args, document, out, err)
+    if status is not None:
+        return status
+    cap = document["capacity"]
+    if cap["status"] == "client_bound":
+        err.print("embperf: the client, not the server, was the limit; "
+                  + ("the capacity is at least the highest pass" if cap["load"] is not None
+                     else "the server's capacity is unknown"), markup=False, highlight=False)
+        return EXIT_CLIENT_BOUND
+    if cap["load"] is None:
+        err.print("embperf: no load met the SLO", markup=False, highlight=False)
+        return EXIT_NO_CAPACITY
+    return 0
 
 
 def command_probe(args, out: Console, err: Console) -> int:
@@ -421,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "run":
             return command_run(args, out, err)
+        if args.command == "capacity":
+            return command_capacity(args, out, err)
         if args.command == "probe":
             return command_probe(args, out, err)
         raise UsageError(f"unknown command {args.command!r}")

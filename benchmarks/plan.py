@@ -90,6 +90,9 @@ PLAN_CHOICES = {
     "arrival": ("poisson", ("constant", "poisson")),
     "encoding": ("float", ENCODINGS),
     "input": ("unique", INPUT_MODES),
+    # "levels" runs the plan's levels; "capacity" searches for the highest load that meets the SLO
+    # (benchmarks/capacity.py); its levels are chosen by the search.
+    "search": ("levels", ("levels", "capacity")),
 }
 
 PLAN_BOUNDS = {
@@ -103,6 +106,17 @@ PLAN_BOUNDS = {
     "abort_error_rate": Bound("The abort error rate", 0.5, 0, 1, above=True),
     "abort_window_s": Bound("The abort window", 10.0, 1, 3600, unit="s"),
     "slo_p99_ms": Bound("The latency SLO", None, 0, 600_000, unit="ms", optional=True, above=True),
+    "slo_p90_ms": Bound("The p90 latency SLO", None, 0, 600_000, unit="ms", optional=True, above=True),
+    "slo_p50_ms": Bound("The p50 latency SLO", None, 0, 600_000, unit="ms", optional=True, above=True),
+    "slo_mean_ms": Bound("The mean latency SLO", None, 0, 600_000, unit="ms", optional=True, above=True),
+    "slo_error_rate": Bound("The SLO's error rate", None, 0, 1, optional=True),
+    "slo_goodput_share": Bound("The SLO's goodput share", None, 0, 1, optional=True, above=True),
+    "capacity_precision": Bound("The capacity precision", 0.05, 0, 1, above=True),
+    "capacity_trials": Bound("Trials at the capacity boundary", 2, 1, 10, integer=True),
+    "capacity_budget_s": Bound("The capacity time budget", None, 0, "max_run_seconds", unit="s", optional=True,
+                               above=True),
+    "capacity_max_load": Bound("The capacity search's highest load", None, 0, "max_rate", optional=True,
+                               above=True),
     "processes": Bound("Client processes", 1, 1, 64, integer=True),
     "seed": Bound("The seed", None, 0, 2**63 - 1, integer=True, optional=True),
 }
@@ -116,6 +130,7 @@ PLAN_DEFAULTS = {
     **{name: bound.default for name, bound in PLAN_BOUNDS.items()},
     "encoding": PLAN_CHOICES["encoding"][0],
     "input": PLAN_CHOICES["input"][0],
+    "search": PLAN_CHOICES["search"][0],
     "corpus": None,
     "keep_samples": False,
     "thresholds": None,  # None: DEFAULT_THRESHOLDS; [] : no thresholds
@@ -314,9 +329,24 @@ def check_thresholds(value, plan_levels: list, limits: PlanLimits) -> tuple[list
     return checked, None
 
 
+# The latency figures an SLO can bound: plan field -> the level's `latency_ms` key.
+SLO_LATENCY_FIELDS = {"slo_p99_ms": "p99", "slo_p90_ms": "p90", "slo_p50_ms": "p50", "slo_mean_ms": "mean"}
+
+
+def has_latency_slo(plan: Mapping) -> bool:
+    """Whether the plan bounds a latency figure (then every level reports its goodput)."""
+    return any(plan.get(name) is not None for name in SLO_LATENCY_FIELDS)
+
+
 def planned_seconds(plan: Mapping) -> float:
-    """The longest a plan may take: every level's warm-up, measured duration and a last timeout."""
+    """The longest a plan may take: every level's warm-up, measured duration and a last timeout.
+
+    A capacity search is bounded by its time budget (the installation's run limit when it sets none),
+    plus the one level that may be running when the budget runs out."""
     per_level = sum(float(plan.get(key) or 0) for key in ("warmup_s", "duration_s", "timeout_s"))
+    if plan.get("search") == "capacity":
+        budget = plan.get("capacity_budget_s")
+        return float(budget) + per_level if budget else math.inf
     return len(plan.get("levels") or []) * per_level
 
 
@@ -384,7 +414,9 @@ def plan_errors(plan: Mapping, limits: PlanLimits | None = None) -> tuple[dict, 
     if out["mode"] == "open" and out["max_in_flight"] is None and "mode" not in errors:
         # An open loop always has a cap: a stalled server must not make the client open sockets without end.
         out["max_in_flight"] = limits.max_concurrency
-    if not errors:
+    if out["search"] == "capacity" and "search" not in errors:
+        _check_capacity(out, errors, limits)
+    if not errors and out["search"] != "capacity":
         total = planned_seconds(out)
         if total > limits.max_run_seconds:
             errors["levels"] = [
@@ -403,6 +435,29 @@ def plan_errors(plan: Mapping, limits: PlanLimits | None = None) -> tuple[dict, 
                 "flight), the texts per request, the tokens per text or the dimensions."
             ]
     return out, errors
+
+
+def _check_capacity(out: dict, errors: dict[str, list[str]], limits: PlanLimits) -> None:
+    """A capacity search needs an SLO, a budget within the run limit and a highest load within the
+    installation's bounds; its levels are the search's, so the plan's own are not judged."""
+    errors.pop("levels", None)
+    out["levels"] = out["levels"] or [1]
+    if not has_latency_slo(out) and out.get("slo_error_rate") is None:
+        errors["slo_p99_ms"] = ["A capacity search needs an SLO: set a latency limit (p99, p90, p50 or mean) "
+                                "or an error rate."]
+    if out.get("capacity_budget_s") is None:
+        out["capacity_budget_s"] = limits.max_run_seconds
+    highest = limits.max_concurrency if out["mode"] == "closed" else limits.max_rate
+    load = out.get("capacity_max_load")
+    if load is None:
+        out["capacity_max_load"] = highest
+    elif load > highest:
+        closed = out["mode"] == "closed"
+        unit, name = ("concurrency", "EMBPERF_MAX_CONCURRENCY") if closed else ("req/s", "EMBPERF_MAX_RATE")
+        errors["capacity_max_load"] = [f"The capacity search's highest load may be at most {show(highest)} {unit} "
+                                       f"on this installation ({name}); {show(load)} is too high."]
+    elif out["mode"] == "closed" and not float(load).is_integer():
+        errors["capacity_max_load"] = [f"Concurrency is a whole number; {show(load)} is not."]
 
 
 def normalize_plan(plan: Mapping, limits: PlanLimits | None = None) -> dict:

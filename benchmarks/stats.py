@@ -85,3 +85,18 @@ def percentile_ms(hist: HdrHistogram, pct: float) -> float | None:
     if hist.get_total_count() == 0:
         return None
     return round(hist.get_value_at_percentile(pct) / 1000, 3)
+
+
+def count_at_or_below_us(hist: HdrHistogram, limit_us: float) -> int:
+    """How many recorded values were at most `limit_us` microseconds: the buckets whose every
+    value is within the limit (a bucket that reaches past it is left out, so the count never
+    includes a value above the limit)."""
+    if hist.get_total_count() == 0:
+        return 0
+    counts = np.ctypeslib.as_array(hist.counts)[: hist.counts_len]
+    total = 0
+    for index in np.flatnonzero(counts).tolist():
+        value = hist.get_value_from_index(index)
+        if hist.get_highest_equivalent_value(value) <= limit_us:
+            total += int(counts[index])
+    return total

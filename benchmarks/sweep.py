@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 
 from benchmarks import plan as plan_rule
+from benchmarks import slo as slo_rule
 from benchmarks.control import CancelToken
 from benchmarks.document import (
     SCHEMA,
@@ -116,6 +117,8 @@ class Sweep:
         self.telemetry_notes: list[str] = []
         self._telemetry_closed = False
         self.idle_latencies_ms: list[float] = []  # requests sent alone (calibration): what "idle" means
+        self.capacity: dict | None = None  # a capacity plan's answer (benchmarks/capacity.py)
+        self.current_load = None  # the load of the level running now
 
     # ---- progress --------------------------------------------------------------------------
 
@@ -127,10 +130,16 @@ class Sweep:
         index = fields.get("level_index", 0)
         elapsed_in_level = fields.get("level_elapsed_s", 0.0)
         remaining = max(0.0, per_level - elapsed_in_level) + per_level * (len(plan["levels"]) - index - 1)
+        levels_total = len(plan["levels"])
+        load = plan["levels"][index] if index < len(plan["levels"]) else None
+        if plan["search"] == "capacity":
+            # The search picks its levels as it goes: what is left is its time budget.
+            levels_total, load = index + 1, self.current_load
+            remaining = max(0.0, plan["capacity_budget_s"] - (time.monotonic() - self.started_mono))
         progress = {
             "level_index": index,
-            "levels_total": len(plan["levels"]),
-            "load": plan["levels"][index] if index < len(plan["levels"]) else None,
+            "levels_total": levels_total,
+            "load": load,
             "phase": fields.get("phase", "measure"),
             "level_elapsed_s": round(elapsed_in_level, 2),
             "level_total_s": per_level,
@@ -259,18 +268,20 @@ class Sweep:
 
     # ---- levels ----------------------------------------------------------------------------
 
-    def _work_by_process(self, index: int, load: float, processes: int, t0: float) -> dict[int, dict]:
+    def _work_by_process(self, index: int, load: float, processes: int, t0: float,
+                         mode: str | None = None) -> dict[int, dict]:
         """What each load process is to do in this level: its share of the load, the common timing."""
         plan = self.plan
+        mode = mode or plan["mode"]
         common = {
-            "index": index, "mode": plan["mode"], "t0": t0, "warmup_s": plan["warmup_s"],
+            "index": index, "mode": mode, "t0": t0, "warmup_s": plan["warmup_s"],
             "duration_s": plan["duration_s"], "timeout_s": plan["timeout_s"], "dims": self.dims,
             "max_vector_length": self.limits.max_vector_length,
             "keep_samples": plan["keep_samples"], "arrival": plan["arrival"],
             "tokens_per_text_estimate": self.tokens_per_text_estimate, "token_source": self.token_source,
         }
         work_by_process = {}
-        if plan["mode"] == "closed":
+        if mode == "closed":
             for proc in range(processes):
                 share = load // processes + (1 if proc < load % processes else 0)
                 if share:
@@ -287,11 +298,15 @@ class Sweep:
                 )
         return work_by_process
 
-    def _run_level(self, pool, index: int, load) -> dict:
+    def _run_level(self, pool, index: int, load, mode: str | None = None) -> dict:
+        """Run one level at `load` (in the plan's mode, or in `mode`: a capacity search's synchronous
+        level is closed loop whatever the plan's mode) and return it, assembled."""
         plan = self.plan
+        mode = mode or plan["mode"]
+        self.current_load = load
         # Give every runner time to receive its work, so all of them start at the same instant.
         t0 = time.perf_counter() + (0.05 if pool.processes == 1 else 0.3)
-        work_by_process = self._work_by_process(index, load, pool.processes, t0)
+        work_by_process = self._work_by_process(index, load, pool.processes, t0, mode)
         pool.run_level(work_by_process)
         window_start = t0 + plan["warmup_s"]
         window_end = window_start + plan["duration_s"]
@@ -359,9 +374,12 @@ class Sweep:
                         bad_seconds = 0
         if started_at is None:
             started_at = utc_now()
-        level = build_level(list(partials.values()), index=index, mode=plan["mode"], load=load,
+        level = build_level(list(partials.values()), index=index, mode=mode, load=load,
                             warmup_s=plan["warmup_s"], started_at=started_at, status=status,
                             abort_reason=abort_reason, tokens_source=self.token_source)
+        limit_ms = slo_rule.Slo.from_plan(plan).goodput_limit_ms
+        if limit_ms is not None:
+            level["goodput"] = slo_rule.goodput(level, limit_ms, plan["timeout_s"])
         self.inputs["corpus_reused"] = sum(p.get("corpus_reused", 0) for p in partials.values())
         if self.telemetry is not None:
             if not began_telemetry:
@@ -430,7 +448,12 @@ class Sweep:
                 }
                 pool = LoadPool(config, plan["processes"])
                 pool.start()
-            self._run_levels(pool)
+            if plan["search"] == "capacity" and pool is not None:
+                from benchmarks.capacity import CapacitySearch
+
+                self.capacity = CapacitySearch(self, pool).run()
+            else:
+                self._run_levels(pool)
         except SweepError as exc:
             # The caller still gets what finished: the partial document rides on the exception.
             self.status, self.status_reason = "failed", str(exc)
@@ -485,7 +508,16 @@ class Sweep:
         }
         run.update({k: v for k, v in self.run_info.items()
                     if k not in ("status", "status_reason", "aborted_at_level")})
-        verdict = judge(plan, self.levels, status=self.status, aborted_at_level=self.aborted_at_level)
+        judged, planned = self.levels, None
+        if plan["search"] == "capacity":
+            # A search fails levels on purpose: the verdict judges the capacity it found.
+            index = (self.capacity or {}).get("level_index")
+            judged = [lv for lv in self.levels if lv["index"] == index]
+            planned = len(judged)
+        verdict = judge(plan, judged, status=self.status, aborted_at_level=self.aborted_at_level,
+                        planned_levels=planned)
+        if plan["search"] == "capacity" and not judged and self.capacity is not None:
+            verdict.update(verdict="failed", reasons=[*verdict["reasons"], f"no capacity: {self.capacity['reason']}"])
         run.update(verdict=verdict["verdict"], verdict_reasons=verdict["reasons"],
                    unreachable_s=verdict["unreachable_s"])
         return {
@@ -499,6 +531,7 @@ class Sweep:
             "telemetry_notes": self.telemetry_notes,
             "levels": self.levels,
             "summary": summarize(self.levels, plan["slo_p99_ms"], plan["thresholds"]),
+            **({"capacity": self.capacity} if plan["search"] == "capacity" else {}),
         }
 
 
