@@ -59,6 +59,8 @@ def sequence(target, sweep_plan):
     dead_docs = _dead_from(level_docs(LEVELS, seed=7, capacity_qps=475, duration_s=10), first_dead=16)
     dead = run(7, "server died", TUNED, docs=dead_docs)
     Run.objects.filter(pk=baseline.pk).update(is_baseline=True)
+    for run_ in (baseline, tuned_a, tuned_b, slower, dead):
+        run_.judge()  # as the worker does when a run ends
     return baseline, tuned_a, tuned_b, slower, dead
 
 
@@ -70,6 +72,10 @@ def test_slower_and_dead_runs_are_flagged_and_tuned_runs_are_not(sequence):
     assert set(flagged) == {slower.pk, dead.pk}
     assert any(r.startswith("Requests/s -2") for r in flagged[slower.pk]), flagged[slower.pk]
     assert any(r.startswith("Error rate +100.0 pp at ") for r in flagged[dead.pk]), flagged[dead.pk]
+    # The regression check watches the verdict too: the baseline passed, the dead run failed.
+    assert (baseline.verdict, slower.verdict, dead.verdict) == ("passed", "passed", "failed")
+    assert flagged[dead.pk][0].startswith("Verdict failed: ")
+    assert not any(r.startswith("Verdict") for r in flagged[slower.pk])
 
 
 def test_a_config_change_starts_a_segment_with_its_diff(sequence):

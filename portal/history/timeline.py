@@ -14,6 +14,7 @@ from django.urls import reverse
 
 from benchmarks.compare import METRICS, combine_noise, compare_values
 from benchmarks.document import key_figures, level_load
+from benchmarks.verdict import FAILED
 from portal.history.models import LevelStats
 from portal.history.segments import (
     Repeat,
@@ -34,7 +35,8 @@ DASHBOARD_WINDOW = 20
 # Runs whose levels are compared against the baseline: finished runs that measured something.
 CHECKED_STATUSES = (Run.Status.SUCCEEDED, Run.Status.FAILED)
 POINT_FIELDS = ("id", "created", "label", "notes", "status", "is_baseline", "target_id", "plan_id",
-                "target__name", "plan__name", "summary", "target_config", "plan_config", "server_config")
+                "target__name", "plan__name", "summary", "target_config", "plan_config", "server_config",
+                "verdict", "verdict_detail")
 
 
 @dataclass
@@ -55,6 +57,8 @@ class RunPoint:
     config: dict[str, str] = field(default_factory=dict)  # segments.snapshot_fields of its snapshots
     levels: dict[float, dict] = field(default_factory=dict)  # load -> {"id", "qps", "p99_ms", "error_rate"}
     figures: dict = field(default_factory=dict)  # peak, knee and SLO level from the run's stored summary
+    verdict: str = ""  # passed / failed against the plan's thresholds ("" before it is judged)
+    verdict_reasons: list[str] = field(default_factory=list)
     regressions: list[str] = field(default_factory=list)
 
 
@@ -86,7 +90,8 @@ def _run_points(runs) -> dict[int, RunPoint]:
             is_baseline=r["is_baseline"], target_id=r["target_id"], plan_id=r["plan_id"],
             target_name=r["target__name"] or "", plan_name=r["plan__name"] or "",
             fingerprint=config_fingerprint(*snapshots), config=snapshot_fields(*snapshots),
-            figures=key_figures(r["summary"]))
+            figures=key_figures(r["summary"]), verdict=r["verdict"] or "",
+            verdict_reasons=list((r["verdict_detail"] or {}).get("reasons") or []))
     return points
 
 
@@ -137,7 +142,8 @@ def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dic
                      between: dict[int, dict]) -> None:
     """Fill each candidate's `regressions` with the watched figures that are worse than the baseline's
     beyond the noise, summarised per figure: 'Requests/s -12.3 % at 32 (worse at 4 of 6 levels)',
-    'Error rate +98.0 pp at 16 (worse at 3 of 6 levels)'.
+    'Error rate +98.0 pp at 16 (worse at 3 of 6 levels)'; and a failed verdict when the baseline's
+    was not: 'Verdict failed: error rate <= 1 % breached at 16 (100 %); ...'.
 
     The test is benchmarks.compare.compare_values's verdict "worse", the one the compare page uses,
     with each side's noise the larger of its level's own and its segment's between-run noise.
@@ -150,6 +156,11 @@ def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dic
         point.regressions = []
         if point.id == baseline.id or point.status not in CHECKED_STATUSES:
             continue
+        if point.verdict == FAILED and baseline.verdict != FAILED:
+            # The baseline met the plan's thresholds (or was not judged); this run did not.
+            reasons = "; ".join(point.verdict_reasons[:2]) or "a threshold was breached"
+            more = len(point.verdict_reasons) - 2
+            point.regressions.append(f"Verdict failed: {reasons}" + (f" (and {more} more)" if more > 0 else ""))
         worst: dict[str, tuple] = {}
         count: dict[str, int] = dict.fromkeys(WATCHED, 0)
         compared: dict[str, int] = dict.fromkeys(WATCHED, 0)
