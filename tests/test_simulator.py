@@ -389,3 +389,14 @@ def test_refuse_now_refuses_connections_for_a_while_then_serves_again():
                 httpx.post(f"{sim.base_url}/embeddings", json={"input": "during"}, timeout=5)
             time.sleep(1.2)
             assert _post(f"{sim.base_url}/embeddings", {"input": "after"}).status_code == 200
+
+
+def test_frozen_metrics_report_no_load_and_a_counter_that_never_moves():
+    assert config_from_args(build_parser().parse_args(["--frozen-metrics"])).frozen_metrics is True
+    with running_simulator(frozen_metrics=True, batch_ms=0, token_us=0) as sim:
+        assert _post(f"{sim.base_url}/embeddings", {"input": ["a b c"] * 4, "model": "sim-embed"}).status_code == 200
+        assert sim.stats.prompt_tokens > 0  # the server counted them, its /metrics does not say so
+        text = httpx.get(f"{sim.url}/metrics", timeout=10).text
+    assert 'vllm:num_requests_running{model_name="sim-embed"} 0' in text
+    assert 'vllm:num_requests_waiting{model_name="sim-embed"} 0' in text
+    assert 'vllm:prompt_tokens_total{model_name="sim-embed"} 0' in text
