@@ -275,7 +275,8 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
                                             409: STATE_409, 503: BROKER_503})
     @action(detail=True, methods=["post"])
     def enqueue(self, request, pk=None):
-        """Queue again a run the broker refused when it was started (it never reached a worker)."""
+        """Queue again a run the broker refused when it was started (it never reached a worker), or send
+        again a queued run whose broker message was lost."""
         run = self.get_object()
         check_write(request, run.team)
         try:

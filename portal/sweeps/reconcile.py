@@ -95,6 +95,11 @@ def resend_lost(run: Run, *, on_request: bool = False) -> str | None:
 def reconcile_queued(queues: list[str]) -> list[int]:
     """Resend (or fail) the queued runs on these queues whose messages were lost; returns their ids."""
     done = []
+    now = timezone.now()
+    free_since = now - timedelta(seconds=settings.EMBPERF_REQUEUE_AFTER_S)
+    if not WorkerPresence.objects.filter(seen__gte=now - timedelta(seconds=stale_after()),
+                                         free_since__lte=free_since).exists():
+        return done  # no worker has been free for a whole bound: no message can be taken for lost
     for run in Run.objects.filter(status=Run.Status.QUEUED).order_by("created"):
         if run.queue in queues and resend_lost(run) is not None:
             done.append(run.pk)
