@@ -155,4 +155,6 @@ def stored_run(*, target, plan, docs: list[dict] | None = None, label: str = "",
     if created is not None:
         Run.objects.filter(pk=run.pk).update(created=created)
         run.created = created
+    if run.status == Run.Status.SUCCEEDED:
+        run.judge()  # as recording the worker's document does
     return run

@@ -167,6 +167,7 @@ def killed(target, team):
     run = stored_run(target=target, plan=plan, docs=docs)
     run.summary = summarize(docs, 500, None)
     run.save(update_fields=["summary"])
+    assert run.verdict == "failed"
     return run
 
 
@@ -178,7 +179,28 @@ def test_the_api_gives_the_verdict_beside_the_status(owner, killed):
     assert body["unreachable_s"] == 17.2
     listed = token_client(owner).get("/api/v1/runs/").json()["results"]
     assert {r["id"]: r["verdict"] for r in listed}[killed.pk] == "failed"
-    assert Run.objects.get(pk=killed.pk).verdict == "failed"  # judged once, then stored
+    assert Run.objects.get(pk=killed.pk).verdict == "failed"  # judged when it ended, then stored
+
+
+
+@pytest.mark.django_db
+def test_the_run_list_filters_on_the_verdict(owner, target, plan, killed):
+    clean = stored_run(target=target, plan=plan, docs=level_docs((1, 4)))
+    interrupted = stored_run(target=target, plan=plan, docs=level_docs((1,)), status="interrupted")
+    api = token_client(owner)
+
+    def ids(verdict):
+        return {r["id"] for r in api.get(f"/api/v1/runs/?verdict={verdict}").json()["results"]}
+
+    # the interrupted run was never judged: the filter knows it fails all the same
+    assert Run.objects.get(pk=interrupted.pk).verdict == ""
+    assert ids("failed") == {killed.pk, interrupted.pk}
+    assert ids("passed") == {clean.pk}
+    assert api.get("/api/v1/runs/?verdict=maybe").status_code == 400
+    # a run that ended without being judged is judged when first read, then stored
+    assert api.get(f"/api/v1/runs/{interrupted.pk}/").json()["verdict_reasons"] == [
+        "the run was interrupted: 1 of 2 levels measured"]
+    assert Run.objects.get(pk=interrupted.pk).verdict == "failed"
 
 
 @pytest.mark.django_db

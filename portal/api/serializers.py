@@ -423,6 +423,8 @@ class RunFilterSerializer(serializers.Serializer):
     # A choice, not a BooleanField: DRF reads a missing boolean in query parameters as false.
     is_baseline = serializers.ChoiceField(choices=["true", "false"], required=False,
                                           help_text="true: only baseline runs (one per target and plan).")
+    verdict = serializers.ChoiceField(choices=["passed", "failed"], required=False,
+                                      help_text="Only finished runs with this verdict.")
     created_after = DateOrDateTimeField(required=False, help_text="ISO 8601 date or date-time (inclusive).")
     created_before = DateOrDateTimeField(required=False, help_text="ISO 8601 date or date-time (exclusive).")
 

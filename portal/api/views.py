@@ -200,6 +200,8 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
             runs = runs.filter(source=f["source"])
         if "is_baseline" in f:
             runs = runs.filter(is_baseline=f["is_baseline"] == "true")
+        if "verdict" in f:
+            runs = runs.with_verdict(f["verdict"])
         if f.get("label"):
             runs = runs.filter(label__icontains=f["label"].strip())
         if "created_after" in f:

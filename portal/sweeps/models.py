@@ -344,6 +344,14 @@ class RunQuerySet(TeamOwnedQuerySet):
     def running(self):
         return self.filter(status=Run.Status.RUNNING)
 
+    def with_verdict(self, verdict: str):
+        """Runs whose verdict is `verdict` ("passed" or "failed"). A run that ended failed, cancelled or
+        interrupted by a path that judged nothing yet fails when judged (not every level was measured)."""
+        if verdict == "failed":
+            unfinished = (Run.Status.FAILED, Run.Status.CANCELLED, Run.Status.INTERRUPTED)
+            return self.filter(Q(verdict="failed") | Q(verdict="", status__in=unfinished))
+        return self.filter(verdict=verdict)
+
     def stale(self, *, stale_after_s: float | None = None):
         """Running runs whose worker has been silent for longer than `stale_after_s` seconds while the
         database answered (`silent_before`): none at all shortly after a database outage."""
