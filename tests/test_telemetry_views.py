@@ -140,6 +140,9 @@ def test_charts_draw_in_a_browser(live_server, client, owner, telemetry_run):
             "() => Chart.getChart('telemetry-queue-levels-canvas').data.datasets[1].data.map(p => p.y)")
         assert queue == [0, 0, 8]
         page.locator("#telemetry").screenshot(path=str(_screenshot_dir() / "run-telemetry.png"))
+        # Every column has data here; the table still fits its box (no sideways scroll at 1360 px).
+        sizes = page.locator("#telemetry .table-wrap").evaluate("el => [el.scrollWidth, el.clientWidth]")
+        assert sizes[0] <= sizes[1], sizes
         browser.close()
     assert errors == []
 

@@ -34,6 +34,12 @@ from portal.sweeps.services import (
 )
 
 RUNS_PER_PAGE = 25
+# A message that says a run is queued: the run page drops it once the run is no longer queued, so the
+# page's words agree with its status badge.
+WHILE_QUEUED = "while-queued"
+# A running run's phase in words, as static/js/run_progress.js writes them.
+PHASE_WORDS = {"starting": "starting", "probe": "probing the target", "calibrate": "calibrating inputs",
+               "warmup": "warming up", "measure": "measuring", "drain": "waiting for in-flight requests"}
 
 
 # Targets ----------------------------------------------------------------------------------------
@@ -211,12 +217,13 @@ def run_create(request):
         if run.never_started:
             messages.error(request, "The run could not be queued; it is kept, and can be queued again from this page.")
         elif repeat_of is not None:
-            messages.success(request, f"Run queued: a repeat of #{repeat_of.pk}. This page follows it live.")
+            messages.success(request, f"Run queued: a repeat of #{repeat_of.pk}. This page follows it live.",
+                             extra_tags=WHILE_QUEUED)
         elif original is not None:
             messages.success(request, f"Run queued. It is not a repeat of #{original.pk}: its target, plan or "
-                                      "server config differs. This page follows it live.")
+                                      "server config differs. This page follows it live.", extra_tags=WHILE_QUEUED)
         else:
-            messages.success(request, "Run queued. This page follows it live.")
+            messages.success(request, "Run queued. This page follows it live.", extra_tags=WHILE_QUEUED)
         return redirect(run)
     return render(request, "sweeps/run_form.html", {
         "form": form, "repeat_of": original,
@@ -282,6 +289,37 @@ def _results_context(run: Run) -> dict:
     }
 
 
+# The telemetry table's columns, each with whether a level has data for it (a level document's parts).
+TELEMETRY_COLUMNS = {
+    "gpu_util": lambda lv, gpus, server, energy: lv.gpu_util_mean is not None,
+    "sm_active": lambda lv, gpus, server, energy: any(g.get("sm_active_mean") is not None for g in gpus),
+    "vram": lambda lv, gpus, server, energy: lv.vram_peak_mib is not None,
+    "power": lambda lv, gpus, server, energy: lv.power_mean_w is not None,
+    "energy": lambda lv, gpus, server, energy: energy.get("joules") is not None,
+    "j_per_request": lambda lv, gpus, server, energy: energy.get("joules_per_request") is not None,
+    "j_per_1k": lambda lv, gpus, server, energy: lv.joules_per_1k_tokens is not None,
+    "sm_clock": lambda lv, gpus, server, energy: any(g.get("sm_clock_mean_mhz") is not None for g in gpus),
+    "clock_events": lambda lv, gpus, server, energy: any(g.get("throttle_reasons") for g in gpus),
+    "server_gauges": lambda lv, gpus, server, energy: bool(server) and (
+        server.get("gauges_followed") is False or any(
+            (server.get(key) or {}).get("mean") is not None for key in ("queue_depth", "running"))),
+    "server_tokens": lambda lv, gpus, server, energy: bool(server) and (
+        server.get("tokens_counter_followed") is False or server.get("prompt_tokens_ratio") is not None),
+}
+
+
+def telemetry_columns(levels) -> list[str]:
+    """The telemetry table's columns that some level has data for: a run without GPUs shows only the
+    server's columns, so the table fits its box and no column is all dashes."""
+    present = set()
+    for level in levels:
+        data = level.data or {}
+        gpus = (data.get("gpu") or {}).get("gpus") or []
+        server, energy = data.get("server") or {}, data.get("energy") or {}
+        present |= {name for name, has in TELEMETRY_COLUMNS.items() if has(level, gpus, server, energy)}
+    return [name for name in TELEMETRY_COLUMNS if name in present]
+
+
 def waiting_note(run: Run) -> str:
     """For a run queued a while on a queue no worker reported consuming: says so, and what to do."""
     if run.status != Run.Status.QUEUED:
@@ -304,9 +342,11 @@ def run_detail(request, pk):
     context["elapsed_s"] = (run.finished - run.started).total_seconds() if run.started and run.finished else None
     context.update(_continuation_context(request.user, run))
     context["queue_text"] = run.queue_text()
+    context["phase_text"] = PHASE_WORDS.get((run.progress or {}).get("phase") or "starting", "")
     # A finished run gets its full charts; while it runs, run_progress.js grows two charts as levels finish.
     context["charts"] = run_charts(run) if run.is_final else []
     context["run_compare_url"] = compare_link(run)
+    context["telemetry_columns"] = telemetry_columns(run.levels.all())
     return render(request, "sweeps/run_detail.html", context)
 
 
@@ -413,5 +453,5 @@ def run_enqueue(request, pk):
     if run.never_started:
         messages.error(request, "Still not queued: " + run.status_reason)
     else:
-        messages.success(request, "Run queued. This page follows it live.")
+        messages.success(request, "Run queued. This page follows it live.", extra_tags=WHILE_QUEUED)
     return redirect(run)

@@ -103,11 +103,15 @@
       $("progress-level").textContent = "Level " + (p.level_index + 1) + " of " + total +
         (p.load !== undefined && p.load !== null ? " · " + loadLabel.toLowerCase() + " " + C.fmt(p.load) : "");
     }
-    var phase = state.status === "queued" ? null : (PHASES[p.phase] || p.phase || "");
-    if (phase) $("progress-phase").textContent = state.cancel_requested ? "cancelling…" : phase;
-    // A queued run can be waiting for another run of the same target; the worker says so in the reason.
+    // The words beside the bar follow the status the badge shows: a queued run says where it waits
+    // (another run of the same target, or its place in the queue); a running one, its phase, or
+    // "starting" until the worker reports one, never the queue text it had while queued.
     if (state.status === "queued") {
       $("progress-phase").textContent = state.status_reason || state.queue_text || "";
+    } else if (state.cancel_requested) {
+      $("progress-phase").textContent = "cancelling…";
+    } else {
+      $("progress-phase").textContent = PHASES[p.phase] || p.phase || PHASES.starting;
     }
     var elapsed = p.run_elapsed_s;
     if ((elapsed === undefined || elapsed === null) && state.started) {
@@ -127,6 +131,10 @@
     var badge = $("run-status");
     badge.className = "badge badge-" + state.status;
     badge.textContent = state.status_display;
+    if (state.status !== "queued") {
+      // "Run queued" banners from the start no longer hold.
+      document.querySelectorAll('.message[data-tags~="while-queued"]').forEach(function (m) { m.remove(); });
+    }
     if (state.cancel_requested && $("cancel-button")) {
       $("cancel-button").disabled = true;
       $("cancel-button").textContent = "Cancelling…";
