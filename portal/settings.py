@@ -77,6 +77,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "portal.headers.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -87,6 +88,13 @@ MIDDLEWARE = [
     # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]
+
+# Every page loads only the portal's own files (portal/headers.py); blank turns the header off.
+EMBPERF_CSP = env_str(
+    "EMBPERF_CSP",
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'; frame-ancestors 'none'",
+)
 
 ROOT_URLCONF = "portal.urls"
 WSGI_APPLICATION = "portal.wsgi.application"
@@ -246,6 +254,15 @@ except ValueError as exc:
     raise ImproperlyConfigured(f"EMBPERF_ALLOWED_TARGETS: {exc}") from None
 # How often one user may press "Test connection" (a Django REST framework rate, e.g. 10/minute).
 EMBPERF_PROBE_RATE = env_str("EMBPERF_PROBE_RATE", "10/minute")
+# The cache the throttles count in (probes, API rates). Blank: Django's per-process memory cache, right
+# for one web process only; with several (gunicorn -w N), a Redis URL they all share, e.g.
+# redis://127.0.0.1:6379/1 (`check --deploy` warns otherwise).
+EMBPERF_CACHE_URL = env_str("EMBPERF_CACHE_URL", "")
+if EMBPERF_CACHE_URL:
+    if not EMBPERF_CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured(f"EMBPERF_CACHE_URL={EMBPERF_CACHE_URL!r} is not a redis://, rediss:// or "
+                                   "unix:// URL")
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": EMBPERF_CACHE_URL}}
 # A sweep whose target another run is measuring waits, looking again this often (seconds).
 EMBPERF_TARGET_WAIT_S = env_float("EMBPERF_TARGET_WAIT_S", 5.0)
 

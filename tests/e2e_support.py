@@ -322,10 +322,11 @@ class Worker(_ProcessGroup):
 class WebServer(_ProcessGroup):
     """gunicorn on 127.0.0.1, port 0; the port is read from its log."""
 
-    def __init__(self, env: dict, log_path: Path):
+    def __init__(self, env: dict, log_path: Path, workers: int = 1, access_format: str | None = None):
         gunicorn = str(Path(PYTHON).parent / "gunicorn")
-        super().__init__([gunicorn, "-b", "127.0.0.1:0", "-w", "1", "--threads", "8", "--access-logfile", "-",
-                          "portal.wsgi"], env, log_path)
+        extra = ["--access-logformat", access_format] if access_format else []
+        super().__init__([gunicorn, "-b", "127.0.0.1:0", "-w", str(workers), "--threads", "8", "--access-logfile",
+                          "-", *extra, "portal.wsgi"], env, log_path)
 
     def wait_url(self, timeout: float = 60) -> str:
         deadline = time.monotonic() + timeout
@@ -559,6 +560,13 @@ def _post_page(state: dict, *, name: str, args: list | None = None, data: dict |
     return {"status": response.status_code, "path": response.wsgi_request.path, "html": response.content.decode()}
 
 
+def _password(state: dict, *, password: str) -> dict:
+    """Give the stack's user a password (to sign in over HTTP); answers the user name."""
+    state["user"].set_password(password)
+    state["user"].save(update_fields=["password"])
+    return {"username": state["user"].username}
+
+
 def _runs(state: dict) -> dict:
     from portal.sweeps.models import Run
 
@@ -602,7 +610,7 @@ def _document(state: dict, *, run: int) -> dict:
 
 COMMANDS = {"setup": _setup, "target": _target, "grant": _grant, "broker_refused_run": _broker_refused_run,
             "document": _document, "token": _token, "api_token": _api_token, "checkpoint": _checkpoint,
-            "post_page": _post_page, "runs": _runs, "start": _start, "run": _run,
+            "post_page": _post_page, "runs": _runs, "password": _password, "start": _start, "run": _run,
             "cancel": _cancel, "page": _page, "plan": _plan, "api": _api, "backend_pid": _backend_pid,
             "press_cancel": _press_cancel, "progress": _progress}
 

@@ -5,9 +5,12 @@ what the hostile server did and did not receive.
 One stack for the module: the embedded default (SQLite file, file-system broker), a worker on a
 queue of its own, granted to the stack's team.
 """
+import re
+import socket
 import threading
 import time
 
+import httpx
 import orjson
 import psutil
 import pytest
@@ -42,7 +45,7 @@ def stack(simulator, tmp_path_factory):
     env = e2e.base_env(var_dir, database_url=f"sqlite:///{var_dir / 'e2e.sqlite3'}", broker_url="filesystem://",
                        extra={"EMBPERF_TOKENIZER_DIR": str(tokenizers)})
     with e2e.worker_stack(env, queue, var_dir, simulator.base_url) as parts:
-        yield {**parts, "queue": queue, "tokenizers": tokenizers, "var_dir": var_dir}
+        yield {**parts, "queue": queue, "tokenizers": tokenizers, "var_dir": var_dir, "env": env}
 
 
 @pytest.fixture
@@ -274,3 +277,49 @@ def test_tokenizer_paths_out_of_the_folder_read_nothing_and_tell_nothing(stack, 
                          queue=stack["queue"], tokenizer="good/tokenizer.json")["target"]
     state = run_to_the_end(stack, target, plan, "good tokenizer")
     assert state["status"] == "succeeded", state
+
+
+# ---- 5. throttles hold across web processes ---------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_web_processes(stack):
+    """gunicorn with two worker processes on the stack's database, counting throttles in a Redis of its own."""
+    redis = e2e.RedisServer(free_port(), stack["var_dir"] / "redis.log")
+    env = {**stack["env"], "EMBPERF_CACHE_URL": redis.url, "EMBPERF_PROBE_RATE": "10/minute"}
+    # Each access line names the process that answered.
+    web = e2e.WebServer(env, stack["var_dir"] / "web.log", workers=2, access_format="ANSWERED %(p)s %(r)s %(s)s")
+    try:
+        yield {"url": web.wait_url(), "web": web, "redis": redis}
+    finally:
+        web.stop()
+        redis.stop()
+
+
+def test_the_probe_throttle_holds_across_two_web_processes(stack, two_web_processes):
+    driver, base = stack["driver"], two_web_processes["url"]
+    username = driver.call("password", password="throttle-test-password")["username"]
+    target = stack["ids"]["target"]
+    with httpx.Client(base_url=base, follow_redirects=False, timeout=30) as http:
+        http.get("/accounts/login/")
+        signed_in = http.post("/accounts/login/", data={
+            "username": username, "password": "throttle-test-password",
+            "csrfmiddlewaretoken": http.cookies["csrftoken"]})
+        assert signed_in.status_code == 302, signed_in.text[:500]
+        statuses = []
+        for _ in range(30):
+            # A new connection each time, so that both processes take probes.
+            answer = http.post(f"/targets/{target}/probe/", headers={
+                "X-CSRFToken": http.cookies["csrftoken"], "Accept": "application/json", "Connection": "close"})
+            statuses.append(answer.status_code)
+    time.sleep(0.5)
+    answered = re.findall(r"ANSWERED <(\d+)> POST /targets/\d+/probe/ \S+ (\d+)", two_web_processes["web"].log())
+    assert len(answered) == 30, two_web_processes["web"].log()[-2000:]
+    assert len({pid for pid, _ in answered}) == 2, answered  # both processes answered probes ...
+    # ... and kept one count: ten probes a minute in all, whichever process answered.
+    assert statuses.count(429) == 20 and len([s for s in statuses if s < 400]) == 10, statuses

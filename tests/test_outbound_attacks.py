@@ -517,3 +517,19 @@ def test_push_warns_before_sending_a_token_over_plain_http(monkeypatch):
     args = argparse.Namespace(push="http://10.1.2.3:8000", token="t", team=None)
     assert push.push_from_cli(args, {}, out, err) is False
     assert "warning: --push sends the API token unencrypted to 10.1.2.3 over plain http://" in err.export_text()
+
+
+def test_check_deploy_warns_when_throttles_are_counted_per_process(settings, monkeypatch):
+    from portal.sweeps.checks import throttles_are_shared
+
+    settings.DEBUG = False
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    (warning,) = throttles_are_shared(None)
+    assert warning.id == "embperf.W002" and "EMBPERF_CACHE_URL" in warning.hint
+    monkeypatch.setenv("WEB_CONCURRENCY", "1")
+    assert throttles_are_shared(None) == []
+    monkeypatch.setenv("WEB_CONCURRENCY", "2")
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": "redis://127.0.0.1:6379/1"}}
+    assert throttles_are_shared(None) == []
