@@ -40,7 +40,7 @@ from benchmarks.tokens import (
     ratio_note,
     resolve_tokenizer,
 )
-from benchmarks.verdict import judge
+from benchmarks.verdict import judge_run
 
 logger = logging.getLogger(__name__)
 
@@ -508,16 +508,8 @@ class Sweep:
         }
         run.update({k: v for k, v in self.run_info.items()
                     if k not in ("status", "status_reason", "aborted_at_level")})
-        judged, planned = self.levels, None
-        if plan["search"] == "capacity":
-            # A search fails levels on purpose: the verdict judges the capacity it found.
-            index = (self.capacity or {}).get("level_index")
-            judged = [lv for lv in self.levels if lv["index"] == index]
-            planned = len(judged)
-        verdict = judge(plan, judged, status=self.status, aborted_at_level=self.aborted_at_level,
-                        planned_levels=planned)
-        if plan["search"] == "capacity" and not judged and self.capacity is not None:
-            verdict.update(verdict="failed", reasons=[*verdict["reasons"], f"no capacity: {self.capacity['reason']}"])
+        verdict = judge_run(plan, self.levels, status=self.status, aborted_at_level=self.aborted_at_level,
+                            capacity=self.capacity)
         run.update(verdict=verdict["verdict"], verdict_reasons=verdict["reasons"],
                    unreachable_s=verdict["unreachable_s"])
         return {

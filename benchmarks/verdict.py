@@ -114,3 +114,19 @@ def judge(plan: Mapping, levels: list[Mapping], *, status: str, aborted_at_level
         reasons.append(f"{measured} of {planned} levels measured")
     return {"verdict": FAILED if reasons else PASSED, "reasons": reasons, "unreachable_s": unreachable,
             "thresholds": [format_threshold(t) for t in thresholds]}
+
+
+def judge_run(plan: Mapping, levels: list[Mapping], *, status: str, aborted_at_level=None,
+              capacity: Mapping | None = None) -> dict:
+    """`judge` for a run of any plan. A capacity search (benchmarks/capacity.py) fails levels on
+    purpose to find its limit, so its thresholds are judged on the capacity's level alone, and a
+    search that found no capacity fails with the search's reason."""
+    if (plan or {}).get("search") != "capacity":
+        return judge(plan, levels, status=status, aborted_at_level=aborted_at_level)
+    index = (capacity or {}).get("level_index")
+    judged = [lv for lv in levels if index is not None and lv.get("index") == index]
+    result = judge(plan, judged, status=status, aborted_at_level=aborted_at_level, planned_levels=len(judged))
+    if not judged and status == "succeeded":
+        reason = (capacity or {}).get("reason") or "no load met the SLO"
+        result.update(verdict=FAILED, reasons=[*result["reasons"], f"no capacity: {reason}"])
+    return result

@@ -95,6 +95,13 @@ def test_a_run_with_every_level_finished_has_nothing_to_resume(db, target, plan)
         resume_run(run)
 
 
+def test_a_capacity_search_is_not_resumed(db, interrupted):
+    interrupted.plan_config = {**interrupted.plan_config, "search": "capacity", "slo_p99_ms": 200}
+    interrupted.save()
+    with pytest.raises(RunStateError, match="capacity search, which cannot be resumed"):
+        resume_run(interrupted)
+
+
 def test_api_resume_answers_201_with_the_new_run(interrupted, owner, sent, django_capture_on_commit_callbacks):
     api = token_client(owner)
     with django_capture_on_commit_callbacks(execute=True):

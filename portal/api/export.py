@@ -4,6 +4,7 @@ a Markdown table. Each is written from the run's document, so all of them say th
 The column names of the CSV are a public contract (docs/api.md): add columns at the end,
 never rename or drop one.
 """
+from benchmarks.capacity import summary_text as capacity_summary
 from benchmarks.document import level_load, token_notes
 from benchmarks.numbers import MISSING, figure, percent
 from benchmarks.tables import csv_text, markdown_table, md_escape
@@ -87,6 +88,15 @@ LEVEL_COLUMNS = (
     ("run_verdict", _section("run", "verdict")),
     ("run_verdict_reasons", lambda doc, lv: "; ".join(doc["run"].get("verdict_reasons") or [])),
     ("run_unreachable_s", _section("run", "unreachable_s")),
+    ("goodput_per_s", lambda doc, lv: (lv.get("goodput") or {}).get("per_s")),
+    ("goodput_share", lambda doc, lv: (lv.get("goodput") or {}).get("share")),
+    ("goodput_limit_ms", lambda doc, lv: (lv.get("goodput") or {}).get("limit_ms")),
+    ("capacity_step", lambda doc, lv: (lv.get("capacity_step") or {}).get("step")),
+    ("capacity_phase", lambda doc, lv: (lv.get("capacity_step") or {}).get("phase")),
+    ("capacity_outcome", lambda doc, lv: (lv.get("capacity_step") or {}).get("outcome")),
+    ("run_capacity", _section("capacity", "load")),
+    ("run_capacity_lowest_fail", _section("capacity", "lowest_fail")),
+    ("run_capacity_binding", _section("capacity", "binding")),
 )
 LEVEL_COLUMN_NAMES = tuple(name for name, _ in LEVEL_COLUMNS)
 
@@ -124,6 +134,8 @@ def levels_markdown(run: Run) -> str:
     if section.get("aborted_at_level") is not None:
         preamble += [f"**Stopped by the abort policy at level {figure(section['aborted_at_level'])}**: the levels "
                      "after it were not measured.", ""]
+    if doc.get("capacity"):
+        preamble += [f"**Capacity**: {md_escape(capacity_summary(doc['capacity']))}.", ""]
     resumed = section.get("resumed_from")
     if resumed:
         loads = ", ".join(figure(load) for load in resumed.get("levels") or [])

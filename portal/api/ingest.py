@@ -186,7 +186,9 @@ def validate_document(doc) -> dict:
         if level["index"] in seen:
             errors.setdefault(f"levels[{i}].index", []).append(f"Index {level['index']} appears twice.")
         seen.add(level["index"])
-        if level.get(load_key) is None:
+        # A capacity search's synchronous level is closed loop, whatever the plan's mode (docs/capacity.md).
+        synchronous = (level.get("capacity_step") or {}).get("phase") == "synchronous" and level.get("concurrency")
+        if level.get(load_key) is None and not synchronous:
             errors.setdefault(f"levels[{i}].{load_key}", []).append(
                 f"Required: a {doc['plan']['mode']}-loop plan's levels give their {load_key}."
             )

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from benchmarks.document import SCHEMA, key_figures, level_load, public_target
 from benchmarks.plan import PLAN_BOUNDS, PLAN_DEFAULTS, planned_seconds
-from benchmarks.verdict import describe, judge, thresholds_of
+from benchmarks.verdict import describe, judge_run, thresholds_of
 from portal.accounts.models import Team
 from portal.sweeps.fields import EncryptedTextField
 
@@ -553,7 +553,8 @@ class Run(models.Model):
             verdict, detail = "", {}
         else:
             levels = [level.data for level in self.levels.order_by("index")]
-            result = judge(self.plan_config or {}, levels, status=self.status, aborted_at_level=self.aborted_at_level)
+            result = judge_run(self.plan_config or {}, levels, status=self.status,
+                               aborted_at_level=self.aborted_at_level, capacity=(self.document or {}).get("capacity"))
             verdict = result.pop("verdict")
             detail = result
         self.verdict, self.verdict_detail = verdict, detail

@@ -309,6 +309,9 @@ def resume_plan(run: Run) -> list:
         raise RunStateError(f"Run {run.pk} was ingested from a result document; start a new run instead.")
     if run.target_id is None:
         raise RunStateError(f"The target of run {run.pk} has been deleted; there is nothing to resume against.")
+    if (run.plan_config or {}).get("search") == "capacity":
+        # Each level of a capacity search is chosen from the ones before it: it cannot continue halfway.
+        raise RunStateError(f"Run {run.pk} is a capacity search, which cannot be resumed; run it again instead.")
     levels = list((run.plan_config or {}).get("levels") or [])
     remaining = levels[len(run.finished_levels()):]
     if not remaining:
