@@ -641,6 +641,12 @@ class SimulatorHandle:
         return f"{self.url}/v1"
 
     @property
+    def started_at(self) -> float:
+        """When the simulator started (time.monotonic()): the clock its stall windows count from."""
+        assert self._simulator is not None
+        return self._simulator._started
+
+    @property
     def stats(self) -> SimulatorStats:
         """Live counters."""
         assert self._simulator is not None

@@ -465,7 +465,11 @@ def test_a_hostile_metrics_url_gives_a_note_not_a_failed_run():
         telemetry = Telemetry(metrics_urls=[server.url + "/metrics"], scrape_interval_s=0.2)
         telemetry.start()
         telemetry.begin_level(0)
-        time.sleep(1.0)
+        # Waits for what the note needs rather than for a fixed time (a loaded machine reads 16 MiB slower):
+        # the scraper asks again only once its first scrape has ended, so a second request means one failed.
+        deadline = time.monotonic() + 60
+        while len(server.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         doc = telemetry.end_level(requests_ok=10, prompt_tokens=100, duration_s=1.0)
         telemetry.close()
     notes = " ".join(doc.get("telemetry_notes", []))

@@ -34,8 +34,12 @@ def test_closed_loop_gives_concurrency_over_service_time(concurrency):
     with running_simulator(delay_ms=service_s * 1000, **FIXED) as sim:
         doc = run_sweep(target(sim), plan(levels=[concurrency], duration_s=2))
     level = doc["levels"][0]
-    assert level["qps"] == pytest.approx(concurrency / service_s, rel=0.10)
-    assert level["latency_ms"]["p50"] == pytest.approx(service_s * 1000, rel=0.10)
+    # Independent of the machine's load: on a busy host the simulator's sleeps overrun and requests take
+    # longer than `service_s`, so requests/s is checked against the latency the sweep measured. Little's law:
+    # requests/s x mean latency is the mean number in flight, the concurrency less the client's turnaround
+    # between an answer and the next request, which a loaded machine stretches: exact from above (10 % for
+    # the requests cut by the window's edges), a wide margin from below. Latency is bounded from below only.
+    assert concurrency * 0.5 <= level["qps"] * level["latency_ms"]["mean"] / 1000 <= concurrency * 1.10
     assert level["latency_ms"]["p50"] >= service_s * 1000
     assert level["requests_failed"] == 0
     assert level["duration_s"] == pytest.approx(2, abs=0.05)
@@ -113,7 +117,9 @@ def test_open_loop_stall_shows_in_corrected_latency():
     assert level["service_ms"]["p99"] >= 1500
     assert level["requests_started"] == pytest.approx(600, abs=3)
     assert level["requests_ok"] == level["requests_started"]
-    assert level["schedule"]["lag_ms"]["p50"] < 5
+    # Starts held back by the stall would lag by up to its 2 s; a loaded machine's event loop lags by
+    # milliseconds, so the bound is generous and does not depend on the load.
+    assert level["schedule"]["lag_ms"]["p50"] < 200
 
 
 def test_open_loop_with_cap_counts_from_the_intended_start():
@@ -222,7 +228,10 @@ def test_two_processes_merge_exactly():
         assert sim.stats.duplicate_texts == 0
     level = doc["levels"][0]
     assert level["client"]["processes"] == 2
-    assert level["qps"] == pytest.approx(6 / 0.05, rel=0.10)
+    # Little's law on the merged figures, as in test_closed_loop_gives_concurrency_over_service_time: up to 6
+    # in flight = requests/s x mean latency, however long the busy machine makes the simulator's 50 ms requests.
+    assert 6 * 0.5 <= level["qps"] * level["latency_ms"]["mean"] / 1000 <= 6 * 1.10
+    assert level["latency_ms"]["p50"] >= 50
     assert stats.decode(level["histogram"]).get_total_count() == level["requests_ok"]
 
 
@@ -258,6 +267,7 @@ class RecordingTelemetry:
     def __init__(self):
         self.calls = []
         self.durations = []
+        self.views = []
         self.notes = ["GPU telemetry unavailable: test"]
 
     def start(self):
@@ -269,8 +279,10 @@ class RecordingTelemetry:
     def end_level(self, *, requests_ok, prompt_tokens, duration_s, client_in_flight, latency_ms, idle_latency_ms):
         self.calls.append(f"end {requests_ok} {prompt_tokens > 0}")
         self.durations.append(duration_s)
-        # what the client saw, for the server's gauges to be checked against
-        assert client_in_flight > 0 and latency_ms > 0 and 0 < idle_latency_ms
+        # What the client saw, for the server's gauges to be checked against; checked after the sweep against
+        # the level's own figures (how many were in flight at each second depends on the machine's load).
+        self.views.append({"client_in_flight": client_in_flight, "latency_ms": latency_ms,
+                           "idle_latency_ms": idle_latency_ms})
         return {"energy": {"joules": 1.0, "joules_per_request": 1.0 / requests_ok, "joules_per_1k_tokens": 1.0},
                 "telemetry_notes": ["no server metrics"]}
 
@@ -291,6 +303,11 @@ def test_telemetry_is_driven_around_each_window():
     assert telemetry.calls == ["start", "begin 0", f"end {ok[0]} True", "begin 1", f"end {ok[1]} True", "close"]
     # Telemetry is closed at the measured window, not after the drain.
     assert telemetry.durations == [lv["duration_s"] for lv in doc["levels"]]
+    for level, view in zip(doc["levels"], telemetry.views, strict=True):
+        seconds = [p["in_flight"] for p in level["timeseries"] if p.get("in_flight") is not None]
+        assert view["client_in_flight"] == (sum(seconds) / len(seconds) if seconds else None)
+        assert view["latency_ms"] == level["latency_ms"]["p50"] > 0
+        assert view["idle_latency_ms"] > 0
     assert doc["levels"][0]["energy"]["joules"] == 1.0
     assert doc["levels"][1]["telemetry_notes"] == ["no server metrics"]
     assert doc["telemetry_notes"] == ["GPU telemetry unavailable: test"]
