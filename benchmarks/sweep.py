@@ -183,7 +183,7 @@ class Sweep:
         if not spec:
             return None
         try:
-            self.tokenizer_path = resolve_tokenizer(spec, policy=self.tokenizers)
+            self.tokenizer_path = resolve_tokenizer(spec, policy=self.tokenizers, outbound=self.outbound)
             return load_tokenizer(self.tokenizer_path, self.tokenizers.max_bytes)
         except ConfigError as exc:
             raise SweepError(str(exc)) from None

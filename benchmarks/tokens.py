@@ -2,9 +2,11 @@
 
 A target may name a tokenizer: a Hugging Face model id, or a `tokenizer.json` file. With it the
 engine counts tokens itself with the `tokenizers` library and cuts unique texts to the planned count
-(inputs.py). A model id is fetched once with `huggingface_hub` into `<data folder>/tokenizers` (the
-data folder is $EMBPERF_VAR_DIR, shared by the portal's workers), and a host that cannot reach the hub
-gets a plain message within seconds, never a hang.
+(inputs.py). A model id is fetched once into `<data folder>/tokenizers` (the data folder is
+$EMBPERF_VAR_DIR, shared by the portal's workers; a fetched tokenizer is read from there without any
+contact), through the outbound policy like every other contact (benchmarks/outbound.py: the hub's
+host, $HF_ENDPOINT or huggingface.co, and each host it redirects to must be allowed), capped in size,
+and a host that cannot reach the hub gets a plain message within seconds, never a hang.
 
 Which files may be read is a `TokenizerPolicy`: the CLI, run by its own user, reads any path that
 user can (a file, or a folder holding tokenizer.json); the portal's workers read only a file inside
@@ -100,9 +102,10 @@ def default_var_dir() -> Path:
 
 
 def resolve_tokenizer(spec: str, *, var_dir: str | Path | None = None, timeout_s: float = HUB_TIMEOUT_S,
-                      policy: TokenizerPolicy | None = None) -> str:
+                      policy: TokenizerPolicy | None = None, outbound=None) -> str:
     """The local path of the `tokenizer.json` a target names (a file `policy` allows, or a model id
-    fetched once); by default any local path (the CLI's policy).
+    fetched once through the `outbound` policy, by default $EMBPERF_ALLOWED_TARGETS'); by default any
+    local path (the CLI's policy).
 
     Raises ConfigError with a message a person can act on (unusable file, unknown model, no network)."""
     policy = policy or TokenizerPolicy()
@@ -110,7 +113,7 @@ def resolve_tokenizer(spec: str, *, var_dir: str | Path | None = None, timeout_s
     if not spec:
         raise ConfigError("no tokenizer named")
     if not policy.local_paths:
-        return _resolve_in_folder(spec, policy, var_dir, timeout_s)
+        return _resolve_in_folder(spec, policy, var_dir, timeout_s, outbound)
     path = Path(spec).expanduser()
     if path.is_dir():
         path = path / "tokenizer.json"
@@ -119,15 +122,17 @@ def resolve_tokenizer(spec: str, *, var_dir: str | Path | None = None, timeout_s
     if spec.startswith(("/", ".", "~")) or spec.endswith(".json") or spec.count("/") > 1:
         raise ConfigError(f"tokenizer file {path} does not exist (give a tokenizer.json, a folder holding one, "
                           "or a Hugging Face model id such as BAAI/bge-large-en-v1.5)")
-    return _fetch_from_hub(spec, Path(var_dir) if var_dir else default_var_dir(), timeout_s)
+    return _fetch_from_hub(spec, Path(var_dir) if var_dir else default_var_dir(), timeout_s, outbound,
+                           policy.max_bytes)
 
 
-def _resolve_in_folder(spec: str, policy: TokenizerPolicy, var_dir, timeout_s: float) -> str:
+def _resolve_in_folder(spec: str, policy: TokenizerPolicy, var_dir, timeout_s: float, outbound=None) -> str:
     # The same words for a file that is missing, unreadable, outside the folder or too large: nothing
     # tells a member whether some path exists on the worker.
     refused = tokenizer_spec_error(spec, policy)
     if refused is None and is_hub_id(spec):
-        return _fetch_from_hub(spec, Path(var_dir) if var_dir else default_var_dir(), timeout_s)
+        return _fetch_from_hub(spec, Path(var_dir) if var_dir else default_var_dir(), timeout_s, outbound,
+                               policy.max_bytes)
     if refused is None and policy.folder is not None:
         path, inside = _in_folder(spec, policy.folder)
         if inside and path.is_file():
@@ -136,55 +141,100 @@ def _resolve_in_folder(spec: str, policy: TokenizerPolicy, var_dir, timeout_s: f
                       f"or a tokenizer file the workers hold in their tokenizer folder ({FOLDER_SETTING})")
 
 
-def _fetch_from_hub(model_id: str, var_dir: Path, timeout_s: float) -> str:
-    from huggingface_hub import errors as hub_errors
-    from huggingface_hub import hf_hub_download
+HUB = "https://huggingface.co"
+MAX_HUB_REDIRECTS = 3  # the hub sends large files on to its CDN, and renamed models to their new name
 
-    cache = var_dir / "tokenizers"
-    cache.mkdir(parents=True, exist_ok=True)
-    endpoint = os.environ.get("HF_ENDPOINT") or None
+
+def _cache_path(var_dir: Path, model_id: str) -> Path:
+    return var_dir / "tokenizers" / model_id.replace("/", "--") / "tokenizer.json"
+
+
+def _fetch_from_hub(model_id: str, var_dir: Path, timeout_s: float, outbound=None,
+                    max_bytes: int = MAX_TOKENIZER_BYTES) -> str:
+    """The tokenizer.json of a hub model: from the data folder when fetched before (no contact at all),
+    else downloaded once, through the outbound policy like every other contact (the hub's host and
+    every host it redirects to must be allowed), at most `max_bytes`, then kept in the data folder."""
+    cached = _cache_path(var_dir, model_id)
+    if cached.is_file():
+        return str(cached)
+    earlier = _earlier_hub_cache(model_id, var_dir)
+    if earlier is not None:
+        return earlier
+    from benchmarks.outbound import OutboundPolicy
+
+    policy = outbound if outbound is not None else OutboundPolicy.from_environment()
+    where = (os.environ.get("HF_ENDPOINT") or HUB).rstrip("/")
+    fallback = "copy the model's tokenizer.json to the workers' tokenizer folder and give its path instead"
+    url = f"{where}/{model_id}/resolve/main/tokenizer.json"
+    from benchmarks.answers import run_blocking
+
+    data = run_blocking(lambda: _download(url, model_id, where, policy, timeout_s, max_bytes, fallback))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_name(f".tokenizer.json.{os.getpid()}")
+    partial.write_bytes(data)
+    os.replace(partial, cached)  # another worker sharing the folder sees the whole file or none
+    return str(cached)
+
+
+def _earlier_hub_cache(model_id: str, var_dir: Path) -> str | None:
+    """A tokenizer fetched by an earlier version (huggingface_hub's cache layout), without contact."""
     try:
-        # Once fetched, a tokenizer is read from the cache without asking the hub again.
-        return hf_hub_download(model_id, "tokenizer.json", cache_dir=cache, local_files_only=True)
-    except (hub_errors.LocalEntryNotFoundError, hub_errors.HFValidationError, FileNotFoundError, OSError):
-        pass
-    where = endpoint or "https://huggingface.co"
-    fallback = "copy the model's tokenizer.json to this host and give its path instead"
-    _check_reachable(model_id, where, timeout_s, fallback)
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(model_id, "tokenizer.json", cache_dir=var_dir / "tokenizers", local_files_only=True)
+    except Exception:  # not there, or not a valid id for the hub client: fetch it
+        return None
+
+
+async def _download(url: str, model_id: str, where: str, policy, timeout_s: float, max_bytes: int,
+                    fallback: str) -> bytes:
+    import aiohttp
+    from yarl import URL
+
+    from benchmarks.answers import IDENTITY, AnswerTooLarge, failure, mib, read_body
+    from benchmarks.outbound import OutboundRefused
+    from benchmarks.outbound import connector as outbound_connector
+
+    hub_host = URL(where).host
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    cannot = f"tokenizer: cannot fetch {model_id} from {where}"
     try:
-        return hf_hub_download(model_id, "tokenizer.json", cache_dir=cache, etag_timeout=timeout_s,
-                               endpoint=endpoint)
-    except hub_errors.HFValidationError:
-        raise ConfigError(f"{model_id!r} is neither a tokenizer file nor a Hugging Face model id") from None
-    except (hub_errors.RepositoryNotFoundError, hub_errors.GatedRepoError) as exc:
-        kind = "is gated (accept its licence and set HF_TOKEN)" if isinstance(exc, hub_errors.GatedRepoError) \
-            else "was not found (or is private: set HF_TOKEN)"
-        raise ConfigError(f"tokenizer: model {model_id} {kind} on {where}; or {fallback}") from None
-    except hub_errors.LocalEntryNotFoundError as exc:
-        # The hub went away between the check and the download.
-        reason = " ".join(str(exc).split())[:200]
-        raise ConfigError(f"tokenizer: cannot fetch {model_id} from {where} (is this host offline?): {reason}; "
-                          f"{fallback}") from None
-    except hub_errors.EntryNotFoundError:
-        raise ConfigError(f"tokenizer: model {model_id} has no tokenizer.json on {where}; {fallback}") from None
-    except Exception as exc:  # no network, DNS, TLS, proxy: all mean "cannot fetch"
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ConfigError(f"tokenizer: cannot fetch {model_id} from {where} (is this host offline?): {reason}; "
-                          f"{fallback}") from None
-
-
-def _check_reachable(model_id: str, endpoint: str, timeout_s: float, fallback: str) -> None:
-    """One request with a short timeout and no retries, so that an offline host hears so at once
-    (the hub client retries a refused connection for half a minute)."""
-    import httpx
-
-    url = f"{endpoint.rstrip('/')}/{model_id}/resolve/main/tokenizer.json"
-    try:
-        httpx.head(url, timeout=timeout_s, follow_redirects=False)
-    except httpx.HTTPError as exc:
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ConfigError(f"tokenizer: cannot fetch {model_id} from {endpoint} (is this host offline?): {reason}; "
-                          f"{fallback}") from None
+        policy.check_url(url)
+    except (OutboundRefused, ValueError) as exc:
+        raise ConfigError(f"{cannot}: {exc}; allow the hub's host in EMBPERF_ALLOWED_TARGETS "
+                          f"(docs/security.md), or {fallback}") from None
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s, connect=timeout_s),
+                                    connector=outbound_connector(policy), auto_decompress=False)
+    async with session:
+        for _ in range(MAX_HUB_REDIRECTS + 1):
+            # The token goes to the hub itself only, never to where it redirects.
+            headers = dict(IDENTITY)
+            if token and URL(url).host == hub_host:
+                headers["Authorization"] = f"Bearer {token}"
+            try:
+                async with session.get(url, headers=headers, allow_redirects=False) as resp:
+                    if resp.status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
+                        url = str(URL(url).join(URL(resp.headers["Location"])))
+                        continue
+                    if resp.status in (401, 403):
+                        raise ConfigError(f"tokenizer: model {model_id} is gated or private on {where} (accept "
+                                          f"its licence and set HF_TOKEN); or {fallback}")
+                    if resp.status == 404:
+                        raise ConfigError(f"tokenizer: model {model_id} was not found, or has no tokenizer.json, "
+                                          f"on {where} (a private model needs HF_TOKEN); or {fallback}")
+                    if resp.status != 200:
+                        raise ConfigError(f"{cannot} (HTTP {resp.status}); {fallback}")
+                    return await read_body(resp, max_bytes)
+            except AnswerTooLarge:
+                raise ConfigError(f"tokenizer: the tokenizer.json of {model_id} is {NOT_USABLE}: it is larger "
+                                  f"than {mib(max_bytes)}") from None
+            except OutboundRefused as exc:
+                raise ConfigError(f"{cannot}: {exc}; allow the hub's hosts in EMBPERF_ALLOWED_TARGETS "
+                                  f"(docs/security.md), or {fallback}") from None
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                _, message = failure(exc, timeout_s)
+                raise ConfigError(f"{cannot} (is this host offline?): {message}; {fallback}") from None
+    raise ConfigError(f"{cannot}: more than {MAX_HUB_REDIRECTS} redirects; {fallback}")
 
 
 def load_tokenizer(path: str, max_bytes: int = MAX_TOKENIZER_BYTES):

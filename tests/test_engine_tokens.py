@@ -286,3 +286,88 @@ def test_a_sweep_fetches_the_tokenizer_of_a_model_id(local_hub, tmp_path, monkey
         doc = run_sweep(target(sim, tokenizer="org/model"), plan(tokens=64))
     assert doc["inputs"]["tokens"]["source"] == "tokenizer" and doc["target"]["tokenizer"] == "org/model"
     assert doc["inputs"]["calibration"]["tokenizer_tokens"] == {"min": 64, "max": 64}
+
+
+# ---- the hub goes through the outbound policy ---------------------------------------------------------
+
+def test_a_hub_the_policy_refuses_is_never_contacted(local_hub, tmp_path):
+    from benchmarks.outbound import OutboundPolicy
+
+    only_the_server = OutboundPolicy.from_setting("10.20.0.5:8000")
+    with pytest.raises(ConfigError, match="cannot fetch org/model .*refused by the outbound policy") as info:
+        resolve_tokenizer("org/model", var_dir=tmp_path, outbound=only_the_server)
+    assert "EMBPERF_ALLOWED_TARGETS" in str(info.value)
+    assert local_hub == []  # not even a HEAD
+
+
+def test_the_cli_with_a_narrow_allowlist_sends_nothing_to_the_hub(local_hub, tmp_path, monkeypatch, capsys):
+    from benchmarks.cli import main
+
+    monkeypatch.setenv("EMBPERF_VAR_DIR", str(tmp_path))
+    with running_simulator(**FAST) as sim:
+        port = sim.base_url.rsplit(":", 1)[1].split("/")[0]
+        monkeypatch.setenv("EMBPERF_ALLOWED_TARGETS", f"127.0.0.1:{port}")
+        code = main(["run", "--url", sim.base_url, "--model", "sim-embed", "--tokenizer", "someorg/somemodel",
+                     "--levels", "1", "--duration", "0.5", "--warmup", "0"])
+    assert code != 0 and "refused by the outbound policy" in capsys.readouterr().err
+    assert local_hub == []
+
+
+def test_a_hub_answer_past_the_cap_is_not_kept(local_hub, tmp_path):
+    from benchmarks.tokens import TokenizerPolicy
+
+    small = TokenizerPolicy(max_bytes=1024)  # the test tokenizer is larger than 1 KiB
+    with pytest.raises(ConfigError, match="not a usable tokenizer: it is larger than 0.000977 MiB"):
+        resolve_tokenizer("org/model", var_dir=tmp_path, policy=small)
+    assert not list((tmp_path / "tokenizers").rglob("tokenizer.json"))
+
+
+def test_a_fetched_tokenizer_needs_no_contact_even_when_the_hub_is_refused(local_hub, tmp_path):
+    from benchmarks.outbound import OutboundPolicy
+
+    path = resolve_tokenizer("org/model", var_dir=tmp_path)
+    local_hub.clear()
+    refused = OutboundPolicy.from_setting("10.20.0.5:8000")
+    assert resolve_tokenizer("org/model", var_dir=tmp_path, outbound=refused) == path
+    assert local_hub == []
+
+
+def test_the_hub_token_stays_with_the_hub(tmp_path, monkeypatch):
+    """A redirect elsewhere is followed through the policy, without the token."""
+    seen = []
+    data = wordpiece().to_str().encode()
+
+    async def cdn(request):
+        seen.append(("cdn", request.headers.get("Authorization")))
+        return web.Response(body=data)
+
+    async def hub(request):
+        seen.append(("hub", request.headers.get("Authorization")))
+        raise web.HTTPFound(f"http://localhost:{ports['cdn']}/blob")
+
+    ports = {}
+    loop = asyncio.new_event_loop()
+    runners = []
+    for name, handler, path in (("hub", hub, "/{org}/{name}/resolve/{rev}/{file}"), ("cdn", cdn, "/blob")):
+        app = web.Application()
+        app.router.add_get(path, handler)
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        ports[name] = site._server.sockets[0].getsockname()[1]
+        runners.append(runner)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{ports['hub']}")
+        monkeypatch.setenv("HF_TOKEN", "hf_secret_token")
+        path = resolve_tokenizer("org/model", var_dir=tmp_path)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        for runner in runners:
+            loop.run_until_complete(runner.cleanup())
+        loop.close()
+    assert seen == [("hub", "Bearer hf_secret_token"), ("cdn", None)]
+    assert count(Tokenizer.from_file(path), "the quick brown fox") == count(wordpiece(), "the quick brown fox")
