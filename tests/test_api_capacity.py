@@ -39,7 +39,7 @@ def documents():
 
 
 @pytest.mark.django_db
-def test_an_ingested_search_keeps_its_answer_and_is_judged_on_its_capacity(owner, team, documents):
+def test_an_ingested_search_keeps_its_answer_and_is_judged_on_its_capacity(client, owner, team, documents):
     found, none = documents
     api = token_client(owner)
     assert found["capacity"]["status"] == "max_load" and found["capacity"]["load"] == 20
@@ -50,6 +50,8 @@ def test_an_ingested_search_keeps_its_answer_and_is_judged_on_its_capacity(owner
     # Every probed level is stored; the verdict judges only the capacity's level.
     assert run.levels.count() == len(found["levels"])
     assert run.judge() == "passed", run.verdict_reasons
+    body = api.get(f"/api/v1/runs/{run_id}/").json()
+    assert body["capacity"] == found["capacity"] and body["verdict"] == "passed"
     exported = api.get(f"/api/v1/runs/{run_id}/export/").json()
     assert exported["capacity"] == found["capacity"]
     assert [lv["capacity_step"] for lv in exported["levels"]] == [lv["capacity_step"] for lv in found["levels"]]
@@ -62,6 +64,13 @@ def test_an_ingested_search_keeps_its_answer_and_is_judged_on_its_capacity(owner
         assert float(row["goodput_per_s"]) == level["goodput"]["per_s"] and row["goodput_limit_ms"] == "800.0"
     markdown = api.get(f"/api/v1/runs/{run_id}/export/?format=md").content.decode()
     assert "**Capacity**: 20 req/s at p99 ≤ 800 ms, error rate ≤ 1.00%" in markdown
+
+    # The run page: the answer above the table, goodput, and each level's step with why it was chosen.
+    client.force_login(owner)
+    page = client.get(f"/runs/{run_id}/").content.decode()
+    assert "Capacity:</strong> 20 req/s at p99 ≤ 800 ms" in page and ">Goodput</th>" in page
+    assert "step 1 · synchronous · pass" in page and "in flight</span>" in page
+    assert "the unloaded latency: one request at a time" in page
 
     none_id = api.post("/api/v1/ingest/", none).json()["id"]
     failed = Run.objects.get(pk=none_id)

@@ -297,6 +297,9 @@ class RunSerializer(serializers.ModelSerializer):
         help_text="Each breached threshold, \"target unreachable for N s\", levels not measured.")
     unreachable_s = serializers.SerializerMethodField(
         help_text="Seconds the target refused connections during the run, all levels together.")
+    capacity = serializers.SerializerMethodField(
+        help_text="A capacity search's answer (docs/capacity.md): load, lowest_fail, binding, cliff, figures, "
+                  "status, reason; null for a plan of fixed levels.")
 
     class Meta:
         model = Run
@@ -305,11 +308,16 @@ class RunSerializer(serializers.ModelSerializer):
             "source", "created_by", "created", "started", "finished", "worker_host", "heartbeat", "client_version",
             "cancel_requested", "is_baseline", "server_config", "target_config", "plan_config", "summary", "links",
             "aborted_at_level", "resumed_from", "repeat_of", "verdict", "verdict_reasons", "unreachable_s",
+            "capacity",
         ]
         read_only_fields = fields
 
     def get_url(self, obj) -> str:
         return reverse("api:run-detail", args=[obj.pk])
+
+    @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
+    def get_capacity(self, obj) -> dict | None:
+        return (obj.document or {}).get("capacity")
 
     def get_verdict(self, obj) -> str | None:
         return obj.judged() or None

@@ -12,6 +12,7 @@ from django.utils import timezone
 from django.utils.dateformat import format as date_format
 from django.views.decorators.http import require_POST
 
+from benchmarks.capacity import summary_text as capacity_summary
 from benchmarks.document import token_notes
 from portal.accounts.access import can_write, get_owned_or_404, teams_for_user
 from portal.front.charts import run_charts
@@ -268,6 +269,10 @@ def level_rows(run: Run) -> list[dict]:
                 "gpu_util_mean": level.gpu_util_mean,
                 "power_mean_w": level.power_mean_w,
                 "joules_per_1k_tokens": level.joules_per_1k_tokens,
+                "goodput_per_s": (data.get("goodput") or {}).get("per_s"),
+                "capacity_step": data.get("capacity_step") or {},
+                # A capacity search's synchronous level is closed loop in an open-loop run.
+                "in_flight": level.rate is None and run.level_key == "rate",
             }
         )
     return rows
@@ -286,6 +291,9 @@ def _results_context(run: Run) -> dict:
         "show_gpu": any(r[key] is not None for r in rows
                         for key in ("vram_peak_mib", "gpu_util_mean", "power_mean_w", "joules_per_1k_tokens")),
         "any_client_bound": any(r["client_bound"] for r in rows),
+        "show_goodput": any(r["goodput_per_s"] is not None for r in rows),
+        "capacity_text": capacity_summary(capacity) if (capacity := (run.document or {}).get("capacity")) else "",
+        "capacity": capacity,
     }
 
 
