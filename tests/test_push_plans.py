@@ -74,3 +74,20 @@ def test_cli_push_of_other_levels_never_lands_in_the_existing_plan(live_server, 
     assert pushed.plan.levels == json.loads(out_file.read_text())["plan"]["levels"]
     assert f"Filed under a new plan “{pushed.plan.name}”: the plan “smoke” has other settings" in cli.stdout
     assert pushed.plan.name.startswith("smoke (levels 2-4, 1 s")
+
+
+def test_the_default_thresholds_written_out_are_the_plans_own(owner, target, plan):
+    """The engine writes the default thresholds out; a portal plan stores none named: the same settings,
+    so the run joins the plan and the segment of the plan's browser runs."""
+    from benchmarks.plan import DEFAULT_THRESHOLDS
+    from portal.history.segments import config_fingerprint
+
+    browser_run = stored_run(target=target, plan=plan, label="browser")
+    doc = document()
+    # As the engine writes it: every setting of the plan, the thresholds spelled out.
+    doc["plan"] = {**plan.to_spec(), "thresholds": [dict(t) for t in DEFAULT_THRESHOLDS]}
+    body = token_client(owner).post("/api/v1/ingest/", doc).json()
+    assert body["plan"] == plan.pk, body
+    pushed = Run.objects.get(pk=body["id"])
+    fingerprint = config_fingerprint({}, pushed.plan_config, {})
+    assert fingerprint == config_fingerprint({}, {**browser_run.plan_config, "thresholds": None}, {})

@@ -27,6 +27,7 @@ from portal.sweeps.documents import record_document
 from portal.sweeps.models import Plan, Run, Target
 from portal.sweeps.outbound import outbound_policy, validate_outbound_url
 from portal.sweeps.rules import parse_url_list
+from portal.sweeps.snapshots import plan_settings
 
 MAX_ERRORS = 20
 
@@ -235,8 +236,9 @@ def _match_target(team, spec: dict) -> Target:
 
 
 def _plan_settings(plan: Plan) -> dict:
-    """A plan's settings without its name: what must agree for two sweeps to share one history."""
-    return {key: value for key, value in plan.to_spec().items() if key != "name"}
+    """A plan's settings without its name: what must agree for two sweeps to share one history (the
+    default thresholds agree with none named)."""
+    return {key: value for key, value in plan_settings(plan.to_spec()).items() if key != "name"}
 
 
 def _levels_text(levels: list) -> str:

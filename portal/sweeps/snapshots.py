@@ -3,6 +3,9 @@ fields: what tells repeats of one set-up apart from a changed one (portal/histor
 what "Run again" says changed since the run it repeats."""
 import json
 
+from benchmarks.plan import PLAN_DEFAULTS, format_threshold
+from benchmarks.verdict import thresholds_of
+
 TARGET_LABELS = {
     "name": "Target", "engine": "Engine", "engine_version": "Engine version", "model": "Model",
     "flavor": "API flavor", "base_urls": "Base URLs", "gpus": "GPUs", "gpu_source": "GPU source",
@@ -36,9 +39,20 @@ def _normal(value):
     return str(value)
 
 
+def plan_settings(plan_config: dict) -> dict:
+    """A plan snapshot as it applies: a setting it leaves out or gives as null takes the engine's
+    default (a document's plan section may name fewer settings than a portal plan, an older snapshot
+    lacks newer ones), and no thresholds named is the default ones, which documents write out."""
+    given = {key: value for key, value in (plan_config or {}).items() if value is not None}
+    settings = {**PLAN_DEFAULTS, **given}
+    settings["thresholds"] = thresholds_of(plan_config or {})
+    return settings
+
+
 def config_fingerprint(target_config: dict, plan_config: dict, server_config: dict) -> str:
     """Identical for runs made with the same target, plan and server configuration (repeats)."""
-    return json.dumps(_normal([target_config or {}, plan_config or {}, server_config or {}]), sort_keys=True)
+    return json.dumps(_normal([target_config or {}, plan_settings(plan_config), server_config or {}]),
+                      sort_keys=True)
 
 
 def config_text(value) -> str:
@@ -67,7 +81,9 @@ def snapshot_fields(target_config: dict, plan_config: dict, server_config: dict)
             fields[TARGET_LABELS.get(key, f"Target {key}")] = config_text(value)
     for key, value in sorted((server_config or {}).items()):
         fields[f"Server {key}"] = config_text(value)
-    for key, value in sorted((plan_config or {}).items()):
+    for key, value in sorted(plan_settings(plan_config).items()):
+        if key == "thresholds":
+            value = [format_threshold(t) for t in value]
         fields[PLAN_LABELS.get(key, f"Plan {key}")] = config_text(value)
     return fields
 
