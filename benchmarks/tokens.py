@@ -177,13 +177,15 @@ def _fetch_from_hub(model_id: str, var_dir: Path, timeout_s: float, outbound=Non
 
 
 def _earlier_hub_cache(model_id: str, var_dir: Path) -> str | None:
-    """A tokenizer fetched by an earlier version (huggingface_hub's cache layout), without contact."""
+    """A tokenizer fetched by an earlier version into huggingface_hub's cache layout, found without
+    contact (the hub client itself may call its endpoint even when asked for a local file)."""
+    repo = var_dir / "tokenizers" / ("models--" + model_id.replace("/", "--"))
     try:
-        from huggingface_hub import hf_hub_download
-
-        return hf_hub_download(model_id, "tokenizer.json", cache_dir=var_dir / "tokenizers", local_files_only=True)
-    except Exception:  # not there, or not a valid id for the hub client: fetch it
+        commit = (repo / "refs" / "main").read_text().strip()
+    except OSError:
         return None
+    path = repo / "snapshots" / commit / "tokenizer.json"
+    return str(path) if commit and "/" not in commit and path.is_file() else None
 
 
 async def _download(url: str, model_id: str, where: str, policy, timeout_s: float, max_bytes: int,

@@ -36,14 +36,65 @@ def simulator():
         yield sim
 
 
+class RecordingHub:
+    """A stand-in for the Hugging Face Hub on one of this host's addresses outside the default allowlist
+    (loopback and private ranges), recording every request it gets."""
+
+    def __init__(self):
+        from benchmarks.outbound import OutboundPolicy, OutboundRefused, host_addresses
+
+        self.requests: list[bytes] = []
+        self.address = None
+        for address in sorted(host_addresses(), key=str):
+            try:
+                OutboundPolicy().check_address(address, 80)
+            except OutboundRefused:
+                if address.version == 4 and not address.is_loopback and not address.is_link_local:
+                    self.address = str(address)
+                    break
+        if self.address is None:
+            return
+        self.sock = socket.socket()
+        self.sock.bind((self.address, 0))
+        self.sock.listen(16)
+        self.url = f"http://{self.address}:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.requests.append(conn.recv(65536))
+                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    pass
+
+    def close(self):
+        if self.address is not None:
+            self.sock.close()
+
+
 @pytest.fixture(scope="module")
-def stack(simulator, tmp_path_factory):
+def hub():
+    recording = RecordingHub()
+    yield recording
+    recording.close()
+
+
+@pytest.fixture(scope="module")
+def stack(simulator, tmp_path_factory, hub):
     var_dir = tmp_path_factory.mktemp("e2e-attacks")
     queue = e2e.unique_name("e2e_attacks")
     tokenizers = var_dir / "tokenizer-folder"
     tokenizers.mkdir()
     env = e2e.base_env(var_dir, database_url=f"sqlite:///{var_dir / 'e2e.sqlite3'}", broker_url="filesystem://",
-                       extra={"EMBPERF_TOKENIZER_DIR": str(tokenizers)})
+                       extra={"EMBPERF_TOKENIZER_DIR": str(tokenizers),
+                              **({"HF_ENDPOINT": hub.url} if hub.address else {})})
     with e2e.worker_stack(env, queue, var_dir, simulator.base_url) as parts:
         yield {**parts, "queue": queue, "tokenizers": tokenizers, "var_dir": var_dir, "env": env}
 
@@ -323,3 +374,24 @@ def test_the_probe_throttle_holds_across_two_web_processes(stack, two_web_proces
     assert len({pid for pid, _ in answered}) == 2, answered  # both processes answered probes ...
     # ... and kept one count: ten probes a minute in all, whichever process answered.
     assert statuses.count(429) == 20 and len([s for s in statuses if s < 400]) == 10, statuses
+
+
+# ---- 6. hub downloads go through the outbound policy --------------------------------------------------
+
+def test_a_hub_the_policy_refuses_gets_nothing_from_the_worker(stack, servers, hub):
+    if hub.address is None:
+        pytest.skip("this host has no address outside the default allowlist to put the hub on")
+    server = servers(lambda request, writer: None)
+    driver = stack["driver"]
+    target = driver.call("target", name="hub model", base_urls=[server.url + "/v1"], queue=stack["queue"],
+                         tokenizer="someorg/somemodel")["target"]
+    plan = driver.call("plan", name="hub", levels=[1], warmup_s=0, duration_s=1, tokens=16, timeout_s=5)["plan"]
+    state = run_to_the_end(stack, target, plan, "hub refused")
+    assert state["status"] == "failed"
+    assert f"cannot fetch someorg/somemodel from {hub.url}" in state["reason"]
+    assert "refused by the outbound policy" in state["reason"] and "EMBPERF_ALLOWED_TARGETS" in state["reason"]
+    assert hub.requests == [] and server.requests == []  # neither the hub nor the target heard anything
+    # The hub does listen there: the refusal was the policy's.
+    with socket.create_connection((hub.address, int(hub.url.rsplit(":", 1)[1])), timeout=3) as probe_conn:
+        probe_conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert probe_conn.recv(100).startswith(b"HTTP/1.1 404")
