@@ -71,6 +71,7 @@ def test_an_ingested_search_keeps_its_answer_and_is_judged_on_its_capacity(clien
     assert "Capacity:</strong> 20 req/s at p99 ≤ 800 ms" in page and ">Goodput</th>" in page
     assert "step 1 · synchronous · pass" in page and "in flight</span>" in page
     assert "the unloaded latency: one request at a time" in page
+    assert "Capacity search: the probes against the SLO" in page and "SLO: p99 \\u2264 800 ms" in page
 
     none_id = api.post("/api/v1/ingest/", none).json()["id"]
     failed = Run.objects.get(pk=none_id)

@@ -27,7 +27,8 @@ def run_charts(run: Run) -> list[dict]:
     """The run page's charts (empty while the run has no finished level)."""
     levels = list(Level.objects.filter(run=run).order_by("index").values(
         "id", "index", "concurrency", "rate", "qps", "tokens_per_s", "latency_p50_ms", "latency_p90_ms",
-        "latency_p99_ms", "gpu_util_mean", timeseries=F("data__timeseries"), gpu_timeseries=F("data__gpu__timeseries")))
+        "latency_p99_ms", "latency_mean_ms", "gpu_util_mean", timeseries=F("data__timeseries"),
+        gpu_timeseries=F("data__gpu__timeseries"), outcome=F("data__capacity_step__outcome")))
     if not levels:
         return []
     stats = LevelStats.objects.for_levels([Level(pk=lv["id"]) for lv in levels])
@@ -87,4 +88,29 @@ def run_charts(run: Run) -> list[dict]:
                  y_axis("y3", "GPU utilization (%)", "right", 100)],
         "datasets": variants[shown]["datasets"], "variants": variants, "variant": shown,
     }
-    return [throughput, latency, distribution, timeline]
+    charts = [throughput, latency, distribution, timeline]
+    capacity = (run.document or {}).get("capacity")
+    if capacity:
+        charts.insert(0, _capacity_chart(capacity, levels, x))
+    return charts
+
+
+def _capacity_chart(capacity: dict, levels: list[dict], x: dict) -> dict:
+    """A capacity search's probes: the latency the SLO bounds at each load tried, passes and fails
+    apart, against the SLO's line (docs/capacity.md)."""
+    slo = capacity.get("slo") or {}
+    key = next((k for k in ("p99", "p90", "p50", "mean") if slo.get(f"{k}_ms") is not None), "p99")
+    column = f"latency_{key}_ms"
+    probes = sorted((lv for lv in levels if lv[column] is not None), key=lambda lv: lv["load"])
+
+    def points(outcome):
+        return [{"x": lv["load"], "y": lv[column]} for lv in probes if lv["outcome"] == outcome]
+
+    datasets = [{"label": f"{key} of a {word} level", "axis": "y", "color": color, "dashed": False,
+                 "data": points(outcome)} for word, outcome, color in (("passing", "pass", 0), ("failing", "fail", 1))]
+    if slo.get(f"{key}_ms") is not None and probes:
+        datasets.append({"label": f"SLO: {key} ≤ {slo[f'{key}_ms']:g} ms", "axis": "y", "color": 3, "dashed": True,
+                         "data": [{"x": probes[0]["load"], "y": slo[f"{key}_ms"]},
+                                  {"x": probes[-1]["load"], "y": slo[f"{key}_ms"]}]})
+    return {"id": "run-capacity", "title": "Capacity search: the probes against the SLO", "x": x,
+            "axes": [y_axis("y", "Latency (ms)")], "datasets": datasets}
