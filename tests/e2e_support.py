@@ -573,11 +573,31 @@ def _runs(state: dict) -> dict:
     return {"runs": list(Run.objects.order_by("pk").values_list("pk", flat=True))}
 
 
-def _token(state: dict) -> dict:
-    """A new API token of the stack's user."""
-    from portal.accounts.models import ApiToken
+def _token(state: dict, *, teams: list | None = None) -> dict:
+    """A new API token of the stack's user, limited to `teams` (ids) when given."""
+    from portal.accounts.models import ApiToken, Team
 
-    return {"token": ApiToken.issue(state["user"], "e2e")[1]}
+    chosen = list(Team.objects.filter(pk__in=teams)) if teams else None
+    return {"token": ApiToken.issue(state["user"], "e2e", teams=chosen)[1]}
+
+
+def _team(state: dict, *, name: str, target: str) -> dict:
+    """Another team of the stack's user (as its owner), with one target named `target`."""
+    from portal.accounts.models import Membership, Team
+    from portal.sweeps.models import Target
+
+    team = Team.objects.create(name=name)
+    Membership.objects.create(team=team, user=state["user"], role=Membership.Role.OWNER)
+    row = Target.objects.create(team=team, name=target, base_urls=["http://127.0.0.1:1/v1"], model_name="m")
+    return {"team": team.pk, "target": row.pk}
+
+
+def _delete_team(state: dict, *, team: int) -> dict:
+    """Delete a team as the admin's bulk delete does (a queryset delete, its rows with it)."""
+    from portal.accounts.models import Team
+
+    Team.objects.filter(pk=team).delete()
+    return {"deleted": not Team.objects.filter(pk=team).exists()}
 
 
 def _api_token(state: dict, *, method: str, path: str, token: str, body: dict | None = None) -> dict:
@@ -609,7 +629,8 @@ def _document(state: dict, *, run: int) -> dict:
 
 
 COMMANDS = {"setup": _setup, "target": _target, "grant": _grant, "broker_refused_run": _broker_refused_run,
-            "document": _document, "token": _token, "api_token": _api_token, "checkpoint": _checkpoint,
+            "document": _document, "token": _token, "team": _team, "delete_team": _delete_team,
+            "api_token": _api_token, "checkpoint": _checkpoint,
             "post_page": _post_page, "runs": _runs, "password": _password, "start": _start, "run": _run,
             "cancel": _cancel, "page": _page, "plan": _plan, "api": _api, "backend_pid": _backend_pid,
             "press_cancel": _press_cancel, "progress": _progress}

@@ -5,6 +5,8 @@ what the hostile server did and did not receive.
 One stack for the module: the embedded default (SQLite file, file-system broker), a worker on a
 queue of its own, granted to the stack's team.
 """
+import contextlib
+import html
 import re
 import socket
 import threading
@@ -395,3 +397,98 @@ def test_a_hub_the_policy_refuses_gets_nothing_from_the_worker(stack, servers, h
     with socket.create_connection((hub.address, int(hub.url.rsplit(":", 1)[1])), timeout=3) as probe_conn:
         probe_conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
         assert probe_conn.recv(100).startswith(b"HTTP/1.1 404")
+
+
+# ---- 7. host names are normalised before the literal-address check, at save ------------------------
+
+def signed_in(base: str, driver) -> httpx.Client:
+    """An HTTP session of the stack's user on a web server of the stack, signed in with its password."""
+    username = driver.call("password", password="attack-test-password")["username"]
+    http = httpx.Client(base_url=base, follow_redirects=False, timeout=30)
+    http.get("/accounts/login/")
+    answer = http.post("/accounts/login/", data={"username": username, "password": "attack-test-password",
+                                                 "csrfmiddlewaretoken": http.cookies["csrftoken"]})
+    assert answer.status_code == 302, answer.text[:500]
+    return http
+
+
+def test_full_width_dots_are_refused_at_save_by_the_running_web_server(stack, two_web_processes):
+    """`127。0。0。1:P` with P the port of the web server's own cache (its Redis), and `169。254。169。254`:
+    refused by the API and the page's form with the policy's reason; nothing saved, nothing contacted."""
+    driver, base, redis = stack["driver"], two_web_processes["url"], two_web_processes["redis"]
+    token = driver.call("token")["token"]
+    own_cache = f"http://127\u30020\u30020\u30021:{redis.port}/v1"
+    metadata = "http://169\u3002254\u3002169\u3002254/v1"
+    reasons = {own_cache: f"127.0.0.1 port {redis.port} is this portal's own cache",
+               metadata: "169.254.169.254 is a link-local address, where cloud metadata services answer"}
+    auth = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=base, headers=auth, timeout=30) as api, \
+            contextlib.closing(signed_in(base, driver)) as page:
+        team = next(t["id"] for t in api.get("/api/v1/teams/").json()["results"] if t["name"] == "E2E")
+        before = api.get("/api/v1/targets/").json()["count"]
+        answers = {}
+        for n, url in enumerate(reasons):
+            answers[("api", url)] = api.post("/api/v1/targets/", json={
+                "team": team, "name": f"full-width api {n}", "base_urls": [url], "model_name": "m",
+                "queue": stack["queue"]})
+            answers[("page", url)] = page.post("/targets/new/", data={
+                "team": team, "name": f"full-width page {n}", "flavor": "openai", "base_urls": url,
+                "model_name": "m", "engine": "other", "gpu_source": "none", "queue": stack["queue"],
+                "metrics_urls": "", "csrfmiddlewaretoken": page.cookies["csrftoken"]})
+        after = api.get("/api/v1/targets/", params={"page_size": 500}).json()["results"]
+    # Had any been saved, its connection test is what an attacker would try next: the worker (whose own
+    # check does not know the web server's cache) would send its request to the Redis.
+    saved = [t["id"] for t in after if t["name"].startswith("full-width")]
+    for target in saved:
+        driver.call("api", method="POST", path=f"/api/v1/targets/{target}/probe/")
+        deadline = time.monotonic() + 30
+        while driver.call("api", method="GET", path=f"/api/v1/targets/{target}/probe/")["json"].get("pending") \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+    for (where, url), answer in answers.items():
+        if where == "api":
+            assert answer.status_code == 400, (url, answer.status_code, answer.text[:500])
+            message = answer.json()["base_urls"][0]
+        else:  # the form comes back with its error, no redirect to a saved target's page
+            assert answer.status_code == 200, (url, answer.status_code, answer.headers.get("Location"))
+            message = html.unescape(answer.text)
+        assert f"“{url}”: refused by the outbound policy: {reasons[url]}" in message, (where, url, message[:3000])
+    assert saved == [] and len(after) == before
+    # Redis answers an HTTP request with a warning in its log: none came.
+    assert "SECURITY ATTACK" not in (stack["var_dir"] / "redis.log").read_text(errors="replace")
+
+
+# ---- 8. a token limited to teams that are all gone sees nothing ---------------------------------------
+
+def test_a_token_whose_only_team_is_deleted_is_refused_by_the_running_api(stack, two_web_processes):
+    driver, base = stack["driver"], two_web_processes["url"]
+    other = driver.call("team", name="Other E2E", target="other-team-target")
+    doomed = driver.call("team", name="Doomed E2E", target="doomed-target")
+    limited = driver.call("token", teams=[doomed["team"]])["token"]
+    everything = driver.call("token")["token"]
+    # A run of the stack's team (recorded, never published): a widened token would list it.
+    run = driver.call("broker_refused_run", target=stack["ids"]["target"], plan=stack["ids"]["short"])["run"]
+
+    def get(token: str, path: str) -> httpx.Response:
+        return httpx.get(base + path, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    # Before: the token sees its one team and that team's target, nothing of the user's other teams.
+    assert [t["name"] for t in get(limited, "/api/v1/teams/").json()["results"]] == ["Doomed E2E"]
+    assert [t["name"] for t in get(limited, "/api/v1/targets/").json()["results"]] == ["doomed-target"]
+    assert get(limited, "/api/v1/runs/").json()["results"] == []
+    assert get(limited, f"/api/v1/targets/{other['target']}/").status_code == 404
+
+    assert driver.call("delete_team", team=doomed["team"]) == {"deleted": True}
+    # After: revoked with its team, on every route, rather than widened to all of its user's teams.
+    for path in ["/api/v1/teams/", "/api/v1/targets/", "/api/v1/runs/", "/api/v1/plans/",
+                 f"/api/v1/targets/{other['target']}/", f"/api/v1/targets/{stack['ids']['target']}/",
+                 f"/api/v1/runs/{run}/"]:
+        answer = get(limited, path)
+        assert answer.status_code == 401, (path, answer.status_code, answer.text[:500])
+        assert answer.json() == {"detail": "This API token was revoked."}
+        assert "other-team-target" not in answer.text and "simulator" not in answer.text
+    # The user's other teams are there, and a token never limited still sees them: the 401 is the token's.
+    names = {t["name"] for t in get(everything, "/api/v1/teams/").json()["results"]}
+    assert {"E2E", "Other E2E"} <= names and "Doomed E2E" not in names
+    assert get(everything, f"/api/v1/targets/{other['target']}/").status_code == 200
+    assert get(everything, f"/api/v1/runs/{run}/").status_code == 200
