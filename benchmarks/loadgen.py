@@ -494,6 +494,9 @@ class LevelRunner:
             "in_flight": self.in_flight,
             "window_ok": self.counts[OK],
             "window_failed": sum(self.counts[c] for c in ERROR_CLASSES),
+            # Still refused at the tick: the abort policy takes such a second as bad however few
+            # attempts the back-off allowed in it.
+            "unreachable": self._unreachable_since is not None,
         }))
         if self.samples:
             batch, self.samples = self.samples, []

@@ -84,6 +84,50 @@ def check_combination(target: dict, plan: dict) -> None:
     make_flavor(target["flavor"], target.get("model", ""), dimensions=plan["dimensions"], encoding=plan["encoding"])
 
 
+class AbortWatch:
+    """The abort policy of one level: the error rate above `threshold` for `window_s` seconds in a row.
+
+    Only measured seconds count (warm-up and drain do not). A second with fewer than MIN_RESULTS
+    answers cannot tell a rate from chance: three answers, two of them wrong, in a second the host
+    starved the client of CPU is no failing server. Such a second is pooled with the seconds after it
+    until the pool holds MIN_RESULTS answers; the pool's rate then decides for every second it spans
+    (silent seconds inside it included, so a server whose every request times out is still caught).
+    Seconds with no answer and nothing pooled neither count nor reset the run of bad seconds. A second
+    in which the target refused connections and nothing succeeded is bad at once: the client's back-off
+    makes few attempts in an outage, and a refused connection is no chance outcome."""
+
+    MIN_RESULTS = 10
+
+    def __init__(self, threshold: float, window_s: float):
+        self.threshold = threshold
+        self.window_s = window_s
+        self.bad_seconds = 0
+        self._ok = self._errors = 0
+        self._first: int | None = None
+
+    def add(self, sec: int, ok: int, errors: int, refused: bool = False) -> bool:
+        """Take one measured second's counts; True when the policy fires. `refused`: nothing succeeded
+        and the target still refused connections at the second's end, a bad second however few
+        attempts the client's back-off made in it."""
+        if self._first is None:
+            if ok + errors == 0 and not refused:
+                return False
+            self._first = sec
+        self._ok += ok
+        self._errors += errors
+        total = self._ok + self._errors
+        if total < self.MIN_RESULTS and not refused:
+            return False
+        span = sec - self._first + 1
+        if refused or self._errors / total > self.threshold:
+            self.bad_seconds += span
+        else:
+            self.bad_seconds = 0
+        self._ok = self._errors = 0
+        self._first = None
+        return self.bad_seconds >= self.window_s
+
+
 class Sweep:
     """One run of a plan against a target (use `run_sweep`)."""
 
@@ -314,7 +358,7 @@ class Sweep:
         partials: dict[int, dict] = {}
         pending: dict[int, dict[int, dict]] = {}
         status, abort_reason = "completed", None
-        bad_seconds = 0
+        watch = AbortWatch(plan["abort_error_rate"], plan["abort_window_s"])
         began_telemetry = False
         started_at = None
         last_progress = 0.0
@@ -361,17 +405,15 @@ class Sweep:
                     totals = {"completed": sum(r["window_ok"] for r in rows.values()),
                               "failed": sum(r["window_failed"] for r in rows.values())}
                     last_progress = now
-                    self._progress(level_index=index, phase=merged.pop("phase"), level_elapsed_s=now - t0,
+                    second_phase, refused = merged.pop("phase"), merged.pop("refused")
+                    self._progress(level_index=index, phase=second_phase, level_elapsed_s=now - t0,
                                    second=merged, **totals)
-                    if status == "completed" and self._abort_check(merged, sec):
-                        bad_seconds += 1
-                        if bad_seconds >= plan["abort_window_s"]:
-                            status = "aborted"
-                            abort_reason = (f"error rate above {plan['abort_error_rate']:.0%} for "
-                                            f"{bad_seconds} s in a row")
-                            pool.stop()
-                    elif merged["completed"] + merged["errors"]:
-                        bad_seconds = 0
+                    if status == "completed" and second_phase == "measure" \
+                            and watch.add(sec, merged["completed"], merged["errors"], refused=refused):
+                        status = "aborted"
+                        abort_reason = (f"error rate above {plan['abort_error_rate']:.0%} for "
+                                        f"{watch.bad_seconds} s in a row")
+                        pool.stop()
         if started_at is None:
             started_at = utc_now()
         level = build_level(list(partials.values()), index=index, mode=mode, load=load,
@@ -412,14 +454,9 @@ class Sweep:
     def _merge_second(self, sec: int, rows: dict[int, dict]) -> dict:
         phases = {r["phase"] for r in rows.values()}
         phase = "measure" if "measure" in phases else ("warmup" if "warmup" in phases else "drain")
-        return {**merge_second(sec, list(rows.values())), "phase": phase}
-
-    def _abort_check(self, second: dict, sec: int) -> bool:
-        """True when this measured second's error rate is above the abort threshold."""
-        total = second["completed"] + second["errors"]
-        if sec < 0 or total == 0:
-            return False
-        return second["errors"] / total > self.plan["abort_error_rate"]
+        merged = merge_second(sec, list(rows.values()))
+        refused = merged["completed"] == 0 and any(r.get("unreachable") for r in rows.values())
+        return {**merged, "phase": phase, "refused": refused}
 
     # ---- the sweep -------------------------------------------------------------------------
 
