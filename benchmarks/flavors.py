@@ -18,6 +18,10 @@ from benchmarks.errors import ConfigError, InvalidResponse
 
 ENCODINGS = ("float", "base64")
 
+# How far from 1 a vector's norm may be where unit vectors are expected: float32 rounding of a unit
+# vector of 16,384 components stays below 1e-5, a float16 model's output below 1e-3.
+NORM_TOLERANCE = 1e-3
+
 
 _NON_FINITE_LITERAL = re.compile(r"-?(NaN|Infinity)")
 
@@ -98,6 +102,15 @@ def _vector_length(vec, encoding: str) -> int:
     return len(vec)
 
 
+def vector_norm(vec, encoding: str) -> float:
+    """The Euclidean norm of one checked vector (a list of numbers, or base64 of little-endian float32)."""
+    if encoding == "base64" and type(vec) is str:
+        values = np.frombuffer(binascii.a2b_base64(vec), dtype="<f4")
+    else:
+        values = np.asarray(vec, dtype=np.float64)
+    return float(np.linalg.norm(values.astype(np.float64)))
+
+
 def header_tokens(headers: Mapping | None) -> int | None:
     """The prompt tokens of TEI's `x-compute-tokens` response header, or None."""
     value = headers.get("x-compute-tokens") if headers is not None else None
@@ -124,6 +137,9 @@ class Flavor(abc.ABC):
         self.dimensions = dimensions
         self.encoding = encoding
         self._check = _check_base64_vector if encoding == "base64" else _check_float_vector
+        # Set when the server's full-length vectors are unit vectors (the probe found so) and fewer
+        # dimensions are asked for: every truncated vector must then be a unit vector too.
+        self.unit_norm = False
 
     def url(self, base_url: str) -> str:
         """The full request URL for one base URL (a replica)."""
@@ -152,9 +168,21 @@ class Flavor(abc.ABC):
         vecs = self.vectors(doc)
         if len(vecs) != n_texts:
             raise InvalidResponse(f"{len(vecs)} embeddings for {n_texts} input texts")
+        if self.dimensions and vecs:
+            length = _vector_length(vecs[0], self.encoding)
+            if length > self.dimensions:
+                raise InvalidResponse(f"embedding 0 has {length} values where {self.dimensions} dimensions were "
+                                      "asked for: the server ignores 'dimensions'")
         check = self._check
         for i, vec in enumerate(vecs):
             check(vec, dims, i)
+        if self.unit_norm and self.dimensions:
+            for i, vec in enumerate(vecs):
+                norm = vector_norm(vec, self.encoding)
+                if abs(norm - 1) > NORM_TOLERANCE:
+                    raise InvalidResponse(
+                        f"embedding {i} has norm {norm:.4f}, not 1 within {NORM_TOLERANCE:g}: the server cuts its "
+                        f"unit vectors to {self.dimensions} dimensions without re-normalising them")
         return self.tokens(doc, headers)
 
     def inspect(self, raw: bytes, n_texts: int, headers: Mapping | None = None) -> dict:
@@ -172,6 +200,7 @@ class Flavor(abc.ABC):
         return {
             "served_model": self.served_model(doc),
             "vector_length": length,
+            "norm": vector_norm(vecs[0], self.encoding),
             "prompt_tokens": self.tokens(doc, headers),
         }
 

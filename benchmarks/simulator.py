@@ -80,7 +80,7 @@ def reported_usage(texts: list[str], tokens: int, mode: str) -> int | None:
     return tokens
 
 
-def text_vector(text: str, dimensions: int, native_dimensions: int) -> np.ndarray:
+def text_vector(text: str, dimensions: int, native_dimensions: int, renormalise: bool = True) -> np.ndarray:
     """Return the deterministic unit vector (float32) of ``text``, truncated to ``dimensions``.
 
     The full vector has ``native_dimensions`` components drawn from a normal distribution seeded by a
@@ -88,6 +88,8 @@ def text_vector(text: str, dimensions: int, native_dimensions: int) -> np.ndarra
     """
     seed = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
     full = np.random.default_rng(seed).standard_normal(native_dimensions, dtype=np.float32)
+    if not renormalise:  # the unit full-length vector, cut: its prefix is shorter than 1
+        return full[:dimensions] / np.float32(np.linalg.norm(full))
     vector = full[:dimensions]
     norm = float(np.linalg.norm(vector))
     return vector / norm if norm > 0 else vector
@@ -120,6 +122,8 @@ class SimulatorConfig:
     reset_rate: float = 0.0             # connection reset without a response
     wrong_dimensions_rate: float = 0.0  # a success whose vectors are one component short
     nan_rate: float = 0.0               # a success with one NaN component (null in JSON)
+    ignore_dimensions: bool = False     # answer full-length vectors whatever 'dimensions' asks for
+    unnormalised_truncation: bool = False  # 'dimensions' cuts the unit vector without re-normalising it
     stall_s: float = 0.0                # stall length; no response leaves the server during a stall
     stall_every_s: float = 0.0          # > 0: a stall of stall_s starts every stall_every_s seconds
     stall_after_s: float | None = None  # one stall of stall_s starting this long after start
@@ -441,8 +445,9 @@ class Simulator:
         await self._run_in_batch(total_tokens)
         inferred = time.monotonic()
 
-        dimensions = parsed.dimensions or config.native_dimensions
-        vectors = [text_vector(text, dimensions, config.native_dimensions) for text in parsed.texts]
+        dimensions = (None if config.ignore_dimensions else parsed.dimensions) or config.native_dimensions
+        vectors = [text_vector(text, dimensions, config.native_dimensions, not config.unnormalised_truncation)
+                   for text in parsed.texts]
         if self._random.random() < config.wrong_dimensions_rate:
             short = dimensions - 1 if dimensions > 1 else 2
             vectors = [text_vector(text, short, max(short, config.native_dimensions)) for text in parsed.texts]
@@ -770,6 +775,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--wrong-dimensions-rate", type=fraction, default=0.0,
         help="share of successes whose vectors are one component short")
     add("--nan-rate", type=fraction, default=0.0, help="share of successes with a NaN component")
+    add("--ignore-dimensions", action="store_true",
+        help="answer full-length vectors whatever 'dimensions' a request asks for")
+    add("--unnormalised-truncation", action="store_true",
+        help="cut vectors to the requested 'dimensions' without re-normalising them (their norm falls below 1)")
     add("--stall-s", type=non_negative, default=0.0, help="length of a stall in seconds")
     add("--stall-every-s", type=non_negative, default=0.0, help="start a stall every this many seconds")
     add("--stall-after-s", type=non_negative, default=None, help="one stall, this many seconds after start")
@@ -792,6 +801,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         batch_wait_ms=args.batch_wait_ms, delay_ms=args.delay_ms, error_rate=args.error_rate,
         rate_limit_rate=args.rate_limit_rate, reset_rate=args.reset_rate,
         wrong_dimensions_rate=args.wrong_dimensions_rate, nan_rate=args.nan_rate, stall_s=args.stall_s,
+        ignore_dimensions=args.ignore_dimensions, unnormalised_truncation=args.unnormalised_truncation,
         stall_every_s=args.stall_every_s, stall_after_s=args.stall_after_s, seed=args.seed, usage=args.usage,
         track_texts=False, frozen_metrics=args.frozen_metrics)
 

@@ -24,7 +24,7 @@ from benchmarks.document import (
     utc_now,
 )
 from benchmarks.errors import ConfigError, SweepError
-from benchmarks.flavors import FLAVORS, make_flavor
+from benchmarks.flavors import FLAVORS, NORM_TOLERANCE, make_flavor
 from benchmarks.inputs import InputSource, fit_length
 from benchmarks.outbound import OutboundPolicy
 from benchmarks.plan import PlanLimits
@@ -151,6 +151,7 @@ class Sweep:
         self.probe: dict = {}
         self.inputs: dict = {}
         self.dims = None
+        self.unit_norm = False
         self.tokens_per_text_estimate = None
         self.chars_per_text = 1
         self.tokenizer_path = None
@@ -221,6 +222,18 @@ class Sweep:
             raise SweepError(message)
         return result
 
+    def _full_length_unit_norm(self, text: str) -> bool:
+        """Whether the server's full-length vector of `text` is a unit vector: one request without
+        'dimensions'. Then every answer cut to the plan's dimensions must be a unit vector too."""
+        plan = self.plan
+        result = probe_texts(self.target, [text], dimensions=None, encoding=plan["encoding"],
+                             timeout_s=min(plan["timeout_s"], 60), outbound=self.outbound,
+                             max_vector_length=self.limits.max_vector_length)
+        if not result["ok"] or result.get("norm") is None:
+            return False
+        self.probe["full_length_norm"] = round(result["norm"], 6)
+        return abs(result["norm"] - 1) <= NORM_TOLERANCE
+
     def _load_tokenizer(self):
         """The target's tokenizer (fetched once into the data folder), or None when it names none."""
         spec = self.target.get("tokenizer")
@@ -241,6 +254,7 @@ class Sweep:
         first = self._send([first_text])
         self.probe = {k: first[k] for k in ("served_model", "vector_length", "prompt_tokens", "latency_ms")}
         self.dims = plan["dimensions"] or first["vector_length"]
+        self.unit_norm = self._full_length_unit_norm(first_text) if plan["dimensions"] else False
         mode = plan["input"]
         calibration = {"target_tokens": plan["tokens"], "chars_per_text": None, "chars_per_token": None,
                        "measured_tokens": None, "estimated": False}
@@ -320,6 +334,7 @@ class Sweep:
         common = {
             "index": index, "mode": mode, "t0": t0, "warmup_s": plan["warmup_s"],
             "duration_s": plan["duration_s"], "timeout_s": plan["timeout_s"], "dims": self.dims,
+            "unit_norm": self.unit_norm,
             "max_vector_length": self.limits.max_vector_length,
             "keep_samples": plan["keep_samples"], "arrival": plan["arrival"],
             "tokens_per_text_estimate": self.tokens_per_text_estimate, "token_source": self.token_source,

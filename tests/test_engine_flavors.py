@@ -102,7 +102,8 @@ def test_ollama_answer():
     ollama = make_flavor("ollama", "m")
     raw = orjson.dumps({"model": "m", "embeddings": [[0.1, 0.2]], "prompt_eval_count": 5})
     assert ollama.validate(raw, 1, 2) == 5
-    assert ollama.inspect(raw, 1) == {"served_model": "m", "vector_length": 2, "prompt_tokens": 5}
+    assert ollama.inspect(raw, 1) == {"served_model": "m", "vector_length": 2, "norm": pytest.approx(0.05 ** 0.5),
+                                    "prompt_tokens": 5}
 
 
 def test_inspect_checks_against_requested_dimensions():
