@@ -254,7 +254,7 @@ class Sweep:
         first = self._send([first_text])
         self.probe = {k: first[k] for k in ("served_model", "vector_length", "prompt_tokens", "latency_ms")}
         self.dims = plan["dimensions"] or first["vector_length"]
-        self.unit_norm = self._full_length_unit_norm(first_text) if plan["dimensions"] else False
+        self.unit_norm = self._full_length_unit_norm(sampler.sample_text(guess)) if plan["dimensions"] else False
         mode = plan["input"]
         calibration = {"target_tokens": plan["tokens"], "chars_per_text": None, "chars_per_token": None,
                        "measured_tokens": None, "estimated": False}
