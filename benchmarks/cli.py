@@ -24,7 +24,7 @@ from rich.text import Text
 from benchmarks import __version__, push
 from benchmarks.argtypes import fraction, number, whole_number
 from benchmarks.control import CancelToken
-from benchmarks.document import level_load, token_notes
+from benchmarks.document import decode_note, level_load, token_notes
 from benchmarks.errors import ConfigError, SweepError
 from benchmarks.flavors import FLAVORS
 from benchmarks.numbers import figure, percent
@@ -269,6 +269,16 @@ def thresholds_from_args(args) -> list:
     return rules
 
 
+def answers_text(level: dict) -> str:
+    """Response size and the client's decode time per answer, for a level's line ('' without them)."""
+    answers = level.get("answers") or {}
+    if answers.get("bytes_mean") is None:
+        return ""
+    text = (f", {figure(answers['bytes_mean'] / 1024)} KiB/answer, decode {figure(answers['decode_ms_mean'])} ms"
+            f" ({percent(answers['decode_share'])} of latency)")
+    return text + (" - decode-bound (client)" if decode_note(level) else "")
+
+
 def results_table(document: dict) -> Table:
     """The per-level table: load, QPS, average and p99 latency, error rate, tokens/s."""
     open_loop = document["plan"]["mode"] == "open"
@@ -301,6 +311,8 @@ def results_table(document: dict) -> Table:
             notes.append(f"refused {level['unreachable_s']:.1f} s")
         for stall in level.get("stalls") or []:
             notes.append(f"stalled {stall['duration_s']:g} s at t = {stall['t']:g} s")
+        if decode_note(level):
+            notes.append("decode-bound (client)")
         step = level.get("capacity_step") or {}
         load = figure(level_load(level))
         if search and level.get("concurrency") is not None and open_loop:
@@ -436,6 +448,7 @@ class LiveView:
                 f"{figure(level['qps'])} req/s, p99 {figure(level['latency_ms']['p99'])} ms, "
                 f"errors {percent(level['error_rate'])}"
                 + (f", goodput {figure(goodput['per_s'])} req/s" if goodput else "")
+                + answers_text(level)
                 + (f" [{level['status']}]" if level["status"] != "completed" else ""))
         step = level.get("capacity_step")
         if step:

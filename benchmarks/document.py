@@ -131,6 +131,34 @@ def _stalls(partials: list[dict]) -> list[dict]:
             if b - a >= STALL_MIN_S]
 
 
+# Above this share of the mean latency, the client's own decoding and checking of answers, not the
+# server, is what a level's throughput says most about.
+DECODE_SHARE_NOTE = 0.25
+
+
+def _answers(partials: list[dict], latency_mean_ms: float | None) -> dict:
+    """Response bytes per successful request and the client's CPU time to decode and check one."""
+    n = sum((p.get("answers") or {}).get("n", 0) for p in partials)
+    if not n:
+        return {"bytes_mean": None, "decode_ms_mean": None, "decode_share": None}
+    decode_ms = 1000 * sum(p["answers"]["decode_s"] for p in partials if p.get("answers")) / n
+    return {
+        "bytes_mean": round(sum(p["answers"]["bytes"] for p in partials if p.get("answers")) / n, 1),
+        "decode_ms_mean": round(decode_ms, 4),
+        "decode_share": round(decode_ms / latency_mean_ms, 4) if latency_mean_ms else None,
+    }
+
+
+def decode_note(level: dict) -> str | None:
+    """Plain words when decoding answers on the client took a large share of the latency."""
+    share = (level.get("answers") or {}).get("decode_share")
+    if share is None or share <= DECODE_SHARE_NOTE:
+        return None
+    return (f"decoding and checking answers took {level['answers']['decode_ms_mean']:g} ms of client CPU per "
+            f"request, {share:.0%} of the mean latency: the client's decoding, not the server, dominated this "
+            "level; base64 encoding, fewer dimensions or more client processes lighten it")
+
+
 def stall_note(level: dict) -> str | None:
     """Plain words for a level's stalls; closed loop says that its percentiles hide them."""
     stalls = level.get("stalls") or []
@@ -245,6 +273,7 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
             "max": round(max(max_tokens_per_text), 2) if max_tokens_per_text else None,
         },
         "latency_ms": latency_summary,
+        "answers": _answers(partials, latency_summary.get("mean")),
         "service_ms": stats.summary_ms(service),
         "schedule": schedule,
         "errors": {c: counts[c] for c in ERROR_CLASSES},
@@ -257,7 +286,7 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
         "histogram": stats.encode(latency),
         "service_histogram": stats.encode(service),
     }
-    level["notes"] = [note for note in (stall_note(level),) if note]
+    level["notes"] = [note for note in (stall_note(level), decode_note(level)) if note]
     return level
 
 

@@ -161,6 +161,10 @@ class LevelRunner:
         self.tokens_per_text_count = 0
         self.tokens_per_text_min = None
         self.tokens_per_text_max = None
+        # Successful window answers: their bytes, and the client's CPU time to decode and check them.
+        self.answers_n = 0
+        self.answer_bytes = 0
+        self.decode_s = 0.0
         self.seconds: dict[int, Second] = {}
         self.examples: dict[str, str] = {}
         self.samples: list[tuple] = []
@@ -195,6 +199,7 @@ class LevelRunner:
             intended = start
         status = None
         tokens = None
+        decode_s = 0.0
         raw = b""
         outcome = None
         connect_failed = False
@@ -234,7 +239,9 @@ class LevelRunner:
                 try:
                     if "Content-Encoding" in headers:
                         check_encoding(headers)
+                    check_start = time.thread_time()
                     tokens = self.flavor.validate(raw, n_texts, self.dims, headers)
+                    decode_s = time.thread_time() - check_start
                     outcome = OK
                 except InvalidResponse as exc:
                     outcome = INVALID_RESPONSE
@@ -250,7 +257,7 @@ class LevelRunner:
                     else:
                         self._example(outcome, f"HTTP {status}: {error_text(raw, headers.get('Content-Type'))}")
         nbytes = len(raw)
-        self._record(intended, start, end, outcome, status, tokens, n_texts, nbytes, counted)
+        self._record(intended, start, end, outcome, status, tokens, n_texts, nbytes, counted, decode_s)
         self._note_reachable(not connect_failed, start)
         return connect_failed
 
@@ -269,7 +276,8 @@ class LevelRunner:
     def _example(self, outcome: str, message: str) -> None:
         self.examples.setdefault(outcome, message[:300])
 
-    def _record(self, intended, start, end, outcome, status, tokens, n_texts, nbytes, counted=None) -> None:
+    def _record(self, intended, start, end, outcome, status, tokens, n_texts, nbytes, counted=None,
+                decode_s=0.0) -> None:
         window_start = self.window_start
         ok = outcome == OK
         usage = tokens
@@ -288,6 +296,10 @@ class LevelRunner:
             if ok or outcome == TIMEOUT:
                 stats.record_seconds(self.latency, end - intended)
                 stats.record_seconds(self.service, end - start)
+            if ok:
+                self.answers_n += 1
+                self.answer_bytes += nbytes
+                self.decode_s += decode_s
             if ok and tokens:
                 per_text = tokens / n_texts
                 self.tokens_per_text_sum += per_text
@@ -618,6 +630,7 @@ class LevelRunner:
             "window_counted": self.window_counted,
             "tokens_per_text": {"sum": self.tokens_per_text_sum, "n": self.tokens_per_text_count,
                                 "min": self.tokens_per_text_min, "max": self.tokens_per_text_max},
+            "answers": {"n": self.answers_n, "bytes": self.answer_bytes, "decode_s": self.decode_s},
             "latency": stats.encode(self.latency),
             "service": stats.encode(self.service),
             "schedule": stats.encode(self.schedule) if self.work["mode"] == "open" else None,
