@@ -28,6 +28,22 @@ K_SIGMA = 3.0
 # is never marked, however small the in-level noise, so identical set-ups do not raise alarms.
 MIN_RELATIVE_CHANGE = 0.02
 
+# The floor while a side's between-run spread is unknown (fewer than three repeats of its set-up).
+# In-level noise cannot see what varies from one run to the next, and on a fixed-cost server it is
+# near zero: a few milliseconds of scheduling delay on the client host would then read as a p99
+# regression. Until repeats measure the spread, a change must exceed what unchanged set-ups commonly
+# differ by: 5 % for throughput, the median and the mean, 10 % for the tails.
+UNREPEATED_RELATIVE_CHANGE = {"qps": 0.05, "tokens_per_s": 0.05, "p50_ms": 0.05, "mean_ms": 0.05,
+                              "p90_ms": 0.10, "p99_ms": 0.10}
+
+
+def change_floor(metric_key: str, repeated: bool) -> float:
+    """The least relative change that can be significant: MIN_RELATIVE_CHANGE once both sides'
+    between-run noise is measured, the wider UNREPEATED_RELATIVE_CHANGE until then."""
+    if repeated:
+        return MIN_RELATIVE_CHANGE
+    return UNREPEATED_RELATIVE_CHANGE.get(metric_key, MIN_RELATIVE_CHANGE)
+
 # Lag-1 autocorrelation is clamped: per-second figures of a busy server are positively
 # correlated, and an estimate near 1 from a short window would blow the error up to infinity.
 MAX_AUTOCORRELATION = 0.9
@@ -205,6 +221,7 @@ class Delta:
     better: bool | None  # None: no change
     significant: bool | None  # None: the noise of one side is unknown
     threshold: float | None  # |diff| must exceed this to be significant
+    floor: float = MIN_RELATIVE_CHANGE  # the least relative change that could be significant
 
     @property
     def verdict(self) -> str:
@@ -222,6 +239,7 @@ class Delta:
             "better": self.better,
             "significant": self.significant,
             "threshold": self.threshold,
+            "floor": self.floor,
             "verdict": self.verdict,
         }
 
@@ -234,14 +252,16 @@ def significance_threshold(noise_a: float | None, noise_b: float | None, k: floa
 
 
 def compare_values(metric: Metric, base: float, base_noise: float | None, value: float,
-                   noise: float | None, k: float = K_SIGMA) -> Delta:
+                   noise: float | None, k: float = K_SIGMA, floor: float = MIN_RELATIVE_CHANGE) -> Delta:
     """Difference, % change, direction and significance of `value` against `base`.
 
-    Significant means beyond k combined standard errors and beyond MIN_RELATIVE_CHANGE of the baseline."""
+    Significant means beyond k combined standard errors and beyond `floor` (a share of the baseline;
+    see change_floor)."""
     diff = value - base
     pct = diff / base * 100.0 if base else None
     threshold = significance_threshold(base_noise, noise, k)
     if threshold is not None:
-        threshold = max(threshold, MIN_RELATIVE_CHANGE * abs(base))
+        threshold = max(threshold, floor * abs(base))
     significant = None if threshold is None else abs(diff) > threshold
-    return Delta(diff=diff, pct=pct, better=metric.better(diff), significant=significant, threshold=threshold)
+    return Delta(diff=diff, pct=pct, better=metric.better(diff), significant=significant, threshold=threshold,
+                 floor=floor)

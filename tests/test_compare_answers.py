@@ -99,7 +99,10 @@ def test_a_greyed_change_shows_its_noise_threshold(client, owner, target, sweep)
             if c["delta"] and c["delta"]["verdict"] == "same"]
     assert same, "two runs of one set-up should differ within the noise somewhere"
     body = response.content.decode()
-    assert "within noise: ±" in body and " ms</span>" in body
+    assert "within noise: ±" in body and " ms (no repeats yet)</span>" in body
+    # Without repeats the wider floor applies: 10 % of the baseline's p99 at the least.
+    assert all(c["delta"]["floor"] == 0.10 and c["delta"]["threshold"] >= 0.10 * row["cells"][0]["value"]
+               for row, c in same)
 
 
 def test_markdown_carries_what_changed(client, owner, before_after):

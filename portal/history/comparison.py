@@ -14,6 +14,7 @@ from django.db.models import Q
 from benchmarks.compare import (
     K_SIGMA,
     METRICS,
+    change_floor,
     combine_noise,
     compare_values,
 )
@@ -245,8 +246,11 @@ class Comparison:
     def _noise(self, run: Run, level: Level, metric: str) -> float | None:
         stats = self._stats.get(level.pk)
         within = stats.noise.get(metric) if stats else None
-        between = self._repeats.get(run.pk, {}).get(level.load, {}).get(metric)
-        return combine_noise(within, between)
+        return combine_noise(within, self._repeat(run, level, metric))
+
+    def _repeat(self, run: Run, level: Level, metric: str) -> float | None:
+        """The between-run noise of a run's figure from its repeats, None with fewer than three."""
+        return self._repeats.get(run.pk, {}).get(level.load, {}).get(metric)
 
     def _build_rows(self) -> list[dict]:
         rows = []
@@ -257,13 +261,16 @@ class Comparison:
                 cells = []
                 base_value = level_value(base_level, metric_key) if base_level else None
                 base_noise = self._noise(self.baseline, base_level, metric_key) if base_level else None
+                base_repeated = bool(base_level) and self._repeat(self.baseline, base_level, metric_key) is not None
                 for run in self.runs:
                     level = self._levels[run.pk].get(load)
                     value = level_value(level, metric_key) if level else None
                     noise = self._noise(run, level, metric_key) if level else None
                     delta = None
                     if run.pk != self.baseline.pk and value is not None and base_value is not None:
-                        delta = compare_values(metric, base_value, base_noise, value, noise).to_dict()
+                        repeated = base_repeated and self._repeat(run, level, metric_key) is not None
+                        delta = compare_values(metric, base_value, base_noise, value, noise,
+                                               floor=change_floor(metric_key, repeated)).to_dict()
                     cells.append({"run": run.pk, "value": value, "noise": noise, "delta": delta,
                                   "client_bound": bool(level and level.client_bound)})
                 rows.append({"load": load, "metric": metric_key, "cells": cells})

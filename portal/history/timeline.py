@@ -12,7 +12,7 @@ from django.db.models import Count, F, Max, Q, Window
 from django.db.models.functions import RowNumber
 from django.urls import reverse
 
-from benchmarks.compare import METRICS, combine_noise, compare_values
+from benchmarks.compare import METRICS, change_floor, combine_noise, compare_values
 from benchmarks.document import key_figures, level_load
 from benchmarks.verdict import FAILED
 from portal.history.models import LevelStats
@@ -149,8 +149,10 @@ def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dic
     with each side's noise the larger of its level's own and its segment's between-run noise.
     """
     def noise(point: RunPoint, load: float, level: dict, metric: str) -> float | None:
-        return combine_noise(within.get(level["id"], {}).get(metric),
-                             between.get(point.id, {}).get(load, {}).get(metric))
+        return combine_noise(within.get(level["id"], {}).get(metric), repeat(point, load, metric))
+
+    def repeat(point: RunPoint, load: float, metric: str) -> float | None:
+        return between.get(point.id, {}).get(load, {}).get(metric)
 
     for point in candidates:
         point.regressions = []
@@ -172,8 +174,11 @@ def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dic
                 if base[metric] is None or cur[metric] is None:
                     continue
                 compared[metric] += 1
+                # Until both set-ups have repeats, the wider floor (benchmarks.compare.change_floor).
+                repeated = repeat(baseline, load, metric) is not None and repeat(point, load, metric) is not None
                 delta = compare_values(METRICS[metric], base[metric], noise(baseline, load, base, metric),
-                                       cur[metric], noise(point, load, cur, metric))
+                                       cur[metric], noise(point, load, cur, metric),
+                                       floor=change_floor(metric, repeated))
                 if delta.verdict != "worse":
                     continue
                 size = abs(delta.diff) if delta.pct is None or metric == "error_rate" else abs(delta.pct)
