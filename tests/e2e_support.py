@@ -423,13 +423,33 @@ def _setup(state: dict, *, sim_url: str, queue: str) -> dict:
     return {"target": target.pk, "short": short.pk, "long": long.pk, "steps": steps.pk}
 
 
-def _start(state: dict, *, target: int, plan: int, label: str) -> dict:
+def _start(state: dict, *, target: int, plan: int, label: str, server_config: dict | None = None) -> dict:
     from portal.sweeps.models import Plan, Target
     from portal.sweeps.services import start_run
 
     run = start_run(target=Target.objects.get(pk=target), plan=Plan.objects.get(pk=plan), user=state["user"],
-                    label=label)
+                    label=label, server_config=server_config)
     return {"run": run.pk, "status": run.status}
+
+
+def _history(state: dict, *, target: int, plan: int) -> dict:
+    """What the history page and the dashboard make of a target and plan: flagged runs with their
+    reasons, the segments (run ids, what changed) and both pages' HTML."""
+    from django.test import Client
+    from django.urls import reverse
+
+    from portal.history.timeline import build_history, dashboard_regressions
+    from portal.sweeps.models import Run
+
+    runs = Run.objects.filter(target_id=target, plan_id=plan)
+    hist = build_history(runs)
+    client = Client()
+    client.force_login(state["user"])
+    history_page = client.get(reverse("history") + f"?target={target}&plan={plan}").content.decode()
+    return {"flagged": {str(p.id): p.regressions for p in hist.regressions},
+            "dashboard": [p.id for p in dashboard_regressions(Run.objects.all())],
+            "segments": [{"runs": [p.id for p in seg.points], "changes": seg.changes} for seg in hist.segments],
+            "history_html": history_page, "dashboard_html": client.get(reverse("dashboard")).content.decode()}
 
 
 def _run(state: dict, *, run: int) -> dict:
@@ -632,7 +652,8 @@ COMMANDS = {"setup": _setup, "target": _target, "grant": _grant, "broker_refused
             "document": _document, "token": _token, "team": _team, "delete_team": _delete_team,
             "api_token": _api_token, "checkpoint": _checkpoint,
             "post_page": _post_page, "runs": _runs, "password": _password, "start": _start, "run": _run,
-            "cancel": _cancel, "page": _page, "plan": _plan, "api": _api, "backend_pid": _backend_pid,
+            "cancel": _cancel, "page": _page, "history": _history, "plan": _plan, "api": _api,
+            "backend_pid": _backend_pid,
             "press_cancel": _press_cancel, "progress": _progress}
 
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
