@@ -6,6 +6,7 @@ import io
 import pytest
 
 from benchmarks import capacity
+from benchmarks.numbers import figure
 from benchmarks.simulator import running_simulator
 from benchmarks.sweep import run_sweep
 from portal.sweeps.models import Run
@@ -64,6 +65,11 @@ def test_an_ingested_search_keeps_its_answer_and_is_judged_on_its_capacity(clien
         assert float(row["goodput_per_s"]) == level["goodput"]["per_s"] and row["goodput_limit_ms"] == "800.0"
     markdown = api.get(f"/api/v1/runs/{run_id}/export/?format=md").content.decode()
     assert "**Capacity**: 20 req/s at p99 ≤ 800 ms, error rate ≤ 1.00%" in markdown
+    # Goodput beside req/s on every level, against the SLO's latency limit.
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert table[0].split("|")[2:4] == [" req/s ", " goodput/s (≤ 800 ms) "], table[0]
+    for line, level in zip(table[2:], found["levels"], strict=True):
+        assert line.split("|")[3].strip() == figure(level["goodput"]["per_s"])
 
     # The run page: the answer above the table, goodput, and each level's step with why it was chosen.
     client.force_login(owner)

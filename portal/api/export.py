@@ -126,8 +126,11 @@ def levels_markdown(run: Run) -> str:
         f"plan {md_escape(doc['plan'].get('name', '?'))}, {section['status']}"
         + (f", verdict **{section['verdict']}**" if section.get("verdict") else "")
     )
-    header = [load_name, "req/s", "texts/s", "tokens/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
-              "GPU util", "power W"]
+    # Goodput beside req/s when the plan has an SLO (a table without one reads as before).
+    limits = {(lv.get("goodput") or {}).get("limit_ms") for lv in doc["levels"]} - {None}
+    goodput_head = [f"goodput/s (≤ {figure(min(limits))} ms)"] if limits else []
+    header = [load_name, "req/s", *goodput_head, "texts/s", "tokens/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+              "errors", "GPU util", "power W"]
     preamble = []
     if section.get("verdict_reasons"):
         preamble += ["Verdict failed: " + "; ".join(md_escape(r) for r in section["verdict_reasons"]) + ".", ""]
@@ -159,6 +162,7 @@ def levels_markdown(run: Run) -> str:
         rows.append([
             load_text,
             figure(lv.get("qps")),
+            *([figure((lv.get("goodput") or {}).get("per_s"))] if goodput_head else []),
             figure(lv.get("texts_per_s")),
             figure(lv.get("tokens_per_s")),
             figure(latency.get("p50")),
