@@ -120,7 +120,8 @@ class LevelRunner:
         self.proc = proc
         self.flavor = flavor
         # The probe found the server's full-length vectors to be unit vectors: truncated ones must be too.
-        flavor.unit_norm = bool(work.get("unit_norm"))
+        if flavor is not None:
+            flavor.unit_norm = bool(work.get("unit_norm"))
         self.urls = urls
         self.headers = headers
         self.inputs = inputs

@@ -254,7 +254,13 @@ class Sweep:
         first = self._send([first_text])
         self.probe = {k: first[k] for k in ("served_model", "vector_length", "prompt_tokens", "latency_ms")}
         self.dims = plan["dimensions"] or first["vector_length"]
-        self.unit_norm = self._full_length_unit_norm(sampler.sample_text(guess)) if plan["dimensions"] else False
+        if plan["dimensions"]:
+            # A text of its own stream: the calibration's texts stay those of its seed.
+            own = InputSource("unique", salt=self.salt + "n", seed=plan["seed"], stream_index=97)
+            norm_text = own.sample_text(guess)
+            self.unit_norm = self._full_length_unit_norm(norm_text)
+        else:
+            self.unit_norm = False
         mode = plan["input"]
         calibration = {"target_tokens": plan["tokens"], "chars_per_text": None, "chars_per_token": None,
                        "measured_tokens": None, "estimated": False}
