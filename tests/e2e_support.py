@@ -678,6 +678,21 @@ def worker_stack(env: dict, queue: str, log_dir: Path, sim_url: str) -> Iterator
                 part.stop()
 
 
+@contextmanager
+def embedded_stack(name: str, tmp_path_factory, sim_url: str) -> Iterator[dict]:
+    """worker_stack on the embedded default (SQLite, the file-system broker) in a folder of its own,
+    on a queue named after `name`."""
+    var_dir = tmp_path_factory.mktemp(name.replace("_", "-"))
+    env = base_env(var_dir, database_url=f"sqlite:///{var_dir / 'e2e.sqlite3'}", broker_url="filesystem://")
+    with worker_stack(env, unique_name(name), var_dir, sim_url) as parts:
+        yield parts
+
+
+def ended(state: dict) -> bool:
+    """Whether a run (the driver's "run" answer) has left the queue and finished."""
+    return state["status"] not in ("queued", "running")
+
+
 def wait_for(driver, run_id: int, predicate, *, timeout: float, worker=None) -> dict:
     """The run's state (the driver's "run" answer) once `predicate` holds; fails after `timeout` s with
     the state and the end of the worker's log."""

@@ -19,15 +19,11 @@ def simulator():
 
 @pytest.fixture(scope="module")
 def stack(simulator, tmp_path_factory):
-    var_dir = tmp_path_factory.mktemp("e2e-verdict")
-    queue = e2e.unique_name("e2e_verdict")
-    env = e2e.base_env(var_dir, database_url=f"sqlite:///{var_dir / 'e2e.sqlite3'}", broker_url="filesystem://")
-    with e2e.worker_stack(env, queue, var_dir, simulator.base_url) as parts:
+    with e2e.embedded_stack("e2e_verdict", tmp_path_factory, simulator.base_url) as parts:
         yield parts
 
 
-def ended(state: dict) -> bool:
-    return state["status"] not in ("queued", "running")
+ended = e2e.ended
 
 
 def test_a_clean_sweep_passes(stack):
