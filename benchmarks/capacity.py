@@ -364,12 +364,7 @@ class CapacitySearch:
 def summary_text(cap: dict) -> str:
     """The answer of a capacity search in one sentence, e.g. "60 req/s at p99 ≤ 500 ms, error rate
     ≤ 1.00% (lowest failing 65 req/s; binding: p99)" (the exports' line; the CLI prints more)."""
-    slo = cap.get("slo") or {}
-    limits = [f"{key[:-3]} ≤ {value:g} ms" for key, value in slo.items() if key.endswith("_ms")]
-    if slo.get("error_rate") is not None:
-        limits.append(f"error rate ≤ {slo['error_rate']:.2%}")
-    if slo.get("goodput_share") is not None:
-        limits.append(f"goodput share ≥ {slo['goodput_share']:.1%}")
+    limits = slo_rule.limit_lines(cap.get("slo") or {})
     unit = "req/s" if cap.get("unit") == "rate" else "in flight"
     if cap.get("load") is None:
         head = ("not measured: the client was the limit first" if cap.get("status") == CLIENT_BOUND

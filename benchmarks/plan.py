@@ -268,7 +268,7 @@ def parse_threshold(text: str) -> dict:
     return {"figure": figure, "op": op or "", "limit": limit, "levels": levels_list}
 
 
-def check_thresholds(value, plan_levels: list, limits: PlanLimits) -> tuple[list | None, str | None]:
+def check_thresholds(value, plan_levels: list | None, limits: PlanLimits) -> tuple[list | None, str | None]:
     """(the checked thresholds, None) or (None, the message saying what is wrong with one of them).
 
     None stands for the default (error rate <= 1 % at every level); [] for no thresholds at all."""
@@ -309,6 +309,9 @@ def check_thresholds(value, plan_levels: list, limits: PlanLimits) -> tuple[list
         if levels is not None:
             if isinstance(levels, int | float | str) and not isinstance(levels, bool):
                 levels = [levels]
+            if plan_levels is None:
+                return None, (f"A capacity search chooses its own loads, so the threshold on {figure} cannot name "
+                              "levels (“at ...”): it is judged at the capacity's level. Leave out “at”.")
             if not isinstance(levels, list | tuple) or not levels:
                 return None, f"The levels of the threshold on {figure} are a list of the plan's levels."
             numbers = []
@@ -400,8 +403,10 @@ def plan_errors(plan: Mapping, limits: PlanLimits | None = None) -> tuple[dict, 
     if message:
         errors["levels"] = [message]
     out["keep_samples"] = bool(out["keep_samples"])
-    if "levels" not in errors:
-        out["thresholds"], message = check_thresholds(out["thresholds"], out["levels"], limits)
+    capacity = out["search"] == "capacity"
+    if "levels" not in errors or capacity:
+        # A capacity search chooses its own loads: its thresholds are judged at the capacity's level.
+        out["thresholds"], message = check_thresholds(out["thresholds"], None if capacity else out["levels"], limits)
         if message:
             errors["thresholds"] = [message]
     if "abort_window_s" not in errors and "duration_s" not in errors and out["abort_window_s"] > out["duration_s"]:

@@ -95,3 +95,21 @@ def goodput(level: Mapping, limit_ms: float, timeout_s: float) -> dict:
         "per_s": round(level["qps"] * within / ok, 3) if ok else 0.0,
         "share": round(within / attempted, 6) if attempted else None,
     }
+
+
+def limit_lines(slo: Mapping) -> list[str]:
+    """An SLO's limits in a reader's words ("p99 ≤ 500 ms", "error rate ≤ 1.00%"), from `Slo.to_dict()`
+    or a plan's fields."""
+    lines = []
+    for key in ("p99", "p90", "p50", "mean"):
+        value = slo.get(f"{key}_ms", slo.get(f"slo_{key}_ms"))
+        if value is not None:
+            lines.append(f"{key} ≤ {value:g} ms")
+    error_rate = slo.get("error_rate", slo.get("slo_error_rate"))
+    if error_rate is not None:
+        lines.append(f"error rate ≤ {error_rate:.2%}")
+    share = slo.get("goodput_share", slo.get("slo_goodput_share"))
+    if share is not None:
+        lines.append(f"goodput share ≥ {share:.1%}")
+    return lines
+

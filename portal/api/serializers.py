@@ -203,9 +203,7 @@ class TargetSerializer(RuleCheckedSerializer):
 
 
 class PlanSerializer(RuleCheckedSerializer):
-    model_fields = ("name", "description", "mode", "levels", "arrival", "max_in_flight", "warmup_s", "duration_s",
-                    "tokens", "batch", "dimensions", "encoding", "timeout_s", "abort_error_rate", "abort_window_s",
-                    "slo_p99_ms", "thresholds", "input_mode", "corpus_text", "processes", "keep_samples")
+    model_fields = Plan.EDITABLE_FIELDS
 
     id = serializers.IntegerField(read_only=True)
     url = serializers.SerializerMethodField()
@@ -215,8 +213,9 @@ class PlanSerializer(RuleCheckedSerializer):
     mode = serializers.ChoiceField(choices=Plan.Mode.choices, required=False)
     # Numbers are only read here; their ranges are the plan rule's (benchmarks.plan, through the rules),
     # so the API refuses a value with the same message as the page.
-    levels = serializers.ListField(child=serializers.FloatField(),
-                                   help_text="Concurrencies (closed loop) or rates in requests/s (open loop).")
+    levels = serializers.ListField(child=serializers.FloatField(), required=False,
+                                   help_text="Concurrencies (closed loop) or rates in requests/s (open loop). "
+                                             "Not used by a capacity search, which chooses its own.")
     arrival = serializers.ChoiceField(choices=Plan.Arrival.choices, required=False)
     max_in_flight = serializers.IntegerField(required=False, allow_null=True)
     warmup_s = serializers.FloatField(required=False)
@@ -229,6 +228,19 @@ class PlanSerializer(RuleCheckedSerializer):
     abort_error_rate = serializers.FloatField(required=False)
     abort_window_s = serializers.FloatField(required=False)
     slo_p99_ms = serializers.FloatField(required=False, allow_null=True)
+    slo_p90_ms = serializers.FloatField(required=False, allow_null=True)
+    slo_p50_ms = serializers.FloatField(required=False, allow_null=True)
+    slo_mean_ms = serializers.FloatField(required=False, allow_null=True)
+    slo_error_rate = serializers.FloatField(required=False, allow_null=True)
+    slo_goodput_share = serializers.FloatField(required=False, allow_null=True)
+    search = serializers.ChoiceField(
+        choices=Plan.Search.choices, required=False,
+        help_text="levels (run the plan's levels) or capacity (find the highest load meeting the SLO; "
+                  "docs/capacity.md).")
+    capacity_precision = serializers.FloatField(required=False)
+    capacity_trials = serializers.IntegerField(required=False)
+    capacity_budget_s = serializers.FloatField(required=False, allow_null=True)
+    capacity_max_load = serializers.FloatField(required=False, allow_null=True)
     thresholds = serializers.ListField(
         child=serializers.JSONField(), required=False, allow_null=True, max_length=64,
         help_text="Pass/fail rules: each \"p99_ms <= 500 at 16, 32\" or {\"figure\", \"op\", \"limit\", \"levels\"}; "

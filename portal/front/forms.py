@@ -2,6 +2,7 @@
 from django import forms
 from django.core.validators import MaxValueValidator, MinValueValidator
 
+from benchmarks.plan import PLAN_DEFAULTS
 from portal.accounts.access import teams_for_user
 from portal.front.fields import KeyValueField, LevelsField, ThresholdsField, URLListField
 from portal.sweeps import rules
@@ -130,8 +131,12 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
         return target
 
 
+# Plan settings a form may leave out: blank means the plan rule's default.
+OPTIONAL_WITH_DEFAULT = ("search", "capacity_precision", "capacity_trials")
+
+
 class PlanForm(TeamChoiceMixin, forms.ModelForm):
-    levels = LevelsField(label="Levels")
+    levels = LevelsField(label="Levels", required=False)
     thresholds = ThresholdsField(
         label="Thresholds (pass/fail)",
         help_text="One per line: figure <= or >= number, optionally “at” some levels, e.g. “p99_ms <= 500”, "
@@ -141,11 +146,7 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
 
     class Meta:
         model = Plan
-        fields = [
-            "team", "name", "description", "mode", "levels", "arrival", "max_in_flight", "warmup_s", "duration_s",
-            "tokens", "batch", "dimensions", "encoding", "timeout_s", "abort_error_rate", "abort_window_s",
-            "slo_p99_ms", "thresholds", "input_mode", "corpus_text", "processes", "keep_samples",
-        ]
+        fields = ["team", *Plan.EDITABLE_FIELDS]
         labels = {
             "warmup_s": "Warm-up per level (s)",
             "duration_s": "Measured duration per level (s)",
@@ -156,6 +157,16 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
             "abort_error_rate": "Abort a level above this error rate",
             "abort_window_s": "…measured over (s)",
             "slo_p99_ms": "Latency SLO: p99 (ms)",
+            "slo_p90_ms": "…p90 (ms)",
+            "slo_p50_ms": "…p50 (ms)",
+            "slo_mean_ms": "…mean (ms)",
+            "slo_error_rate": "SLO error rate",
+            "slo_goodput_share": "SLO goodput share",
+            "search": "Search",
+            "capacity_precision": "Capacity precision",
+            "capacity_trials": "Trials at the boundary",
+            "capacity_budget_s": "Capacity time budget (s)",
+            "capacity_max_load": "Highest load to try",
             "input_mode": "Inputs",
             "corpus_text": "Corpus",
             "max_in_flight": "Max in flight (open loop)",
@@ -169,7 +180,21 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
                               "longer window is cut to it, since a level could never fill it and the policy "
                               "would never fire.",
             "corpus_text": "One text per line; used when Inputs is Corpus.",
-            "slo_p99_ms": "Optional; the summary reports the highest level that met it.",
+            "slo_p99_ms": "Optional; the summary reports the highest level that met it, and every level its "
+                          "goodput (requests/s whose latency met it).",
+            "slo_p90_ms": "Optional limits of their own; goodput counts against the first set of p99, p90, p50, "
+                          "mean.",
+            "slo_error_rate": "0 to 1; a capacity search passes a load only at or below it (0.01 when blank).",
+            "slo_goodput_share": "0 to 1, optional: a load passes only when this share of its requests met the "
+                                 "latency limit.",
+            "search": "Capacity: embperf finds the highest load (req/s in open loop, concurrency in closed loop) "
+                      "that meets the SLO, probing and bisecting; the levels are then its own (docs/capacity.md).",
+            "capacity_precision": "Bisect until the lowest failing load is within this share of the capacity "
+                                  "(0.05: 5 %; at least 1 in concurrency).",
+            "capacity_trials": "A load at the boundary passes only when it passes this many times in a row.",
+            "capacity_budget_s": "The search stops here and answers with the best so far. Blank: this "
+                                 "installation's run limit.",
+            "capacity_max_load": "Blank: this installation's maximum rate or concurrency.",
             "tokens": "",
             "batch": "",
         }
@@ -187,6 +212,9 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
                 # The plan rule owns the ranges (and their messages); the form field only reads a number.
                 field.validators = [v for v in field.validators
                                     if not isinstance(v, MinValueValidator | MaxValueValidator)]
+        for name in OPTIONAL_WITH_DEFAULT:
+            # Left out or blank: the plan rule's default (a form posted before these settings existed).
+            self.fields[name].required = False
         # Short labels fit the form's column; the help text says what each mode holds fixed.
         self.fields["mode"].choices = [(Plan.Mode.CLOSED, "Closed loop"), (Plan.Mode.OPEN, "Open loop")]
         self.fields["mode"].help_text = "Closed: fixed concurrency. Open: fixed arrival rate (req/s)."
@@ -195,6 +223,9 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
         """Every plan value is checked by the plan rule (benchmarks.plan), so the API, ingest, the CLI
         and the worker refuse the same values with the same messages."""
         cleaned = super().clean()
+        for name in OPTIONAL_WITH_DEFAULT:
+            if name in cleaned and cleaned[name] in (None, ""):
+                cleaned[name] = PLAN_DEFAULTS[name]
         for field, messages in rules.plan_errors(cleaned).items():
             # A field that could not even be read already says so; the rule speaks about values only.
             if field in self.fields and field not in self.errors:

@@ -18,9 +18,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from benchmarks.document import SCHEMA, key_figures, level_load, public_target
-from benchmarks.plan import PLAN_BOUNDS, PLAN_DEFAULTS, planned_seconds
+from benchmarks.plan import PLAN_BOUNDS, PLAN_DEFAULTS
+from benchmarks.slo import DEFAULT_ERROR_RATE, limit_lines
 from benchmarks.verdict import describe, judge_run, thresholds_of
 from portal.accounts.models import Team
+from portal.sweeps.bounds import sweep_seconds
 from portal.sweeps.fields import EncryptedTextField
 
 # A key of a launch or server configuration (`--max-running-requests`, `tp_size`): what the pages and
@@ -231,6 +233,10 @@ class Plan(models.Model):
         FLOAT = "float", "float"
         BASE64 = "base64", "base64"
 
+    class Search(models.TextChoices):
+        LEVELS = "levels", "Run the plan's levels"
+        CAPACITY = "capacity", "Find the capacity under the SLO"
+
     class Input(models.TextChoices):
         UNIQUE = "unique", "Unique text per request"
         CORPUS = "corpus", "Corpus (one text per line), no reuse"
@@ -253,6 +259,18 @@ class Plan(models.Model):
     abort_error_rate = models.FloatField(default=PLAN_DEFAULTS["abort_error_rate"])
     abort_window_s = models.FloatField(default=PLAN_DEFAULTS["abort_window_s"])
     slo_p99_ms = models.FloatField(null=True, blank=True)
+    # The rest of the SLO (benchmarks.plan): goodput counts against the first latency limit set, a
+    # capacity search (search="capacity", docs/capacity.md) passes a load only when every limit holds.
+    slo_p90_ms = models.FloatField(null=True, blank=True)
+    slo_p50_ms = models.FloatField(null=True, blank=True)
+    slo_mean_ms = models.FloatField(null=True, blank=True)
+    slo_error_rate = models.FloatField(null=True, blank=True)
+    slo_goodput_share = models.FloatField(null=True, blank=True)
+    search = models.CharField(max_length=10, choices=Search.choices, default=PLAN_DEFAULTS["search"])
+    capacity_precision = models.FloatField(default=PLAN_DEFAULTS["capacity_precision"])
+    capacity_trials = models.PositiveIntegerField(default=PLAN_DEFAULTS["capacity_trials"])
+    capacity_budget_s = models.FloatField(null=True, blank=True)
+    capacity_max_load = models.FloatField(null=True, blank=True)
     input_mode = models.CharField(max_length=10, choices=Input.choices, default=PLAN_DEFAULTS["input"])
     corpus_text = models.TextField(blank=True, default="")
     processes = models.PositiveIntegerField(default=PLAN_DEFAULTS["processes"])
@@ -292,7 +310,7 @@ class Plan(models.Model):
             "timeout_s": self.timeout_s,
             "abort_error_rate": self.abort_error_rate,
             "abort_window_s": self.abort_window_effective_s,
-            "slo_p99_ms": self.slo_p99_ms,
+            **{name: getattr(self, name) for name in (*self.SLO_FIELDS, *self.SEARCH_FIELDS)},
             "input": self.input_mode,
             "corpus": self.corpus_text.splitlines() if self.input_mode == self.Input.CORPUS else None,
             "processes": self.processes,
@@ -300,10 +318,19 @@ class Plan(models.Model):
             "thresholds": None if self.thresholds is None else list(self.thresholds),
         }
 
+    # The SLO's limits and the capacity search's settings (benchmarks.plan): one name in model and engine.
+    SLO_FIELDS = ("slo_p99_ms", "slo_p90_ms", "slo_p50_ms", "slo_mean_ms", "slo_error_rate", "slo_goodput_share")
+    SEARCH_FIELDS = ("search", "capacity_precision", "capacity_trials", "capacity_budget_s", "capacity_max_load")
     # Plan fields whose engine name (to_spec) is the model's name too.
     SPEC_FIELDS = ("mode", "arrival", "max_in_flight", "warmup_s", "duration_s", "tokens", "batch", "dimensions",
-                   "encoding", "timeout_s", "abort_error_rate", "abort_window_s", "slo_p99_ms", "processes",
-                   "keep_samples", "thresholds")
+                   "encoding", "timeout_s", "abort_error_rate", "abort_window_s", "processes", "keep_samples",
+                   "thresholds", *SLO_FIELDS, *SEARCH_FIELDS)
+    # What a person sets on a plan, on the page and through the API, in the form's order.
+    EDITABLE_FIELDS = ("name", "description", "search", "mode", "levels", "arrival", "max_in_flight", "warmup_s",
+                       "duration_s", "tokens", "batch", "dimensions", "encoding", "timeout_s", "abort_error_rate",
+                       "abort_window_s", "slo_p99_ms", "slo_p90_ms", "slo_p50_ms", "slo_mean_ms", "slo_error_rate",
+                       "slo_goodput_share", "capacity_precision", "capacity_trials", "capacity_budget_s",
+                       "capacity_max_load", "thresholds", "input_mode", "corpus_text", "processes", "keep_samples")
 
     @classmethod
     def from_spec(cls, spec: dict, *, team: Team) -> "Plan":
@@ -315,6 +342,14 @@ class Plan(models.Model):
         if spec.get("corpus"):
             fields["corpus_text"] = "\n".join(spec["corpus"])
         return cls(team=team, name=spec["name"], levels=list(spec["levels"]), **fields)
+
+    def slo_lines(self) -> list[str]:
+        """The SLO's limits in a reader's words ("p99 ≤ 500 ms"); a capacity search's default error rate
+        included, since its search applies it."""
+        values = {name: getattr(self, name) for name in self.SLO_FIELDS}
+        if self.search == self.Search.CAPACITY and values["slo_error_rate"] is None:
+            values["slo_error_rate"] = DEFAULT_ERROR_RATE
+        return limit_lines(values)
 
     def threshold_lines(self) -> list[str]:
         """The pass/fail thresholds in effect, in a reader's words ("p99 latency <= 500 ms at 16")."""
@@ -329,8 +364,9 @@ class Plan(models.Model):
         return min(self.abort_window_s, max(self.duration_s, PLAN_BOUNDS["abort_window_s"].minimum))
 
     def expected_seconds(self) -> float:
-        """The longest this plan may take (every level's warm-up, duration and a last timeout)."""
-        return planned_seconds(self.to_spec())
+        """The longest this plan may take (every level's warm-up, duration and a last timeout; a capacity
+        search's budget, this installation's run limit when it sets none)."""
+        return sweep_seconds(self.to_spec())
 
 
 class RunQuerySet(TeamOwnedQuerySet):

@@ -29,8 +29,9 @@ PLAN_SPEC_FIELDS = {
     "mode": "mode", "levels": "levels", "arrival": "arrival", "max_in_flight": "max_in_flight",
     "warmup_s": "warmup_s", "duration_s": "duration_s", "tokens": "tokens", "batch": "batch",
     "dimensions": "dimensions", "encoding": "encoding", "timeout_s": "timeout_s",
-    "abort_error_rate": "abort_error_rate", "abort_window_s": "abort_window_s", "slo_p99_ms": "slo_p99_ms",
+    "abort_error_rate": "abort_error_rate", "abort_window_s": "abort_window_s",
     "input": "input_mode", "processes": "processes", "keep_samples": "keep_samples", "thresholds": "thresholds",
+    **{name: name for name in (*Plan.SLO_FIELDS, *Plan.SEARCH_FIELDS)},
 }
 
 
