@@ -286,8 +286,20 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
         "histogram": stats.encode(latency),
         "service_histogram": stats.encode(service),
     }
+    sent = [p["input_tokens"] for p in partials if p.get("input_tokens")]
+    if sent:
+        level["input_tokens"] = _input_tokens(sent)
     level["notes"] = [note for note in (stall_note(level), decode_note(level)) if note]
     return level
+
+
+def _input_tokens(sent: list[dict]) -> dict:
+    """A length distribution's texts sent in the window, over every load process: `p50`, `p90`, `max`,
+    `mean` and `n` (texts) of their token counts, and their `source`: `tokenizer` (its exact counts)
+    or `target` (the counts drawn, without a tokenizer to count the texts)."""
+    summary = stats.count_summary(stats.merge_counts(s["hist"] for s in sent))
+    sources = {s["source"] for s in sent}
+    return {**summary, "source": TOKENIZER if sources == {TOKENIZER} else "target"}
 
 
 USAGE_SHORT = {"characters": "usage counts characters", "words": "usage counts words",

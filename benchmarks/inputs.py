@@ -11,14 +11,75 @@ With the model's own tokenizer (benchmarks/tokens.py) the word stream is tokeniz
 text takes a window of exactly as many of its tokens as the plan asks for, less the prefix's and the
 special tokens: a window starts at a word, and words tokenize the same inside the stream and on
 their own, so the text has the planned count (within one token) without encoding it again.
+
+A length distribution (`Lengths`) gives each unique text a token count of its own, drawn from its
+own seeded stream: with a tokenizer the window is that many tokens; without one the calibrated
+characters per text are scaled by the count over the distribution's median (the count calibration
+aimed at). A fixed length draws nothing, so its texts stay what they were.
 """
 import bisect
+import math
 import random
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from benchmarks.errors import ConfigError
 
 MODES = ("unique", "corpus", "repeat")
+LENGTHS = ("fixed", "uniform", "lognormal")
+TOKENS_MOST = 32_768  # the longest text a plan may ask for (the plan's `tokens` bound), and the clip of a draw
+LOGNORMAL_Z_P999 = 3.0902  # the standard normal's 99.9th percentile, where a log-normal length's longest text is put
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """How many tokens each unique text has: `tokens` for every text (fixed), a whole number drawn
+    uniformly from [low, high] (uniform), or round(tokens * exp(sigma * N(0, 1))) clipped to
+    [1, TOKENS_MOST], so that `tokens` is the median (lognormal)."""
+
+    kind: str = "fixed"
+    tokens: int = 512
+    low: int | None = None
+    high: int | None = None
+    sigma: float | None = None
+
+    @classmethod
+    def from_plan(cls, plan: Mapping) -> "Lengths":
+        """The length of a checked plan (benchmarks.plan fills in a distribution's unset fields)."""
+        return cls(plan.get("length") or "fixed", int(plan.get("tokens") or 1), plan.get("tokens_min"),
+                   plan.get("tokens_max"), plan.get("tokens_sigma"))
+
+    @property
+    def fixed(self) -> bool:
+        return self.kind == "fixed"
+
+    @property
+    def median(self) -> int:
+        """The count the texts centre on, which calibration aims at: `tokens`, or the middle of a
+        uniform range."""
+        if self.kind == "uniform" and self.low and self.high:
+            return round((int(self.low) + int(self.high)) / 2)
+        return self.tokens
+
+    @property
+    def longest(self) -> int:
+        """The longest text, for memory and request-size estimates: `tokens`, a uniform range's top, or a
+        log-normal length's 99.9th percentile (one text in a thousand is longer, up to the clip; every
+        request in flight at once at that length is already far beyond a real load)."""
+        if self.kind == "uniform" and self.high:
+            return int(self.high)
+        if self.kind == "lognormal" and self.sigma:
+            return min(TOKENS_MOST, math.ceil(self.tokens * math.exp(float(self.sigma) * LOGNORMAL_Z_P999)))
+        return self.tokens
+
+    def draw(self, rng: random.Random) -> int:
+        """One text's token count."""
+        if self.kind == "uniform":
+            return rng.randint(self.low, self.high)
+        if self.kind == "lognormal":
+            return min(TOKENS_MOST, max(1, round(self.tokens * math.exp(self.sigma * rng.gauss(0.0, 1.0)))))
+        return self.tokens
 
 # Common English words: they tokenize like real prose (about 1.1-1.4 tokens per word).
 WORDS = """
@@ -57,6 +118,8 @@ class InputSource:
     `chars_per_text` comes from calibration (unique and repeat modes). `stream_index` and
     `stream_count` split a corpus between processes so that no text is sent twice until the
     corpus is exhausted; after that it is reused, and `corpus_reused` counts how often.
+    `lengths` (unique mode only) draws each text's token count; `last_lengths` then holds the counts
+    of the last request's texts: the tokenizer's with one, else the drawn targets (None for a fixed length).
     """
 
     def __init__(
@@ -72,9 +135,14 @@ class InputSource:
         stream_count: int = 1,
         tokenizer=None,
         tokens_per_text: int | None = None,
+        lengths: Lengths | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"input mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if lengths is not None and lengths.fixed:
+            lengths = None
+        if lengths is not None and mode != "unique":
+            raise ConfigError(f"a {lengths.kind} length applies to unique texts only, not to input mode {mode!r}")
         if batch < 1:
             raise ConfigError("batch (texts per request) must be at least 1")
         if mode == "corpus" and not corpus:
@@ -88,7 +156,13 @@ class InputSource:
         self.corpus = corpus or []
         self.corpus_pos = stream_index
         self.corpus_reused = 0
-        self._rng = random.Random(seed if seed is not None else secrets.randbits(64))
+        seed = seed if seed is not None else secrets.randbits(64)
+        self._rng = random.Random(seed)
+        self.lengths = lengths
+        # The counts come from a stream of their own: the texts' word windows stay those of the seed.
+        self._length_rng = random.Random(f"{seed}:lengths")
+        self.last_lengths: list[int] | None = None
+        self._text_target = 0  # the drawn count of the last text made (a length distribution without tokenizer)
         words = self._rng.choices(WORDS, k=STREAM_WORDS)
         self._stream = " ".join(words)
         self._starts = []
@@ -113,7 +187,7 @@ class InputSource:
         if self.mode == "corpus":
             self._corpus_tokens = [len(e.ids) for e in tokenizer.encode_batch(self.corpus, add_special_tokens=True)]
             return
-        if not tokens_per_text:
+        if not tokens_per_text and self.lengths is None:
             raise ConfigError("texts cut by a tokenizer need a token count per text")
         offsets = tokenizer.encode(self._stream, add_special_tokens=False).offsets
         stream = self._stream
@@ -124,11 +198,13 @@ class InputSource:
                              if i > 0 and start > 0 and stream[start - 1] == " "]
 
     def _token_window_text(self) -> str:
-        """A unique text of `tokens_per_text` tokens by the tokenizer (prefix and special tokens included)."""
+        """A unique text of `tokens_per_text` tokens by the tokenizer, or of a count drawn from the length
+        distribution (prefix and special tokens included; never fewer than they take and one more)."""
         self.counter += 1
         prefix = f"{self.salt}{self.stream_index:02d}{self.counter:09d}"
         prefix_tokens = len(self.tokenizer.encode(prefix, add_special_tokens=False).ids)
-        n = max(1, self.tokens_per_text - self._special - prefix_tokens)
+        target = self.tokens_per_text if self.lengths is None else self.lengths.draw(self._length_rng)
+        n = max(1, target - self._special - prefix_tokens)
         last = bisect.bisect_right(self._word_tokens, len(self._tok_end) - n)
         first = self._word_tokens[self._rng.randrange(0, max(1, last))]
         end = self._tok_end[min(first + n, len(self._tok_end)) - 1]
@@ -137,17 +213,28 @@ class InputSource:
 
     def set_chars(self, chars: int) -> None:
         """Set the length of the word window of unique texts, in characters."""
+        self.chars_per_text, self._last_start = self._window(chars)
+
+    def _window(self, chars: float) -> tuple[int, int]:
+        """(a word window's length in characters, the last word it may start at)."""
         total = len(self._stream)
-        self.chars_per_text = max(1, min(int(chars), total // 2))
-        self._last_start = bisect.bisect_left(self._starts, total - self.chars_per_text - 1) - 1
+        chars = max(1, min(int(chars), total // 2))
+        return chars, bisect.bisect_left(self._starts, total - chars - 1) - 1
 
     def _unique_text(self) -> str:
         if self.tokenizer is not None:
             return self._token_window_text()
+        if self.lengths is None:
+            return self._cut(self.chars_per_text, self._last_start)
+        # The calibrated characters per text give the median count: scale them to this text's count.
+        self._text_target = self.lengths.draw(self._length_rng)
+        return self._cut(*self._window(round(self.chars_per_text * self._text_target / self.lengths.median)))
+
+    def _cut(self, chars: int, last_start: int) -> str:
         starts = self._starts
-        first = self._rng.randrange(0, self._last_start)
+        first = self._rng.randrange(0, last_start)
         begin = starts[first]
-        end = starts[bisect.bisect_left(starts, begin + self.chars_per_text, first + 1)] - 1
+        end = starts[bisect.bisect_left(starts, begin + chars, first + 1)] - 1
         self.counter += 1
         return f"{self.salt}{self.stream_index:02d}{self.counter:09d} {self._stream[begin:end]}"
 
@@ -164,6 +251,8 @@ class InputSource:
 
     def next_texts(self) -> list[str]:
         """The texts of the next request (`batch` of them)."""
+        if self.lengths is not None:
+            return self._drawn_texts()
         if self.tokenizer is None:
             if self.mode == "unique":
                 return [self._unique_text() for _ in range(self.batch)]
@@ -184,14 +273,22 @@ class InputSource:
         self.last_tokens = tokens
         return texts
 
+    def _drawn_texts(self) -> list[str]:
+        """Unique texts of a length distribution, each count kept in `last_lengths`."""
+        texts, counts = [], []
+        for _ in range(self.batch):
+            texts.append(self._unique_text())
+            counts.append(self._text_tokens if self.tokenizer is not None else self._text_target)
+        self.last_lengths = counts
+        if self.tokenizer is not None:
+            self.last_tokens = sum(counts)
+        return texts
+
     def sample_text(self, chars: int) -> str:
         """One unique text with a word window of about `chars` characters (for calibration)."""
-        saved = self.chars_per_text
-        self.set_chars(chars)
-        try:
-            return self._unique_text()
-        finally:
-            self.set_chars(saved)
+        if self.tokenizer is not None:
+            return self._token_window_text()
+        return self._cut(*self._window(chars))
 
 
 def load_corpus(path: str) -> list[str]:

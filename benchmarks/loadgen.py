@@ -162,6 +162,10 @@ class LevelRunner:
         self.tokens_per_text_count = 0
         self.tokens_per_text_min = None
         self.tokens_per_text_max = None
+        # A length distribution's texts: each window text's token count (the tokenizer's with one, else
+        # its drawn target); None for a fixed length, whose documents carry no such section.
+        self.input_tokens = stats.new_count_histogram() if getattr(inputs, "lengths", None) is not None else None
+        self.input_tokens_source = TOKENIZER if getattr(inputs, "tokenizer", None) is not None else "target"
         # Successful window answers: their bytes, and the client's CPU time to decode and check them.
         self.answers_n = 0
         self.answer_bytes = 0
@@ -190,6 +194,7 @@ class LevelRunner:
         """Send one request and record it; True when it could not even connect (refused, unreachable)."""
         texts = self.inputs.next_texts()
         counted = self.inputs.last_tokens
+        lengths = self.inputs.last_lengths if self.input_tokens is not None else None
         n_texts = len(texts)
         body = self.flavor.body(texts)
         url = self.urls[self.next_url % len(self.urls)]
@@ -258,7 +263,7 @@ class LevelRunner:
                     else:
                         self._example(outcome, f"HTTP {status}: {error_text(raw, headers.get('Content-Type'))}")
         nbytes = len(raw)
-        self._record(intended, start, end, outcome, status, tokens, n_texts, nbytes, counted, decode_s)
+        self._record(intended, start, end, outcome, status, tokens, n_texts, nbytes, counted, decode_s, lengths)
         self._note_reachable(not connect_failed, start)
         return connect_failed
 
@@ -278,7 +283,7 @@ class LevelRunner:
         self.examples.setdefault(outcome, message[:300])
 
     def _record(self, intended, start, end, outcome, status, tokens, n_texts, nbytes, counted=None,
-                decode_s=0.0) -> None:
+                decode_s=0.0, lengths=None) -> None:
         window_start = self.window_start
         ok = outcome == OK
         usage = tokens
@@ -288,12 +293,16 @@ class LevelRunner:
             if self.token_source == TOKENIZER and counted is not None:
                 tokens = counted
             elif self.token_source == ESTIMATE:
-                tokens = round(n_texts * self.est_tokens)
+                tokens = round(n_texts * self.est_tokens) if lengths is None else sum(lengths)
             elif tokens is None:
                 self.tokens_missing += 1
-                tokens = round(n_texts * self.est_tokens)
+                tokens = round(n_texts * self.est_tokens) if lengths is None else sum(lengths)
         if window_start <= intended < self.window_end:
             self.counts[outcome] += 1
+            if lengths is not None:
+                # Every text sent in the window, whatever its answer: the distribution the server was given.
+                for n in lengths:
+                    stats.record_count(self.input_tokens, n)
             if ok or outcome == TIMEOUT:
                 stats.record_seconds(self.latency, end - intended)
                 stats.record_seconds(self.service, end - start)
@@ -632,6 +641,8 @@ class LevelRunner:
             "tokens_per_text": {"sum": self.tokens_per_text_sum, "n": self.tokens_per_text_count,
                                 "min": self.tokens_per_text_min, "max": self.tokens_per_text_max},
             "answers": {"n": self.answers_n, "bytes": self.answer_bytes, "decode_s": self.decode_s},
+            "input_tokens": None if self.input_tokens is None else {
+                "hist": stats.encode(self.input_tokens), "source": self.input_tokens_source},
             "latency": stats.encode(self.latency),
             "service": stats.encode(self.service),
             "schedule": stats.encode(self.schedule) if self.work["mode"] == "open" else None,

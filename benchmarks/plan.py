@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from benchmarks.answers import answer_limit
 from benchmarks.errors import ConfigError
 from benchmarks.flavors import ENCODINGS
+from benchmarks.inputs import LENGTHS, TOKENS_MOST, Lengths
 from benchmarks.inputs import MODES as INPUT_MODES
 
 
@@ -93,13 +94,22 @@ PLAN_CHOICES = {
     # "levels" runs the plan's levels; "capacity" searches for the highest load that meets the SLO
     # (benchmarks/capacity.py); its levels are chosen by the search.
     "search": ("levels", ("levels", "capacity")),
+    # How long each unique text is: every text `tokens` long ("fixed"), or each text's count drawn
+    # from a distribution (benchmarks.inputs.Lengths; docs/request-shapes.md, "Length distributions").
+    "length": ("fixed", LENGTHS),
 }
 
 PLAN_BOUNDS = {
     "max_in_flight": Bound("Max in flight", None, 1, "max_concurrency", integer=True, optional=True),
     "warmup_s": Bound("The warm-up", 5.0, 0, 3600, unit="s"),
     "duration_s": Bound("The measured duration", 120.0, 0, "max_level_seconds", unit="s", above=True),
-    "tokens": Bound("Tokens per text", 512, 1, 32_768, integer=True),
+    "tokens": Bound("Tokens per text", 512, 1, TOKENS_MOST, integer=True),
+    # A uniform length: each text's count drawn from [tokens_min, tokens_max] (unset: half and one and
+    # a half times `tokens`). A log-normal length: `tokens` is the median, tokens_sigma the spread of
+    # the count's logarithm (unset: DEFAULT_TOKENS_SIGMA).
+    "tokens_min": Bound("The shortest text", None, 1, TOKENS_MOST, unit="tokens", integer=True, optional=True),
+    "tokens_max": Bound("The longest text", None, 1, TOKENS_MOST, unit="tokens", integer=True, optional=True),
+    "tokens_sigma": Bound("The length spread (sigma)", None, 0, 3, optional=True, above=True),
     "batch": Bound("Texts per request", 1, 1, 2_048, integer=True),
     "dimensions": Bound("Dimensions", None, 1, "max_vector_length", integer=True, optional=True),
     "timeout_s": Bound("The request timeout", 30.0, 0, 600, unit="s", above=True),
@@ -131,6 +141,7 @@ PLAN_DEFAULTS = {
     "encoding": PLAN_CHOICES["encoding"][0],
     "input": PLAN_CHOICES["input"][0],
     "search": PLAN_CHOICES["search"][0],
+    "length": PLAN_CHOICES["length"][0],
     "corpus": None,
     "keep_samples": False,
     "thresholds": None,  # None: DEFAULT_THRESHOLDS; [] : no thresholds
@@ -362,12 +373,25 @@ def in_flight_most(plan: Mapping) -> int:
     return min(most, int(cap)) if cap else most
 
 
+def median_tokens(plan: Mapping) -> int:
+    """The token count a plan's texts centre on, which calibration aims at: `tokens` (fixed: every
+    text's; log-normal: the median), or the middle of a uniform length's range."""
+    return Lengths.from_plan(plan).median
+
+
+def longest_tokens(plan: Mapping) -> int:
+    """The longest text a plan sends (benchmarks.inputs.Lengths.longest): `tokens`, a uniform length's
+    `tokens_max`, or a log-normal length's 99.9th percentile."""
+    return Lengths.from_plan(plan).longest
+
+
 def worst_case_bytes(plan: Mapping, limits: PlanLimits) -> int:
     """What a worker may hold for a plan at once: every request in flight with its body and an answer
-    at its cap (answers.answer_limit for the plan's vector length, or the installation's maximum)."""
+    at its cap (answers.answer_limit for the plan's vector length, or the installation's maximum).
+    A body is sized at the longest text the plan's length sends (`longest_tokens`)."""
     texts = int(plan.get("batch") or 1)
     dims = plan.get("dimensions") or limits.max_vector_length
-    body = texts * (int(plan.get("tokens") or 1) * REQUEST_BYTES_PER_TOKEN + REQUEST_BYTES_PER_TEXT)
+    body = texts * (longest_tokens(plan) * REQUEST_BYTES_PER_TOKEN + REQUEST_BYTES_PER_TEXT)
     return in_flight_most(plan) * (answer_limit(texts, dims) + body)
 
 
@@ -414,6 +438,7 @@ def plan_errors(plan: Mapping, limits: PlanLimits | None = None) -> tuple[dict, 
         # the window is the level's measured duration at most (the plan form says so), and never below
         # its own minimum, so that a plan checked twice (saved, then run) reads the same both times.
         out["abort_window_s"] = max(out["duration_s"], PLAN_BOUNDS["abort_window_s"].minimum)
+    _check_length(out, errors)
     if out["input"] == "corpus" and not out["corpus"]:
         errors["corpus"] = ["The corpus input needs texts: give one per line, or choose another input mode."]
     if out["mode"] == "open" and out["max_in_flight"] is None and "mode" not in errors:
@@ -437,9 +462,50 @@ def plan_errors(plan: Mapping, limits: PlanLimits | None = None) -> tuple[dict, 
                 f"{out['batch']:,} texts per request × up to {_mib(worst / in_flight_most(out) / out['batch'])} "
                 f"per text for the answer and the request), above this installation's budget of "
                 f"{_mib(budget)} per worker (EMBPERF_MAX_WORKER_MEMORY_MIB); lower the concurrency (or max in "
-                "flight), the texts per request, the tokens per text or the dimensions."
+                "flight), the texts per request, the tokens per text"
+                + (" (the longest of its length distribution)" if out["length"] != "fixed" else "")
+                + " or the dimensions."
             ]
     return out, errors
+
+
+# A log-normal length without tokens_sigma: p10 to p90 of about 0.53 to 1.9 times the median.
+DEFAULT_TOKENS_SIGMA = 0.5
+
+
+def _check_length(out: dict, errors: dict[str, list[str]]) -> None:
+    """A length distribution's own fields: each only with its distribution, a uniform range in order,
+    and unique texts only (a corpus is sent as it is, a repeated text is one text)."""
+    length = out["length"]
+    if "length" in errors:
+        return
+    for name, owner in (("tokens_min", "uniform"), ("tokens_max", "uniform"), ("tokens_sigma", "lognormal")):
+        if out[name] is not None and length != owner and name not in errors:
+            errors[name] = [f"{PLAN_BOUNDS[name].label} is set by a {owner} length; this plan's length is "
+                            f"{length}: choose length {owner}, or leave {name} empty."]
+    if length != "fixed" and out["input"] != "unique" and "input" not in errors:
+        why = ("a corpus is sent as it is, so its texts keep their own lengths" if out["input"] == "corpus"
+               else "a repeated input is one text of `tokens` tokens")
+        errors["length"] = [f"A {length} length applies to unique texts only; {why}. Choose length fixed, "
+                            "or the unique input."]
+    if "tokens" in errors:
+        return
+    if length == "uniform":
+        tokens = out["tokens"]
+        defaulted = out["tokens_min"] is None or out["tokens_max"] is None
+        if out["tokens_min"] is None and "tokens_min" not in errors:
+            out["tokens_min"] = max(1, round(tokens / 2))
+        if out["tokens_max"] is None and "tokens_max" not in errors:
+            out["tokens_max"] = min(TOKENS_MOST, round(tokens * 3 / 2))
+        low, high = out["tokens_min"], out["tokens_max"]
+        if low is not None and high is not None and low > high:
+            errors["tokens_min"] = [
+                f"The shortest text ({show(low)} tokens) is longer than the longest ({show(high)} tokens); give "
+                "tokens_min at most tokens_max"
+                + (" (unset, tokens_min is half of tokens and tokens_max one and a half times it)." if defaulted
+                   else ".")]
+    elif length == "lognormal" and out["tokens_sigma"] is None and "tokens_sigma" not in errors:
+        out["tokens_sigma"] = DEFAULT_TOKENS_SIGMA
 
 
 def _check_capacity(out: dict, errors: dict[str, list[str]], limits: PlanLimits) -> None:

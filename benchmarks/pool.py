@@ -84,7 +84,7 @@ def serve(proc: int, config: dict, commands, out, stop_event, cpu_clock_name: st
             corpus=config.get("corpus"), salt=config["salt"],
             seed=None if config.get("seed") is None else config["seed"] + 7919 * proc,
             stream_index=proc, stream_count=config["processes"],
-            tokenizer=tokenizer, tokens_per_text=config.get("tokens"),
+            tokenizer=tokenizer, tokens_per_text=config.get("tokens"), lengths=config.get("lengths"),
         )
         urls = [flavor.url(u) for u in config["base_urls"]]
         headers = request_headers(config.get("api_key"))

@@ -3,6 +3,9 @@
 Every latency is recorded in microseconds into an HdrHistogram (lowest 1 µs, highest 3,600 s,
 3 significant digits). Histograms travel between processes and into the result document in the
 `hdrhistogram` package's encoded form (base64 of the compressed V2 format) and merge exactly.
+Token counts per text go into a histogram of their own that holds every whole number from 1 to
+COUNT_HIGHEST exactly: it records a count less one (4 significant digits give unit buckets from 0
+to 32,767), and `count_summary` adds the one back.
 """
 from collections.abc import Iterable
 
@@ -15,6 +18,38 @@ SIGNIFICANT_DIGITS = 3
 
 # Percentile keys of the result document and the percentile each stands for.
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p999", 99.9))
+
+
+COUNT_HIGHEST = 32_768
+COUNT_SIGNIFICANT_DIGITS = 4
+
+
+def new_count_histogram() -> HdrHistogram:
+    """An empty histogram of whole counts (tokens per text), each value from 1 to COUNT_HIGHEST exact."""
+    return HdrHistogram(1, COUNT_HIGHEST, COUNT_SIGNIFICANT_DIGITS)
+
+
+def record_count(hist: HdrHistogram, count: int) -> None:
+    """Record one whole count (clamped into 1..COUNT_HIGHEST) into a count histogram."""
+    hist.record_value(min(max(int(count), 1), COUNT_HIGHEST) - 1)
+
+
+def merge_counts(encoded: Iterable[str | None]) -> HdrHistogram:
+    """One count histogram holding every value of the given encoded count histograms."""
+    total = new_count_histogram()
+    for text in encoded:
+        if text:
+            total.add(decode(text))
+    return total
+
+
+def count_summary(hist: HdrHistogram) -> dict:
+    """`p50`, `p90`, `max`, `mean` and `n` of a count histogram (the percentiles and max None when empty)."""
+    n = hist.get_total_count()
+    if n == 0:
+        return {"p50": None, "p90": None, "max": None, "mean": None, "n": 0}
+    return {"p50": hist.get_value_at_percentile(50.0) + 1, "p90": hist.get_value_at_percentile(90.0) + 1,
+            "max": hist.get_max_value() + 1, "mean": round(mean_us(hist) + 1, 2), "n": n}
 
 
 def new_histogram() -> HdrHistogram:
@@ -52,9 +87,9 @@ def merge(encoded: Iterable[str | None]) -> HdrHistogram:
 
 
 def mean_us(hist: HdrHistogram) -> float:
-    """Mean of the recorded values, as HdrHistogram defines it (each value at the middle of its
-    bucket), visiting only non-empty buckets: the package's own iterator is far too slow for
-    histograms of a long level."""
+    """Mean of the recorded values (microseconds, or a count histogram's values), as HdrHistogram
+    defines it (each value at the middle of its bucket), visiting only non-empty buckets: the
+    package's own iterator is far too slow for histograms of a long level."""
     total_count = hist.get_total_count()
     if total_count == 0:
         return 0.0

@@ -25,7 +25,7 @@ from benchmarks.document import (
 )
 from benchmarks.errors import ConfigError, SweepError
 from benchmarks.flavors import FLAVORS, NORM_TOLERANCE, make_flavor
-from benchmarks.inputs import InputSource, fit_length
+from benchmarks.inputs import InputSource, Lengths, fit_length
 from benchmarks.outbound import OutboundPolicy
 from benchmarks.plan import PlanLimits
 from benchmarks.probe import probe_texts
@@ -247,9 +247,11 @@ class Sweep:
 
     def _probe_and_calibrate(self) -> None:
         plan = self.plan
+        # A length distribution is calibrated at the count its texts centre on (its median).
+        aim = plan_rule.median_tokens(plan)
         tokenizer = self._load_tokenizer()
         sampler = InputSource("unique", salt=self.salt + "c", seed=plan["seed"], stream_index=99)
-        guess = max(1, round(plan["tokens"] * CHARS_PER_TOKEN_GUESS))
+        guess = max(1, round(aim * CHARS_PER_TOKEN_GUESS))
         first_text = sampler.sample_text(guess)
         first = self._send([first_text])
         self.probe = {k: first[k] for k in ("served_model", "vector_length", "prompt_tokens", "latency_ms")}
@@ -262,7 +264,7 @@ class Sweep:
         else:
             self.unit_norm = False
         mode = plan["input"]
-        calibration = {"target_tokens": plan["tokens"], "chars_per_text": None, "chars_per_token": None,
+        calibration = {"target_tokens": aim, "chars_per_text": None, "chars_per_token": None,
                        "measured_tokens": None, "estimated": False}
         self.chars_per_text = guess
         # Two texts of known length, sent alone, tell what the server's usage counts.
@@ -289,23 +291,23 @@ class Sweep:
         elif usage.usable:
             tokens["source"] = USAGE
             sample_chars = [(max(1, guess // 2), samples[0][1]), (guess, samples[1][1])]
-            chars = fit_length(sample_chars, plan["tokens"])
+            chars = fit_length(sample_chars, aim)
             text = sampler.sample_text(chars)
             measured = self._send([text])["prompt_tokens"]
             # One refinement step when the straight-line fit missed by more than 2 %.
-            if measured and abs(measured - plan["tokens"]) > 0.02 * plan["tokens"]:
-                chars = fit_length([sample_chars[0], (chars, measured)], plan["tokens"])
+            if measured and abs(measured - aim) > 0.02 * aim:
+                chars = fit_length([sample_chars[0], (chars, measured)], aim)
                 text = sampler.sample_text(chars)
                 measured = self._send([text])["prompt_tokens"]
             self.chars_per_text = chars
-            self.tokens_per_text_estimate = measured or plan["tokens"]
+            self.tokens_per_text_estimate = measured or aim
             calibration.update(chars_per_text=chars, measured_tokens=measured,
                                chars_per_token=round(len(text) / measured, 3) if measured else None)
         else:
             # No usable usage (none, or not a token count): size texts by a typical ratio and say the
             # tokens are estimated.
             tokens["source"] = ESTIMATE
-            self.tokens_per_text_estimate = plan["tokens"]
+            self.tokens_per_text_estimate = aim
             calibration.update(chars_per_text=guess, chars_per_token=CHARS_PER_TOKEN_GUESS, estimated=True)
         self.token_source = tokens["source"]
         self.inputs = {"mode": mode, "cache_study": mode == "repeat", "calibration": calibration,
@@ -314,18 +316,19 @@ class Sweep:
     def _calibrate_with_tokenizer(self, tokenizer, calibration: dict) -> None:
         """Texts cut by the tokenizer: check a few of them with it, and send one to see the server's count."""
         plan = self.plan
+        aim = plan_rule.median_tokens(plan)
         if plan["input"] == "corpus":
             counts = [count(tokenizer, text) for text in plan["corpus"]]
             self.tokens_per_text_estimate = sum(counts) / len(counts)
             calibration.update(target_tokens=None, tokenizer_tokens={"min": min(counts), "max": max(counts)})
             return
         cut = InputSource("unique", salt=self.salt + "t", seed=plan["seed"], stream_index=98,
-                          tokenizer=tokenizer, tokens_per_text=plan["tokens"])
+                          tokenizer=tokenizer, tokens_per_text=aim)
         texts = [cut.next_texts()[0] for _ in range(TOKENIZER_CHECK_TEXTS)]
         counts = [count(tokenizer, text) for text in texts]
         measured = self._send([texts[0]])["prompt_tokens"]
         chars = sum(len(t) for t in texts) / len(texts)
-        self.tokens_per_text_estimate = plan["tokens"]
+        self.tokens_per_text_estimate = aim
         self.chars_per_text = round(chars)
         calibration.update(chars_per_text=round(chars), chars_per_token=round(chars * len(counts) / sum(counts), 3),
                            measured_tokens=measured, tokenizer_tokens={"min": min(counts), "max": max(counts)})
@@ -502,7 +505,8 @@ class Sweep:
                     "input": plan["input"], "batch": plan["batch"], "chars_per_text": self.chars_per_text,
                     "corpus": plan["corpus"], "salt": self.salt, "seed": plan["seed"],
                     "outbound": self.outbound,
-                    "tokenizer_path": self.tokenizer_path, "tokens": plan["tokens"],
+                    "tokenizer_path": self.tokenizer_path, "tokens": plan_rule.median_tokens(plan),
+                    "lengths": Lengths.from_plan(plan),
                 }
                 pool = LoadPool(config, plan["processes"])
                 pool.start()
