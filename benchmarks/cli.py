@@ -43,7 +43,8 @@ PLAN_OPTIONS = {
     "slo_p90_ms": "--slo-p90-ms", "slo_p50_ms": "--slo-p50-ms", "slo_mean_ms": "--slo-mean-ms",
     "slo_error_rate": "--slo-error-rate", "slo_goodput_share": "--slo-goodput-share",
     "capacity_precision": "--precision", "capacity_trials": "--trials", "capacity_budget_s": "--budget",
-    "capacity_max_load": "--max-load",
+    "capacity_max_load": "--max-load", "length": "--length", "tokens_min": "--tokens-min",
+    "tokens_max": "--tokens-max", "tokens_sigma": "--tokens-sigma",
 }
 
 EXIT_FLAWED = 3  # the sweep ran, but its verdict is failed (a threshold breached, unreachable, aborted)
@@ -170,7 +171,17 @@ def _add_load_arguments(plan) -> None:
     plan.add_argument("--warmup", type=number, default=D["warmup_s"],
                       help=f"warm-up seconds per level, excluded (default {D['warmup_s']:g})")
     plan.add_argument("--tokens", type=whole_number, default=D["tokens"],
-                      help=f"input tokens per text (default {D['tokens']})")
+                      help=f"input tokens per text; the median of a log-normal length (default {D['tokens']})")
+    plan.add_argument("--length", choices=("fixed", "uniform", "lognormal"), default=D["length"],
+                      help="how long each unique text is: fixed (every text --tokens), uniform (drawn from "
+                           "--tokens-min..--tokens-max) or lognormal (median --tokens, spread --tokens-sigma); "
+                           "default fixed")
+    plan.add_argument("--tokens-min", type=whole_number,
+                      help="uniform length: the shortest text, tokens (default half of --tokens)")
+    plan.add_argument("--tokens-max", type=whole_number,
+                      help="uniform length: the longest text, tokens (default 1.5 times --tokens)")
+    plan.add_argument("--tokens-sigma", type=number,
+                      help="lognormal length: sigma of the log of the count, (0, 3] (default 0.5)")
     plan.add_argument("--batch", type=whole_number, default=D["batch"],
                       help=f"texts per request (default {D['batch']})")
     plan.add_argument("--processes", type=whole_number, default=D["processes"],
@@ -244,7 +255,9 @@ def plan_from_args(args) -> dict:
     plan = {
         "name": "cli", "mode": args.mode, "levels": getattr(args, "levels", None), "arrival": args.arrival,
         "max_in_flight": args.max_in_flight, "warmup_s": args.warmup, "duration_s": args.duration,
-        "tokens": args.tokens, "batch": args.batch, "dimensions": args.dimensions, "encoding": args.encoding,
+        "tokens": args.tokens, "length": args.length, "tokens_min": args.tokens_min,
+        "tokens_max": args.tokens_max, "tokens_sigma": args.tokens_sigma,
+        "batch": args.batch, "dimensions": args.dimensions, "encoding": args.encoding,
         "timeout_s": args.timeout, "abort_error_rate": args.abort_error_rate, "abort_window_s": args.abort_window,
         "slo_p99_ms": args.slo_p99_ms,
         "input": "corpus" if corpus else ("repeat" if args.repeat_input else "unique"),
@@ -277,6 +290,15 @@ def answers_text(level: dict) -> str:
     text = (f", {figure(answers['bytes_mean'] / 1024)} KiB/answer, decode {figure(answers['decode_ms_mean'])} ms"
             f" ({percent(answers['decode_share'])} of latency)")
     return text + (" - decode-bound (client)" if decode_note(level) else "")
+
+
+def input_tokens_text(level: dict) -> str:
+    """The token counts a length distribution sent, for a level's line ('' for a fixed length)."""
+    sent = level.get("input_tokens")
+    if not sent or not sent.get("n"):
+        return ""
+    word = "tokens" if sent["source"] == "tokenizer" else "target tokens"
+    return f", {word}/text p50 {figure(sent['p50'])} p90 {figure(sent['p90'])} max {figure(sent['max'])}"
 
 
 def results_table(document: dict) -> Table:
@@ -448,7 +470,7 @@ class LiveView:
                 f"{figure(level['qps'])} req/s, p99 {figure(level['latency_ms']['p99'])} ms, "
                 f"errors {percent(level['error_rate'])}"
                 + (f", goodput {figure(goodput['per_s'])} req/s" if goodput else "")
-                + answers_text(level)
+                + answers_text(level) + input_tokens_text(level)
                 + (f" [{level['status']}]" if level["status"] != "completed" else ""))
         step = level.get("capacity_step")
         if step:
