@@ -14,7 +14,7 @@ when it exceeds K times the combined noise of the two values, and at least 2 % o
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 # Three standard errors: with ~6 levels x 6 metrics compared at once, k=2 would flag about one
@@ -265,3 +265,71 @@ def compare_values(metric: Metric, base: float, base_noise: float | None, value:
     significant = None if threshold is None else abs(diff) > threshold
     return Delta(diff=diff, pct=pct, better=metric.better(diff), significant=significant, threshold=threshold,
                  floor=floor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Capacities (docs/capacity.md): the highest load a run's search found within its SLO
+
+
+def capacity_uncertainty(answer: Mapping) -> float:
+    """The capacity's own uncertainty: the gap from the highest passing load to the lowest failing one
+    (the true limit lies between them); 0 when no load failed (a capacity at the plan's highest load,
+    which is a firm lower bound)."""
+    load, fail = answer.get("load"), answer.get("lowest_fail")
+    if load is None or fail is None:
+        return 0.0
+    return max(0.0, float(fail) - float(load))
+
+
+def capacity_delta(base: Mapping | None, answer: Mapping | None, *, base_spread: float | None = None,
+                   spread: float | None = None, k: float = K_SIGMA) -> dict:
+    """A run's capacity against the baseline's: {"verdict", "diff", "pct", "threshold", "reason"}.
+
+    The two capacities differ significantly when the difference exceeds the larger of: each answer's
+    own uncertainty (capacity_uncertainty), `k` times the combined between-run spread of the two
+    set-ups' capacities when both have three or more repeats (`base_spread`, `spread`: standard
+    deviations), and a floor of UNREPEATED_RELATIVE_CHANGE["qps"] of the baseline capacity (or
+    MIN_RELATIVE_CHANGE once both spreads are known). A run whose search found no load within the SLO
+    is worse than a baseline that found one. Capacities under different SLOs or units, or one that
+    stopped because the client was the limit (a lower bound only), are "unknown", with the reason."""
+    out = {"verdict": "unknown", "diff": None, "pct": None, "threshold": None, "reason": ""}
+    if not base or not answer:
+        out["reason"] = "no capacity search"
+        return out
+    if (base.get("slo") or {}) != (answer.get("slo") or {}) or base.get("unit") != answer.get("unit"):
+        out["reason"] = "the searches had other SLOs"
+        return out
+    for side, name in ((base, "the baseline's"), (answer, "this run's")):
+        if side.get("status") == "client_bound":
+            out["reason"] = f"{name} search stopped at the client's limit: its capacity is a lower bound"
+            return out
+    before, after = base.get("load"), answer.get("load")
+    if before is None or after is None:
+        if before is None and after is None:
+            out.update(verdict="same", reason="no load met the SLO in either")
+        elif after is None:
+            out.update(verdict="worse", reason="no load met the SLO")
+        else:
+            out.update(verdict="better", reason="the baseline's search found no load within the SLO")
+        return out
+    diff = float(after) - float(before)
+    repeated = base_spread is not None and spread is not None
+    floor = MIN_RELATIVE_CHANGE if repeated else UNREPEATED_RELATIVE_CHANGE["qps"]
+    threshold = max(capacity_uncertainty(base), capacity_uncertainty(answer), floor * abs(float(before)))
+    if repeated:
+        threshold = max(threshold, k * math.hypot(base_spread, spread))
+    out.update(diff=diff, pct=diff / before * 100.0 if before else None, threshold=threshold)
+    if abs(diff) <= threshold:
+        out.update(verdict="same", reason="within the capacities' uncertainty")
+    else:
+        out.update(verdict="better" if diff > 0 else "worse", reason="beyond the capacities' uncertainty")
+    return out
+
+
+def capacity_change_text(delta: Mapping, slo_text: str) -> str:
+    """'+18 % capacity at p99 ≤ 200 ms' (or 'capacity within ±5 req/s at ...', 'no capacity at ...')."""
+    if delta.get("pct") is not None:
+        return f"{delta['pct']:+.0f} % capacity at {slo_text}"
+    if delta.get("verdict") == "worse":
+        return f"no capacity at {slo_text}"
+    return f"capacity {delta.get('reason') or 'not compared'} at {slo_text}"

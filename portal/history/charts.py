@@ -97,7 +97,9 @@ def history_charts(history: History) -> dict:
                 "data": [{"x": n, "y": r["figures"].get(key)} for n, r in enumerate(chart_data["runs"])
                          if r["figures"].get(key) is not None]}
 
+    charts = [capacity] if (capacity := _capacity_history_chart(chart_data["runs"], x, steps)) else []
     return {"runs": runs, "charts": [
+        *charts,
         {"id": "history-qps", "title": "Requests/s at each level", "x": x, "runs": "shared", "steps": steps,
          "bands": bands("qps"), "axes": [y_axis("y", "Requests/s (req/s)")], "datasets": per_level("qps"),
          "legendTitle": "Level"},
@@ -110,3 +112,28 @@ def history_charts(history: History) -> dict:
          "steps": steps, "axes": [y_axis("y", "Level")],
          "datasets": [figure("knee_level", "Knee", 1), figure("slo_max_level", "Highest level within SLO", 2)]},
     ]}
+
+
+def _capacity_history_chart(runs: list[dict], x: dict, steps: list[dict]) -> dict | None:
+    """Capacity over time: each search's answer, its lowest failing load dashed above it, and the gap
+    between the two (the answer's own uncertainty) shaded; None when no run searched for capacity."""
+    answers = [(n, r["capacity"]) for n, r in enumerate(runs) if r.get("capacity")]
+    if not answers:
+        return None
+    units = {a["unit"] for _, a in answers}
+    unit = units.pop() if len(units) == 1 else ""
+    axis = {"rate": "Capacity (req/s)", "concurrency": "Capacity (requests in flight)"}.get(unit, "Capacity")
+    slos = {a["slo"] for _, a in answers}
+    title = "Capacity within the SLO" + (f" ({slos.pop()})" if len(slos) == 1 else "")
+    return {
+        "id": "history-capacity", "title": title, "x": x, "runs": "shared", "steps": steps,
+        "bands": [{"color": 0, "from": n - 0.25, "to": n + 0.25, "low": a["load"], "high": a["lowest_fail"]}
+                  for n, a in answers if a["load"] is not None and a["lowest_fail"] is not None],
+        "axes": [y_axis("y", axis)],
+        "datasets": [
+            {"label": "Capacity", "axis": "y", "color": 0, "dashed": False,
+             "data": [{"x": n, "y": a["load"]} for n, a in answers if a["load"] is not None]},
+            {"label": "Lowest failing load", "axis": "y", "color": 3, "dashed": True,
+             "data": [{"x": n, "y": a["lowest_fail"]} for n, a in answers if a["lowest_fail"] is not None]},
+        ],
+    }

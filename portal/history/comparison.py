@@ -14,14 +14,25 @@ from django.db.models import Q
 from benchmarks.compare import (
     K_SIGMA,
     METRICS,
+    capacity_change_text,
+    capacity_delta,
+    capacity_uncertainty,
     change_floor,
     combine_noise,
     compare_values,
 )
 from benchmarks.numbers import MISSING, figure
+from benchmarks.slo import limit_lines
 from benchmarks.tables import csv_text, markdown_table
 from portal.history.models import LevelStats
-from portal.history.segments import REPEAT_WINDOW, Repeat, config_fingerprint, repeat_noise
+from portal.history.segments import (
+    REPEAT_WINDOW,
+    Repeat,
+    capacity_noise,
+    capacity_value,
+    config_fingerprint,
+    repeat_noise,
+)
 from portal.sweeps.models import Level, Run
 
 MIN_RUNS, MAX_RUNS = 2, 10
@@ -115,32 +126,38 @@ def repeat_key(run: Run) -> tuple:
     return (run.target_id, run.plan_id, config_fingerprint(run.target_config, run.plan_config, run.server_config))
 
 
-def repeated_run_noise(runs: list[Run]) -> dict[int, dict[float, dict[str, float | None]]]:
-    """{run id: {load: {metric: between-run noise}}} for each compared run, from the other succeeded runs
-    of its segment (same target, plan and configuration; see portal/history/segments.py)."""
+def repeated_run_noise(runs: list[Run]) -> tuple[dict[int, dict[float, dict[str, float | None]]],
+                                                  dict[int, float | None]]:
+    """({run id: {load: {metric: between-run noise}}}, {run id: its capacity's between-run spread}) for
+    each compared run, from the other succeeded runs of its segment (same target, plan and
+    configuration; see portal/history/segments.py)."""
     pairs = {(r.target_id, r.plan_id) for r in runs if r.target_id and r.plan_id}
     if not pairs:
-        return {}
+        return {}, {}
     match = Q()
     for target_id, plan_id in pairs:
         match |= Q(target_id=target_id, plan_id=plan_id)
     wanted = {repeat_key(r): r for r in runs}
     rows = (Run.objects.filter(match, status=Run.Status.SUCCEEDED).exclude(pk__in=[r.pk for r in runs])
-            .values_list("id", "target_id", "plan_id", "created", "target_config", "plan_config", "server_config"))
+            .values_list("id", "target_id", "plan_id", "created", "target_config", "plan_config", "server_config",
+                         "document__capacity"))
     members: dict[tuple, list] = defaultdict(list)
-    for run_id, target_id, plan_id, created, target_config, plan_config, server_config in rows:
+    for run_id, target_id, plan_id, created, target_config, plan_config, server_config, answer in rows:
         key = (target_id, plan_id, config_fingerprint(target_config, plan_config, server_config))
         if key in wanted:
-            members[key].append((created, run_id))
+            members[key].append((created, run_id, capacity_value(answer)))
     repeats = {r.pk: Repeat(id=r.pk, created=r.created, key=str(repeat_key(r)),
-                            counts=r.status == Run.Status.SUCCEEDED) for r in runs}
+                            counts=r.status == Run.Status.SUCCEEDED, capacity=capacity_value(r.capacity_answer))
+               for r in runs}
     for key, found in members.items():
         # The newest REPEAT_WINDOW + 1 are enough: each run leaves only itself out.
-        for created, run_id in sorted(found)[-(REPEAT_WINDOW + 1):]:
-            repeats[run_id] = Repeat(id=run_id, created=created, key=str(key), counts=True)
+        for created, run_id, value in sorted(found, key=lambda m: m[:2])[-(REPEAT_WINDOW + 1):]:
+            repeats[run_id] = Repeat(id=run_id, created=created, key=str(key), counts=True, capacity=value)
     for lv in headline_levels(list(repeats)):
         repeats[lv.run_id].levels[lv.load] = {m: level_value(lv, m) for m in METRIC_COLUMNS}
-    return repeat_noise(repeats.values(), wanted=[r.pk for r in runs])
+    wanted_ids = [r.pk for r in runs]
+    return (repeat_noise(repeats.values(), wanted=wanted_ids),
+            capacity_noise(repeats.values(), wanted=wanted_ids))
 
 
 def run_title(run: Run) -> str:
@@ -223,8 +240,9 @@ class Comparison:
 
     def __init__(self, runs: list[Run], baseline: Run, levels: dict[int, dict[float, Level]],
                  stats: dict[int, LevelStats], repeats: dict[int, dict], metrics: list[str] | None = None,
-                 loads: list[float] | None = None):
+                 loads: list[float] | None = None, capacity_spread: dict[int, float | None] | None = None):
         self.runs = runs
+        self._capacity_spread = capacity_spread or {}
         self.baseline = baseline
         self.candidates = [r for r in runs if r.pk != baseline.pk]
         self._levels = levels
@@ -275,6 +293,33 @@ class Comparison:
                                   "client_bound": bool(level and level.client_bound)})
                 rows.append({"load": load, "metric": metric_key, "cells": cells})
         return rows
+
+    def capacity(self) -> dict | None:
+        """The runs' capacity answers side by side, each candidate's against the baseline's
+        (benchmarks.compare.capacity_delta: beyond both answers' uncertainty and their set-ups' spread);
+        None when no compared run searched for its capacity."""
+        answers = [r.capacity_answer for r in self.runs]
+        if not any(answers):
+            return None
+        base = self.baseline.capacity_answer
+        cells = []
+        for run, answer in zip(self.runs, answers, strict=True):
+            cell = {"run": run.pk, "title": run_title(run), "is_reference": run.pk == self.baseline.pk,
+                    "load": None, "lowest_fail": None, "uncertainty": None, "binding": None, "status": None,
+                    "unit": None, "slo": "", "delta": None, "text": ""}
+            if answer:
+                cell.update(load=answer.get("load"), lowest_fail=answer.get("lowest_fail"),
+                            uncertainty=capacity_uncertainty(answer), binding=answer.get("binding"),
+                            status=answer.get("status"), unit=answer.get("unit"),
+                            slo=", ".join(limit_lines(answer.get("slo") or {})))
+            if run.pk != self.baseline.pk:
+                delta = capacity_delta(base, answer, base_spread=self._capacity_spread.get(self.baseline.pk),
+                                       spread=self._capacity_spread.get(run.pk))
+                cell["delta"] = delta
+                if base and answer:
+                    cell["text"] = capacity_change_text(delta, cell["slo"])
+            cells.append(cell)
+        return {"cells": cells}
 
     def figures(self, run: Run) -> dict:
         """Peak, knee and SLO figures of one run, as the engine summarised it."""
@@ -328,6 +373,7 @@ class Comparison:
             ],
             "available": {"metrics": list(METRICS), "loads": self.all_loads},
             "rows": self.rows,
+            "capacity": self.capacity(),
             "config_diff": self.config_diff(),
         })
 
@@ -362,6 +408,20 @@ class Comparison:
                 if run.pk != self.baseline.pk:
                     line += ["", "", ""]
             lines.append(line)
+        capacity = self.capacity()
+        if capacity:
+            unit = {"rate": "req/s", "concurrency": "concurrency"}.get(
+                next((c["unit"] for c in capacity["cells"] if c["unit"]), None), "")
+            for key in ("load", "lowest_fail"):
+                line = ["run", "capacity" if key == "load" else "capacity_lowest_fail", unit]
+                for run, cell in zip(self.runs, capacity["cells"], strict=True):
+                    line.append("" if cell[key] is None else cell[key])
+                    if run.pk != self.baseline.pk:
+                        d = cell["delta"] or {}
+                        line += ["", "", ""] if key != "load" or d.get("diff") is None else [
+                            d["diff"], "" if d["pct"] is None else round(d["pct"], 3),
+                            str(d["verdict"] in ("better", "worse")).lower()]
+                lines.append(line)
         return csv_text(lines)
 
     def to_markdown(self) -> str:
@@ -390,8 +450,26 @@ class Comparison:
                          "–" if d is None else _fmt_diff(metric.key, d["diff"]), _fmt_pct(d)]
             table.append(line)
         note = f"\\* beyond the noise ({K_SIGMA:g} standard errors of the difference, and 2 % of the baseline)."
-        lines = [*markdown_table(header, table, align), "", note, "", *self._what_changed_markdown()]
+        lines = [*self._capacity_markdown(), *markdown_table(header, table, align), "", note, "",
+                 *self._what_changed_markdown()]
         return "\n".join(lines) + "\n"
+
+    def _capacity_markdown(self) -> list[str]:
+        """'**Capacity**: #1 base 40 req/s (baseline); #2 tuned 47 req/s, +18 % capacity at p99 ≤ 200 ms *'."""
+        capacity = self.capacity()
+        if not capacity:
+            return []
+        parts = []
+        for run, cell in zip(self.runs, capacity["cells"], strict=True):
+            unit = " req/s" if cell["unit"] == "rate" else " in flight" if cell["unit"] else ""
+            value = "–" if cell["status"] is None else "none" if cell["load"] is None else f"{cell['load']:g}{unit}"
+            if run.pk == self.baseline.pk:
+                parts.append(f"{_md_text(run_title(run))} {value} (baseline)")
+            else:
+                mark = " \\*" if (cell["delta"] or {}).get("verdict") in ("better", "worse") else ""
+                text = f", {_md_text(cell['text'])}{mark}" if cell["text"] else ""
+                parts.append(f"{_md_text(run_title(run))} {value}{text}")
+        return [f"**Capacity**: {'; '.join(parts)}.", ""]
 
     def _what_changed_markdown(self) -> list[str]:
         """The "What changed" panel as a Markdown list: each differing field with every run's value."""
@@ -438,4 +516,6 @@ def build_comparison(runs: list[Run], baseline: Run, *, metrics: list[str] | Non
     for lv in all_levels:
         levels[lv.run_id][lv.load] = lv
     stats = LevelStats.objects.for_levels(all_levels)
-    return Comparison(runs, baseline, levels, stats, repeated_run_noise(runs), metrics=metrics, loads=loads)
+    repeats, capacity_spread = repeated_run_noise(runs)
+    return Comparison(runs, baseline, levels, stats, repeats, metrics=metrics, loads=loads,
+                      capacity_spread=capacity_spread)

@@ -12,12 +12,21 @@ from django.db.models import Count, F, Max, Q, Window
 from django.db.models.functions import RowNumber
 from django.urls import reverse
 
-from benchmarks.compare import METRICS, change_floor, combine_noise, compare_values
+from benchmarks.compare import (
+    METRICS,
+    capacity_delta,
+    change_floor,
+    combine_noise,
+    compare_values,
+)
 from benchmarks.document import key_figures, level_load
+from benchmarks.slo import limit_lines
 from benchmarks.verdict import FAILED
 from portal.history.models import LevelStats
 from portal.history.segments import (
     Repeat,
+    capacity_noise,
+    capacity_value,
     config_changes,
     config_fingerprint,
     repeat_noise,
@@ -36,7 +45,7 @@ DASHBOARD_WINDOW = 20
 CHECKED_STATUSES = (Run.Status.SUCCEEDED, Run.Status.FAILED)
 POINT_FIELDS = ("id", "created", "label", "notes", "status", "is_baseline", "target_id", "plan_id",
                 "target__name", "plan__name", "summary", "target_config", "plan_config", "server_config",
-                "verdict", "verdict_detail")
+                "verdict", "verdict_detail", "document__capacity")
 
 
 @dataclass
@@ -60,6 +69,7 @@ class RunPoint:
     verdict: str = ""  # passed / failed against the plan's thresholds ("" before it is judged)
     verdict_reasons: list[str] = field(default_factory=list)
     regressions: list[str] = field(default_factory=list)
+    capacity: dict | None = None  # a capacity search's answer (the document's "capacity"), else None
 
 
 @dataclass
@@ -91,7 +101,8 @@ def _run_points(runs) -> dict[int, RunPoint]:
             target_name=r["target__name"] or "", plan_name=r["plan__name"] or "",
             fingerprint=config_fingerprint(*snapshots), config=snapshot_fields(*snapshots),
             figures=key_figures(r["summary"]), verdict=r["verdict"] or "",
-            verdict_reasons=list((r["verdict_detail"] or {}).get("reasons") or []))
+            verdict_reasons=list((r["verdict_detail"] or {}).get("reasons") or []),
+            capacity=r["document__capacity"] or None)
     return points
 
 
@@ -125,12 +136,16 @@ def segments_of(points: list[RunPoint]) -> list[Segment]:
     return segments
 
 
-def between_noise(points: list[RunPoint]) -> dict[int, dict[float, dict[str, float | None]]]:
-    """Each run's between-run noise from the other succeeded runs of its configuration (segments.py)."""
-    return repeat_noise(
-        Repeat(id=p.id, created=p.created, key=p.fingerprint, counts=p.status == Run.Status.SUCCEEDED,
-               levels={load: {m: v[m] for m in WATCHED} for load, v in p.levels.items()})
-        for p in points)
+def _repeats(points: list[RunPoint]) -> list[Repeat]:
+    return [Repeat(id=p.id, created=p.created, key=p.fingerprint, counts=p.status == Run.Status.SUCCEEDED,
+                   levels={load: {m: v[m] for m in WATCHED} for load, v in p.levels.items()},
+                   capacity=capacity_value(p.capacity))
+            for p in points]
+
+
+def capacity_text(answer: dict) -> str:
+    """'p99 ≤ 200 ms, error rate ≤ 1.00%': the SLO a capacity was found under."""
+    return ", ".join(limit_lines(answer.get("slo") or {}))
 
 
 def _regression_text(metric: str, delta, load: float, count: int, compared: int) -> str:
@@ -139,15 +154,18 @@ def _regression_text(metric: str, delta, load: float, count: int, compared: int)
 
 
 def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dict[int, dict],
-                     between: dict[int, dict]) -> None:
+                     between: dict[int, dict], capacity_spread: dict[int, float | None] | None = None) -> None:
     """Fill each candidate's `regressions` with the watched figures that are worse than the baseline's
     beyond the noise, summarised per figure: 'Requests/s -12.3 % at 32 (worse at 4 of 6 levels)',
     'Error rate +98.0 pp at 16 (worse at 3 of 6 levels)'; and a failed verdict when the baseline's
     was not: 'Verdict failed: error rate <= 1 % breached at 16 (100 %); ...'.
 
     The test is benchmarks.compare.compare_values's verdict "worse", the one the compare page uses,
-    with each side's noise the larger of its level's own and its segment's between-run noise.
+    with each side's noise the larger of its level's own and its segment's between-run noise. A capacity
+    search's answer is judged by benchmarks.compare.capacity_delta, against the answers' own uncertainty
+    and their set-ups' spread over repeats: 'Capacity -22 % at p99 ≤ 200 ms (40 → 31 req/s, beyond ±2)'.
     """
+    capacity_spread = capacity_spread or {}
     def noise(point: RunPoint, load: float, level: dict, metric: str) -> float | None:
         return combine_noise(within.get(level["id"], {}).get(metric), repeat(point, load, metric))
 
@@ -163,6 +181,15 @@ def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dic
             reasons = "; ".join(point.verdict_reasons[:2]) or "a threshold was breached"
             more = len(point.verdict_reasons) - 2
             point.regressions.append(f"Verdict failed: {reasons}" + (f" (and {more} more)" if more > 0 else ""))
+        if baseline.capacity and point.capacity:
+            delta = capacity_delta(baseline.capacity, point.capacity, base_spread=capacity_spread.get(baseline.id),
+                                   spread=capacity_spread.get(point.id))
+            if delta["verdict"] == "worse":
+                point.regressions.append(_capacity_regression_text(baseline.capacity, point.capacity, delta))
+        if baseline.capacity or point.capacity:
+            # A search's levels are its own probes, many of them past the limit on purpose: its answer is
+            # the figure to watch, and a level that two searches happened to share is no comparison.
+            continue
         worst: dict[str, tuple] = {}
         count: dict[str, int] = dict.fromkeys(WATCHED, 0)
         compared: dict[str, int] = dict.fromkeys(WATCHED, 0)
@@ -193,15 +220,27 @@ def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dic
                 point.regressions.append(_regression_text(metric, delta, load, count[metric], compared[metric]))
 
 
+def _capacity_regression_text(base: dict, answer: dict, delta: dict) -> str:
+    """'Capacity -22 % at p99 ≤ 200 ms (40 → 31 req/s, beyond ±2)' or 'No capacity at p99 ≤ 200 ms
+    (baseline 40 req/s)'."""
+    unit = " req/s" if answer.get("unit") == "rate" else " in flight"
+    slo = capacity_text(answer)
+    if delta["pct"] is None:
+        return f"No capacity at {slo} (baseline {base['load']:g}{unit})"
+    return (f"Capacity {delta['pct']:+.0f} % at {slo} ({base['load']:g} → {answer['load']:g}{unit}, "
+            f"beyond ±{delta['threshold']:.3g})")
+
+
 def find_regressions(points: list[RunPoint], within: dict[int, dict]) -> tuple[RunPoint | None, dict]:
     """The one rule for a history's regressions, used by the history page and the dashboard: flag the
     runs after the newest baseline of `points` (one target and plan, oldest first). Returns the
     baseline and each run's between-run noise."""
     baseline = next((p for p in reversed(points) if p.is_baseline), None)
-    between = between_noise(points)
+    repeats = _repeats(points)
+    between = repeat_noise(repeats)
     if baseline is not None:
         later = [p for p in points if (p.created, p.id) > (baseline.created, baseline.id)]
-        flag_regressions(baseline, later, within, between)
+        flag_regressions(baseline, later, within, between, capacity_noise(repeats))
     return baseline, between
 
 
@@ -212,6 +251,11 @@ class History:
     loads: list[float]
     segments: list[Segment] = field(default_factory=list)
     between_noise: dict[int, dict] = field(default_factory=dict)
+
+    @property
+    def has_capacity(self) -> bool:
+        """Whether any run of the history searched for its capacity (the page then shows capacities)."""
+        return any(p.capacity for p in self.points)
 
     @property
     def regressions(self) -> list[RunPoint]:
@@ -248,12 +292,21 @@ class History:
                  "baseline": p.is_baseline, "regressions": p.regressions, "status": p.status,
                  "qps": {f"{load:g}": v["qps"] for load, v in p.levels.items()},
                  "p99_ms": {f"{load:g}": v["p99_ms"] for load, v in p.levels.items()},
-                 "figures": p.figures}
+                 "figures": p.figures, "capacity": _capacity_point(p.capacity)}
                 for p in self.points
             ],
             "loads": [f"{load:g}" for load in self.loads],
             "segments": self.segment_spread(),
         }
+
+
+def _capacity_point(answer: dict | None) -> dict | None:
+    """What a history chart draws of a capacity answer: the capacity, the lowest failing load above it,
+    the unit, the binding constraint and the SLO."""
+    if not answer:
+        return None
+    return {"load": answer.get("load"), "lowest_fail": answer.get("lowest_fail"), "unit": answer.get("unit"),
+            "binding": answer.get("binding"), "status": answer.get("status"), "slo": capacity_text(answer)}
 
 
 def build_history(runs) -> History:

@@ -708,6 +708,11 @@ class Run(models.Model):
         return key_figures(self.summary)
 
     @property
+    def capacity_answer(self) -> dict | None:
+        """A capacity search's answer (the document's "capacity", docs/capacity.md); None for a plan of levels."""
+        return (self.document or {}).get("capacity") or None
+
+    @property
     def level_key(self) -> str:
         """'concurrency' for closed-loop plans, 'rate' for open-loop ones."""
         return "rate" if self.plan_config.get("mode") == "open" else "concurrency"
