@@ -41,3 +41,15 @@ def percent(fraction, decimals: int = 1) -> str:
     if value < 10 ** -decimals:
         return f"<{10 ** -decimals:g} %"
     return f"{value:.{decimals}f} %"
+
+
+def size(n_bytes) -> str:
+    """A size in bytes: '812 B', '43.7 KiB', '1.2 MiB'."""
+    if n_bytes is None or n_bytes == "":
+        return MISSING
+    value = float(n_bytes)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024 or unit == "MiB":
+            return f"{figure(value)} {unit}"
+        value /= 1024
+    return MISSING

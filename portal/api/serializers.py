@@ -221,6 +221,13 @@ class PlanSerializer(RuleCheckedSerializer):
     warmup_s = serializers.FloatField(required=False)
     duration_s = serializers.FloatField(required=False)
     tokens = serializers.IntegerField(required=False)
+    length = serializers.ChoiceField(
+        choices=Plan.Length.choices, required=False,
+        help_text="fixed (every text `tokens` long), uniform (tokens_min to tokens_max) or lognormal (median "
+                  "`tokens`, spread tokens_sigma); docs/request-shapes.md.")
+    tokens_min = serializers.IntegerField(required=False, allow_null=True)
+    tokens_max = serializers.IntegerField(required=False, allow_null=True)
+    tokens_sigma = serializers.FloatField(required=False, allow_null=True)
     batch = serializers.IntegerField(required=False)
     dimensions = serializers.IntegerField(required=False, allow_null=True)
     encoding = serializers.ChoiceField(choices=Plan.Encoding.choices, required=False)

@@ -132,7 +132,7 @@ class TargetForm(TeamChoiceMixin, forms.ModelForm):
 
 
 # Plan settings a form may leave out: blank means the plan rule's default.
-OPTIONAL_WITH_DEFAULT = ("search", "capacity_precision", "capacity_trials")
+OPTIONAL_WITH_DEFAULT = ("search", "capacity_precision", "capacity_trials", "length")
 
 
 class PlanForm(TeamChoiceMixin, forms.ModelForm):
@@ -163,6 +163,10 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
             "slo_error_rate": "SLO error rate",
             "slo_goodput_share": "SLO goodput share",
             "search": "Search",
+            "length": "Text lengths",
+            "tokens_min": "Shortest text (tokens)",
+            "tokens_max": "Longest text (tokens)",
+            "tokens_sigma": "Spread (sigma)",
             "capacity_precision": "Capacity precision",
             "capacity_trials": "Trials at the boundary",
             "capacity_budget_s": "Capacity time budget (s)",
@@ -195,7 +199,13 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
             "capacity_budget_s": "The search stops here and answers with the best so far. Blank: this "
                                  "installation's run limit.",
             "capacity_max_load": "Blank: this installation's maximum rate or concurrency.",
-            "tokens": "",
+            "tokens": "The length of every text; the median of a log-normal length.",
+            "length": "Fixed, or drawn per text so a mix of lengths shows what padding and batching do; each "
+                      "level reports the token counts it sent (p50, p90, max).",
+            "tokens_min": "Uniform only. Blank: half the tokens per text.",
+            "tokens_max": "Uniform only. Blank: one and a half times the tokens per text.",
+            "tokens_sigma": "Log-normal only: the spread of ln(length). Blank: 0.5 (p10 to p90 about 0.53× to "
+                            "1.9× the median).",
             "batch": "",
         }
         widgets = {

@@ -271,6 +271,8 @@ def level_rows(run: Run) -> list[dict]:
                 "joules_per_1k_tokens": level.joules_per_1k_tokens,
                 "goodput_per_s": (data.get("goodput") or {}).get("per_s"),
                 "capacity_step": data.get("capacity_step") or {},
+                "answers": data.get("answers") or {},
+                "input_tokens": data.get("input_tokens") or {},
                 # A capacity search's synchronous level is closed loop in an open-loop run.
                 "in_flight": level.rate is None and run.level_key == "rate",
             }
@@ -292,6 +294,8 @@ def _results_context(run: Run) -> dict:
                         for key in ("vram_peak_mib", "gpu_util_mean", "power_mean_w", "joules_per_1k_tokens")),
         "any_client_bound": any(r["client_bound"] for r in rows),
         "show_goodput": any(r["goodput_per_s"] is not None for r in rows),
+        "show_answers": any(r["answers"].get("bytes_mean") is not None for r in rows),
+        "show_input_tokens": any(r["input_tokens"] for r in rows),
         "capacity_text": capacity_summary(capacity) if (capacity := (run.document or {}).get("capacity")) else "",
         "capacity": capacity,
     }

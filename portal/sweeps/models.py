@@ -22,7 +22,7 @@ from benchmarks.plan import PLAN_BOUNDS, PLAN_DEFAULTS
 from benchmarks.slo import DEFAULT_ERROR_RATE, limit_lines
 from benchmarks.verdict import describe, judge_run, thresholds_of
 from portal.accounts.models import Team
-from portal.sweeps.bounds import sweep_seconds
+from portal.sweeps.bounds import checked_plan, sweep_seconds
 from portal.sweeps.fields import EncryptedTextField
 
 # A key of a launch or server configuration (`--max-running-requests`, `tp_size`): what the pages and
@@ -237,6 +237,11 @@ class Plan(models.Model):
         LEVELS = "levels", "Run the plan's levels"
         CAPACITY = "capacity", "Find the capacity under the SLO"
 
+    class Length(models.TextChoices):
+        FIXED = "fixed", "Fixed: every text the same length"
+        UNIFORM = "uniform", "Uniform between a shortest and a longest"
+        LOGNORMAL = "lognormal", "Log-normal around a median"
+
     class Input(models.TextChoices):
         UNIQUE = "unique", "Unique text per request"
         CORPUS = "corpus", "Corpus (one text per line), no reuse"
@@ -252,6 +257,11 @@ class Plan(models.Model):
     warmup_s = models.FloatField(default=PLAN_DEFAULTS["warmup_s"])
     duration_s = models.FloatField(default=PLAN_DEFAULTS["duration_s"])
     tokens = models.PositiveIntegerField(default=PLAN_DEFAULTS["tokens"], help_text="Input tokens per text.")
+    # Each text's length (benchmarks.inputs.Lengths): `tokens` is the fixed length, a log-normal's median.
+    length = models.CharField(max_length=10, choices=Length.choices, default=PLAN_DEFAULTS["length"])
+    tokens_min = models.PositiveIntegerField(null=True, blank=True)
+    tokens_max = models.PositiveIntegerField(null=True, blank=True)
+    tokens_sigma = models.FloatField(null=True, blank=True)
     batch = models.PositiveIntegerField(default=PLAN_DEFAULTS["batch"], help_text="Texts per request.")
     dimensions = models.PositiveIntegerField(null=True, blank=True)
     encoding = models.CharField(max_length=10, choices=Encoding.choices, default=PLAN_DEFAULTS["encoding"])
@@ -310,7 +320,7 @@ class Plan(models.Model):
             "timeout_s": self.timeout_s,
             "abort_error_rate": self.abort_error_rate,
             "abort_window_s": self.abort_window_effective_s,
-            **{name: getattr(self, name) for name in (*self.SLO_FIELDS, *self.SEARCH_FIELDS)},
+            **{name: getattr(self, name) for name in (*self.SLO_FIELDS, *self.SEARCH_FIELDS, *self.LENGTH_FIELDS)},
             "input": self.input_mode,
             "corpus": self.corpus_text.splitlines() if self.input_mode == self.Input.CORPUS else None,
             "processes": self.processes,
@@ -321,16 +331,16 @@ class Plan(models.Model):
     # The SLO's limits and the capacity search's settings (benchmarks.plan): one name in model and engine.
     SLO_FIELDS = ("slo_p99_ms", "slo_p90_ms", "slo_p50_ms", "slo_mean_ms", "slo_error_rate", "slo_goodput_share")
     SEARCH_FIELDS = ("search", "capacity_precision", "capacity_trials", "capacity_budget_s", "capacity_max_load")
+    LENGTH_FIELDS = ("length", "tokens_min", "tokens_max", "tokens_sigma")
     # Plan fields whose engine name (to_spec) is the model's name too.
     SPEC_FIELDS = ("mode", "arrival", "max_in_flight", "warmup_s", "duration_s", "tokens", "batch", "dimensions",
                    "encoding", "timeout_s", "abort_error_rate", "abort_window_s", "processes", "keep_samples",
-                   "thresholds", *SLO_FIELDS, *SEARCH_FIELDS)
+                   "thresholds", *SLO_FIELDS, *SEARCH_FIELDS, *LENGTH_FIELDS)
     # What a person sets on a plan, on the page and through the API, in the form's order.
     EDITABLE_FIELDS = ("name", "description", "search", "mode", "levels", "arrival", "max_in_flight", "warmup_s",
-                       "duration_s", "tokens", "batch", "dimensions", "encoding", "timeout_s", "abort_error_rate",
-                       "abort_window_s", "slo_p99_ms", "slo_p90_ms", "slo_p50_ms", "slo_mean_ms", "slo_error_rate",
-                       "slo_goodput_share", "capacity_precision", "capacity_trials", "capacity_budget_s",
-                       "capacity_max_load", "thresholds", "input_mode", "corpus_text", "processes", "keep_samples")
+                       "duration_s", "tokens", *LENGTH_FIELDS, "batch", "dimensions", "encoding", "timeout_s",
+                       "abort_error_rate", "abort_window_s", *SLO_FIELDS, *SEARCH_FIELDS[1:], "thresholds",
+                       "input_mode", "corpus_text", "processes", "keep_samples")
 
     @classmethod
     def from_spec(cls, spec: dict, *, team: Team) -> "Plan":
@@ -350,6 +360,16 @@ class Plan(models.Model):
         if self.search == self.Search.CAPACITY and values["slo_error_rate"] is None:
             values["slo_error_rate"] = DEFAULT_ERROR_RATE
         return limit_lines(values)
+
+    def length_text(self) -> str:
+        """Tokens per text in a reader's words: '512', 'uniform 256 to 768', 'log-normal, median 512, sigma 0.5'
+        (the engine's defaults filled in where the plan leaves an end or the spread blank)."""
+        if self.length == self.Length.FIXED:
+            return f"{self.tokens:,}"
+        checked = checked_plan(self.to_spec())[0]
+        if self.length == self.Length.UNIFORM:
+            return f"uniform {checked['tokens_min']:,} to {checked['tokens_max']:,}"
+        return f"log-normal, median {self.tokens:,}, sigma {checked['tokens_sigma']:g}"
 
     def threshold_lines(self) -> list[str]:
         """The pass/fail thresholds in effect, in a reader's words ("p99 latency <= 500 ms at 16")."""

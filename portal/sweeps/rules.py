@@ -31,7 +31,7 @@ PLAN_SPEC_FIELDS = {
     "dimensions": "dimensions", "encoding": "encoding", "timeout_s": "timeout_s",
     "abort_error_rate": "abort_error_rate", "abort_window_s": "abort_window_s",
     "input": "input_mode", "processes": "processes", "keep_samples": "keep_samples", "thresholds": "thresholds",
-    **{name: name for name in (*Plan.SLO_FIELDS, *Plan.SEARCH_FIELDS)},
+    **{name: name for name in (*Plan.SLO_FIELDS, *Plan.SEARCH_FIELDS, *Plan.LENGTH_FIELDS)},
 }
 
 

@@ -5,7 +5,7 @@ Numbers are written by benchmarks/numbers.py, the one rule for figures shown to 
 """
 from django import template
 
-from benchmarks.numbers import MISSING, figure, milliseconds
+from benchmarks.numbers import MISSING, figure, milliseconds, size
 from benchmarks.numbers import percent as as_percent
 
 register = template.Library()
@@ -71,3 +71,10 @@ def get_item(mapping, key):
     if not isinstance(mapping, dict):
         return None
     return mapping.get(key)
+
+
+@register.filter
+def bytes_size(value):
+    """A size in bytes: '812 B', '43.7 KiB', '1.2 MiB'."""
+    return size(value)
+
