@@ -34,7 +34,7 @@ MIN_RELATIVE_CHANGE = 0.02
 # regression. Until repeats measure the spread, a change must exceed what unchanged set-ups commonly
 # differ by: 5 % for throughput, the median and the mean, 10 % for the tails.
 UNREPEATED_RELATIVE_CHANGE = {"qps": 0.05, "tokens_per_s": 0.05, "p50_ms": 0.05, "mean_ms": 0.05,
-                              "p90_ms": 0.10, "p99_ms": 0.10}
+                              "p90_ms": 0.10, "p99_ms": 0.10, "goodput": 0.10}
 
 
 def change_floor(metric_key: str, repeated: bool) -> float:
@@ -79,6 +79,8 @@ METRICS: dict[str, Metric] = {
         Metric("p90_ms", "p90 latency", "ms", False, 90.0),
         Metric("p99_ms", "p99 latency", "ms", False, 99.0),
         Metric("error_rate", "Error rate", "%", False),
+        # Requests/s whose latency met the plan's SLO (docs/capacity.md); levels of plans without one have none.
+        Metric("goodput", "Goodput", "req/s", True),
     )
 }
 
@@ -183,7 +185,18 @@ def level_noise(doc: dict, quantile: Callable[[float], float] | None = None,
     noise["mean_ms"] = max(mean_candidates) if mean_candidates else None
 
     noise["error_rate"] = binomial_standard_error(float(doc.get("error_rate") or 0), count)
+    noise["goodput"] = _goodput_noise(doc, noise["qps"])
     return noise
+
+
+def _goodput_noise(doc: dict, qps_noise: float | None) -> float | None:
+    """Goodput is qps × r, r the share of successes that met the SLO's latency limit: its error combines
+    the throughput's with the binomial error of r over the level's successes."""
+    goodput, qps, ok = (doc.get("goodput") or {}).get("per_s"), doc.get("qps"), int(doc.get("requests_ok") or 0)
+    if goodput is None or qps_noise is None or not qps or ok < 1:
+        return None
+    share = min(1.0, goodput / qps)
+    return math.hypot(share * qps_noise, qps * math.sqrt(share * (1 - share) / ok))
 
 
 def between_run_noise(values: Sequence[float | None]) -> float | None:

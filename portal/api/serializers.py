@@ -287,7 +287,8 @@ class LevelSerializer(serializers.ModelSerializer):
         fields = [
             "index", "status", "concurrency", "rate", "duration_s", "requests_ok", "requests_failed", "qps",
             "texts_per_s", "tokens_per_s", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms", "latency_p95_ms",
-            "latency_p99_ms", "latency_p999_ms", "latency_max_ms", "error_rate", "errors", "client_bound",
+            "latency_p99_ms", "latency_p999_ms", "latency_max_ms", "error_rate", "goodput_per_s", "errors",
+            "client_bound",
             "gpu_util_mean", "vram_peak_mib", "power_mean_w", "joules_per_1k_tokens",
         ]
         read_only_fields = fields

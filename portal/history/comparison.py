@@ -46,6 +46,7 @@ METRIC_COLUMNS = {
     "p90_ms": "latency_p90_ms",
     "p99_ms": "latency_p99_ms",
     "error_rate": "error_rate",
+    "goodput": "goodput_per_s",
 }
 HEADLINE_FIELDS = ("id", "run_id", "index", "concurrency", "rate", "client_bound", *METRIC_COLUMNS.values())
 
@@ -254,7 +255,9 @@ class Comparison:
             raise ComparisonError(f"Level {unknown[0]:g} is in none of the compared runs; their levels are "
                                   f"{', '.join(f'{x:g}' for x in self.all_loads)}.", "levels")
         # The picked figures and levels, in their natural order (every one when none is picked).
-        self.metrics = [m for m in METRICS if metrics is None or m in metrics]
+        # Goodput only where some compared level has one (a plan with a latency SLO) unless picked.
+        has_goodput = any(lv.goodput_per_s is not None for by_load in levels.values() for lv in by_load.values())
+        self.metrics = [m for m in METRICS if (m in metrics if metrics is not None else m != "goodput" or has_goodput)]
         self.loads = [load for load in self.all_loads if loads is None or load in loads]
         self.picked = {"metrics": metrics is not None, "levels": loads is not None}
         modes = {r.level_key for r in runs}

@@ -57,6 +57,7 @@ def level_columns(doc: dict) -> dict:
         "latency_p999_ms": latency.get("p999"),
         "latency_max_ms": latency.get("max"),
         "error_rate": doc.get("error_rate") or 0,
+        "goodput_per_s": (doc.get("goodput") or {}).get("per_s"),
         "errors": doc.get("errors") or {},
         "client_bound": bool(client.get("client_bound")),
         **gpu_totals(doc),

@@ -765,6 +765,8 @@ class Level(models.Model):
     latency_p999_ms = models.FloatField(null=True, blank=True)
     latency_max_ms = models.FloatField(null=True, blank=True)
     error_rate = models.FloatField(default=0)
+    # Requests/s whose latency met the plan's SLO; null for a plan without a latency SLO.
+    goodput_per_s = models.FloatField(null=True, blank=True)
     errors = models.JSONField(default=dict, blank=True)
     client_bound = models.BooleanField(default=False)
     gpu_util_mean = models.FloatField(null=True, blank=True)
