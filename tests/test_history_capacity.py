@@ -175,3 +175,15 @@ def test_compare_puts_capacities_side_by_side(client, searches):
     line = next(r for r in rows if r[:2] == ["run", "capacity"])
     assert line[2:5] == ["concurrency", f"{base:g}", f"{low:g}"] and float(line[5]) == low - base
     assert line[7] == "true"
+
+
+@pytest.mark.django_db
+def test_the_dashboard_lists_capacities_and_the_capacity_regression(client, searches):
+    client.force_login(searches["user"])
+    page = client.get(reverse("dashboard"))
+    assert page.context["recent_capacity"] is True
+    assert [r["capacity"] for r in page.context["recent"]] == [
+        r.capacity_answer["load"] for r in reversed(searches["runs"])]
+    assert [p.id for p in page.context["regressions"]] == [searches["runs"][2].pk]
+    assert "Capacity -" in page.content.decode()
+

@@ -216,10 +216,12 @@ def dashboard(request):
             r["percent"] = round(100 * done / total) if total else 0
     recent = list(runs.exclude(status__in=[Run.Status.QUEUED, Run.Status.RUNNING]).values(
         *RUN_LIST_FIELDS, peak_qps=F("summary__peak_qps"), knee_level=F("summary__knee_level"),
-        slo_max_level=F("summary__slo_max_level"))[:10])
+        slo_max_level=F("summary__slo_max_level"), capacity=F("document__capacity__load"),
+        capacity_unit=F("document__capacity__unit"), capacity_status=F("document__capacity__status"))[:10])
     return render(request, "history/dashboard.html", {
         "running": running,
         "recent": recent,
+        "recent_capacity": any(r["capacity_status"] for r in recent),
         "regressions": dashboard_regressions(runs)[:20],
         "has_baseline": has_baseline(runs),
         "quick": last_two_per_pair(runs),
