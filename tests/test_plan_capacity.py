@@ -1,6 +1,7 @@
 """A capacity plan in the portal: set on the page and through the API, checked by the plan rule, shown
 on the plan page, and run by a worker task against the simulator to a stored answer."""
 import pytest
+from django.urls import reverse
 
 from benchmarks import capacity
 from benchmarks.simulator import running_simulator
@@ -112,3 +113,23 @@ def test_a_worker_runs_a_portal_capacity_plan_to_its_answer(transactional_db, te
     steps = [level.data["capacity_step"] for level in run.levels.order_by("index")]
     assert steps[0]["phase"] == "synchronous" and len(steps) == answer["levels_run"]
     assert run.judge() == "passed", run.verdict_reasons
+
+
+@pytest.mark.django_db
+def test_every_preset_and_demo_plan_meets_the_plan_rule(team):
+    from portal.front.presets import PLAN_PRESETS, PRESET_LABELS
+    from portal.sweeps.bounds import plan_field_errors
+    from portal.sweeps.management.commands.embperf_bootstrap import DEMO_PLANS
+
+    assert set(PRESET_LABELS) == set(PLAN_PRESETS)
+    for spec in [*PLAN_PRESETS.values(), *DEMO_PLANS]:
+        plan = Plan(team=team, **spec)
+        assert plan_field_errors(plan.to_spec()) == {}, spec["name"]
+        assert spec["description"].strip(), "each says what it answers"
+
+
+@pytest.mark.django_db
+def test_the_capacity_preset_fills_the_form(client, owner, team):
+    client.force_login(owner)
+    form = client.get(reverse("plan-create") + "?preset=capacity").context["form"]
+    assert form["search"].value() == "capacity" and form["slo_p99_ms"].value() == 500

@@ -264,10 +264,12 @@ def test_bootstrap_creates_admin_once_and_the_demo_only_on_an_empty_database(db,
     assert (classic.levels, classic.duration_s, classic.tokens, classic.dimensions, classic.timeout_s) == (
         [1, 4, 8, 16, 32, 64], 120, 512, None, 30)
     assert demo.plans.get(name="Smoke").dimensions is None
+    search = demo.plans.get(search="capacity")
+    assert (search.mode, search.slo_p99_ms, search.capacity_budget_s) == ("open", 500, 600)
 
     call_command("embperf_bootstrap")
     assert "password" not in capsys.readouterr().out
-    assert User.objects.count() == 1 and Team.objects.count() == 1 and Plan.objects.count() == 2
+    assert User.objects.count() == 1 and Team.objects.count() == 1 and Plan.objects.count() == 3
 
 
 def test_soft_time_limit_fails_the_run_with_a_reason(transactional_db, sim_target, short_plan, monkeypatch):

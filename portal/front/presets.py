@@ -44,6 +44,44 @@ PLAN_PRESETS: dict[str, dict] = {
         "dimensions": None,
         "timeout_s": 30,
     },
+    "capacity": {
+        "name": "Capacity under a p99 SLO",
+        "description": "What does one instance hold with p99 under 500 ms and at most 1 % errors? Probes the "
+                       "arrival rate upward from the unloaded rate, then bisects to 5 %, each boundary load "
+                       "passing twice.",
+        "search": "capacity",
+        "mode": "open",
+        "arrival": "poisson",
+        "levels": [],
+        "max_in_flight": 512,
+        "warmup_s": 5,
+        "duration_s": 30,
+        "tokens": 512,
+        "batch": 1,
+        "dimensions": None,
+        "timeout_s": 30,
+        "slo_p99_ms": 500,
+        "slo_error_rate": 0.01,
+        "capacity_precision": 0.05,
+        "capacity_trials": 2,
+        "capacity_budget_s": 3600,
+    },
+    "mixed-lengths": {
+        "name": "Mixed lengths",
+        "description": "How does the server hold a realistic mix of short and long texts? Log-normal lengths "
+                       "around 256 tokens (p10 to p90 about 135 to 490), concurrency 1 to 64.",
+        "mode": "closed",
+        "levels": [1, 4, 16, 64],
+        "warmup_s": 10,
+        "duration_s": 60,
+        "tokens": 256,
+        "length": "lognormal",
+        "tokens_sigma": 0.5,
+        "batch": 1,
+        "dimensions": None,
+        "timeout_s": 30,
+    },
 }
 
-PRESET_LABELS = {"classic": "Classic sweep", "smoke": "Smoke test", "open-loop": "Arrival-rate sweep"}
+PRESET_LABELS = {"classic": "Classic sweep", "smoke": "Smoke test", "open-loop": "Arrival-rate sweep",
+                 "capacity": "Capacity under an SLO", "mixed-lengths": "Mixed lengths"}
