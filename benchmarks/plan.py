@@ -143,9 +143,18 @@ PLAN_DEFAULTS = {
     "search": PLAN_CHOICES["search"][0],
     "length": PLAN_CHOICES["length"][0],
     "corpus": None,
+    # A shape axis (docs/request-shapes.md, "Shape axis"): one plan field swept across the levels, a grid
+    # of len(shape_values) × len(levels) cells; None: no axis.
+    "shape_field": None,
+    "shape_values": None,
     "keep_samples": False,
     "thresholds": None,  # None: DEFAULT_THRESHOLDS; [] : no thresholds
 }
+
+# The plan fields a shape axis can sweep, and how many values it takes.
+SHAPE_FIELDS = ("tokens", "batch", "encoding", "dimensions")
+SHAPE_VALUES_FEWEST = 2
+SHAPE_VALUES_MOST = 16
 
 # Thresholds: a plan's pass/fail rules, one per figure and (optionally) per level, the way k6 thresholds
 # work. Written "p99_ms <= 500" or "error_rate <= 0.01 at 16, 32"; stored as
@@ -352,8 +361,28 @@ def has_latency_slo(plan: Mapping) -> bool:
     return any(plan.get(name) is not None for name in SLO_LATENCY_FIELDS)
 
 
+def shape_plans(plan: Mapping) -> list[tuple[dict | None, dict]]:
+    """Each shape of a checked plan, in order, as (its `{"field", "value"}`, the plan with that field set
+    to the value); a plan without a shape axis has one: (None, the plan)."""
+    field = plan.get("shape_field")
+    if not field:
+        return [(None, dict(plan))]
+    return [({"field": field, "value": value}, {**plan, field: value}) for value in plan.get("shape_values") or []]
+
+
+def plan_cells(plan: Mapping) -> list[dict]:
+    """The levels a plan runs, in order: `{"index", "shape", "load"}` for each load level of each shape
+    (the shape outer, in the order given; `shape` None without an axis). `index` runs over the grid."""
+    cells = []
+    for shape, _ in shape_plans(plan):
+        for load in plan.get("levels") or []:
+            cells.append({"index": len(cells), "shape": shape, "load": load})
+    return cells
+
+
 def planned_seconds(plan: Mapping) -> float:
-    """The longest a plan may take: every level's warm-up, measured duration and a last timeout.
+    """The longest a plan may take: every level's warm-up, measured duration and a last timeout (every
+    cell of a shape axis's grid).
 
     A capacity search is bounded by its time budget (the installation's run limit when it sets none),
     plus the one level that may be running when the budget runs out."""
@@ -361,7 +390,7 @@ def planned_seconds(plan: Mapping) -> float:
     if plan.get("search") == "capacity":
         budget = plan.get("capacity_budget_s")
         return float(budget) + per_level if budget else math.inf
-    return len(plan.get("levels") or []) * per_level
+    return len(plan_cells(plan)) * per_level
 
 
 def in_flight_most(plan: Mapping) -> int:
@@ -388,7 +417,14 @@ def longest_tokens(plan: Mapping) -> int:
 def worst_case_bytes(plan: Mapping, limits: PlanLimits) -> int:
     """What a worker may hold for a plan at once: every request in flight with its body and an answer
     at its cap (answers.answer_limit for the plan's vector length, or the installation's maximum).
-    A body is sized at the longest text the plan's length sends (`longest_tokens`)."""
+    A body is sized at the longest text the plan's length sends (`longest_tokens`). With a shape axis,
+    the largest of its shapes (its most tokens, texts per request or dimensions)."""
+    if plan.get("shape_field") and plan.get("shape_values"):
+        return max(_shape_bytes(shaped, limits) for _, shaped in shape_plans(plan))
+    return _shape_bytes(plan, limits)
+
+
+def _shape_bytes(plan: Mapping, limits: PlanLimits) -> int:
     texts = int(plan.get("batch") or 1)
     dims = plan.get("dimensions") or limits.max_vector_length
     body = texts * (longest_tokens(plan) * REQUEST_BYTES_PER_TOKEN + REQUEST_BYTES_PER_TEXT)
@@ -446,27 +482,124 @@ def plan_errors(plan: Mapping, limits: PlanLimits | None = None) -> tuple[dict, 
         out["max_in_flight"] = limits.max_concurrency
     if out["search"] == "capacity" and "search" not in errors:
         _check_capacity(out, errors, limits)
+    _check_shape(out, errors, limits)
     if not errors and out["search"] != "capacity":
         total = planned_seconds(out)
         if total > limits.max_run_seconds:
+            cells = len(plan_cells(out))
+            counted = f"{cells} cells" if out["shape_field"] else f"{len(out['levels'])} levels"
             errors["levels"] = [
-                f"This plan may take up to {_hours(total)} ({len(out['levels'])} levels × (warm-up + duration + "
+                f"This plan may take up to {_hours(total)} ({counted} × (warm-up + duration + "
                 f"timeout)), above this installation's limit of {_hours(limits.max_run_seconds)} "
-                "(EMBPERF_MAX_RUN_SECONDS); use fewer or shorter levels."
+                "(EMBPERF_MAX_RUN_SECONDS); use fewer or shorter levels"
+                + (" or fewer shapes." if out["shape_field"] else ".")
             ]
         worst = worst_case_bytes(out, limits)
         budget = limits.max_worker_memory_mib * 2**20
         if not errors and worst > budget:
+            # With a shape axis the message is the largest shape's (the one that sets the worst case).
+            largest = max((shaped for _, shaped in shape_plans(out)), key=lambda p: _shape_bytes(p, limits))
+            texts = largest["batch"]
             errors["levels"] = [
                 f"This plan may hold up to {_mib(worst)} on a worker ({in_flight_most(out):,} requests in flight × "
-                f"{out['batch']:,} texts per request × up to {_mib(worst / in_flight_most(out) / out['batch'])} "
-                f"per text for the answer and the request), above this installation's budget of "
+                f"{texts:,} texts per request × up to {_mib(worst / in_flight_most(out) / texts)} "
+                f"per text for the answer and the request"
+                + (f", at its largest shape, {out['shape_field']} {_shape_text(largest[out['shape_field']])}"
+                   if out["shape_field"] else "")
+                + f"), above this installation's budget of "
                 f"{_mib(budget)} per worker (EMBPERF_MAX_WORKER_MEMORY_MIB); lower the concurrency (or max in "
                 "flight), the texts per request, the tokens per text"
                 + (" (the longest of its length distribution)" if out["length"] != "fixed" else "")
                 + " or the dimensions."
             ]
     return out, errors
+
+
+def _shape_text(value) -> str:
+    return value if isinstance(value, str) else show(value)
+
+
+def _shape_value_list(value) -> list | None:
+    """Shape values as given: a list, or a string of values separated by commas ("32, 128, 512")."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value]
+
+
+def _check_shape(out: dict, errors: dict[str, list[str]], limits: PlanLimits) -> None:
+    """A shape axis: a field it can sweep, 2 to 16 different values within that field's own bounds, a
+    grid within the installation's level limit, and no capacity search or length distribution in the way."""
+    field = out["shape_field"]
+    values = _shape_value_list(out["shape_values"])
+    if field is None or field == "":
+        out["shape_field"] = None
+        if values:
+            errors["shape_values"] = [
+                f"Shape values need a shape field: choose the field they set ({', '.join(SHAPE_FIELDS)}), or "
+                "leave shape_values empty."]
+        out["shape_values"] = None
+        return
+    if field not in SHAPE_FIELDS:
+        errors["shape_field"] = [f"A shape axis sweeps one of {', '.join(SHAPE_FIELDS)}; "
+                                 f"{show(field) if not isinstance(field, str) else repr(field)} is not one of them."]
+        return
+    if out["search"] == "capacity":
+        errors["shape_field"] = [
+            "A capacity search chooses its loads itself, so it cannot also sweep a shape across them: run one "
+            f"capacity plan per shape (set {field} to each value in turn), or choose the levels search."]
+        return
+    if field == "tokens" and out["length"] != "fixed" and "length" not in errors:
+        errors["shape_field"] = [
+            f"A tokens axis sets the fixed length of each cell, so it needs length fixed; this plan's length is "
+            f"{out['length']}: choose length fixed, or sweep another field."]
+        return
+    if field == "tokens" and out["input"] == "corpus":
+        errors["shape_field"] = ["A tokens axis sets the length of generated texts; a corpus is sent as it is, so its "
+                                 "texts keep their own lengths: choose the unique input, or sweep another field."]
+        return
+    if not values:
+        example = "float, base64" if field == "encoding" else "32, 128, 512" if field == "tokens" else "1, 8, 32"
+        errors["shape_values"] = [f"A shape axis on {field} needs its values: give {SHAPE_VALUES_FEWEST} to "
+                                  f"{SHAPE_VALUES_MOST} different values, e.g. {example}."]
+        return
+    checked: list = []
+    for value in values:
+        if field == "encoding":
+            if value not in ENCODINGS:
+                errors["shape_values"] = [f"Encoding values are {' or '.join(ENCODINGS)}; "
+                                          f"{show(value) if not isinstance(value, str) else repr(value)} is not one."]
+                return
+            number = value
+        else:
+            bound = PLAN_BOUNDS[field]
+            if value is None or value == "":
+                errors["shape_values"] = [f"{bound.label} values are whole numbers; give each one."]
+                return
+            number, message = check_number(bound, value, limits)
+            if message:
+                errors["shape_values"] = [message]
+                return
+        if number in checked:
+            errors["shape_values"] = [f"Shape value {_shape_text(number)} appears twice; each value of the {field} "
+                                      "axis must be different."]
+            return
+        checked.append(number)
+    if not SHAPE_VALUES_FEWEST <= len(checked) <= SHAPE_VALUES_MOST:
+        errors["shape_values"] = [f"A shape axis has {SHAPE_VALUES_FEWEST} to {SHAPE_VALUES_MOST} values; "
+                                  f"{len(checked)} {'was' if len(checked) == 1 else 'were'} given."
+                                  + (f" One value is a plain plan: set {field} instead." if len(checked) == 1 else "")]
+        return
+    out["shape_values"] = checked
+    if "levels" not in errors:
+        cells = len(checked) * len(out["levels"])
+        if cells > limits.max_levels:
+            errors["shape_values"] = [
+                f"{len(checked)} shapes × {len(out['levels'])} levels = {cells} cells, above this installation's "
+                f"limit of {limits.max_levels} levels per plan (EMBPERF_MAX_LEVELS); use fewer shapes or levels."]
 
 
 # A log-normal length without tokens_sigma: p10 to p90 of about 0.53 to 1.9 times the median.
