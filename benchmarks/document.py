@@ -203,8 +203,9 @@ def _timeseries(partials: list[dict]) -> list[dict]:
 
 def build_level(partials: list[dict], *, index: int, mode: str, load: float, warmup_s: float,
                 started_at: str, status: str = "completed", abort_reason: str | None = None,
-                tokens_source: str | None = None) -> dict:
-    """One level of the result document, merged exactly from the partials of its load processes."""
+                tokens_source: str | None = None, shape: dict | None = None) -> dict:
+    """One level of the result document, merged exactly from the partials of its load processes.
+    `shape`: the cell's `{"field", "value"}` on a plan's shape axis (None: no axis, no `shape` key)."""
     duration = max((p["duration_s"] for p in partials), default=0.0)
     counts = dict.fromkeys((OK, *ERROR_CLASSES), 0)
     for p in partials:
@@ -252,6 +253,7 @@ def build_level(partials: list[dict], *, index: int, mode: str, load: float, war
         "index": index,
         "concurrency": load if mode == "closed" else None,
         "rate": load if mode == "open" else None,
+        **({"shape": {"field": shape["field"], "value": shape["value"]}} if shape else {}),
         "status": status,
         "abort_reason": abort_reason,
         "started_at": started_at,
@@ -338,38 +340,94 @@ def level_load(level: dict):
     return level["concurrency"] if level.get("concurrency") is not None else level.get("rate")
 
 
-def summarize(levels: list[dict], slo_p99_ms: float | None, thresholds: list[dict] | None = None) -> dict:
-    """Peak requests/s, the knee, and the highest level that met the p99 SLO.
+def _usable(levels: list[dict], thresholds: list[dict] | None) -> list[dict]:
+    """The levels that count for the peak, the knee and the SLO level: not cancelled (their window was
+    cut short by a person, not by the server), with successes, and not errored (see `summarize`)."""
+    return [lv for lv in levels if lv.get("status") != "cancelled" and lv.get("requests_ok")
+            and not errored(lv, thresholds)]
 
-    Cancelled levels are left out (their window was cut short by a person, not by the server), and so
-    are levels whose error rate breaks the plan's error-rate thresholds (default: above 1 %): a level
-    that mostly failed measured a failing server, not its capacity."""
-    usable = [lv for lv in levels if lv.get("status") != "cancelled" and lv.get("requests_ok")
-              and not errored(lv, thresholds)]
-    peak = max(usable, key=lambda lv: lv["qps"], default=None)
-    knee = None
+
+def _peak(usable: list[dict]) -> dict | None:
+    return max(usable, key=lambda lv: lv["qps"], default=None)
+
+
+def _knee(usable: list[dict]):
+    """The load of the first level after which requests/s grows by less than KNEE_GROWTH while p99 grows."""
     for before, after in zip(usable, usable[1:], strict=False):
         p99_before = before["latency_ms"]["p99"]
         p99_after = after["latency_ms"]["p99"]
         if (after["qps"] < before["qps"] * (1 + KNEE_GROWTH) and p99_before is not None
                 and p99_after is not None and p99_after > p99_before):
-            knee = level_load(before)
-            break
-    slo_level = None
-    if slo_p99_ms is not None:
-        meeting = [lv for lv in usable if lv["status"] == "completed"
-                   and lv["latency_ms"]["p99"] is not None and lv["latency_ms"]["p99"] <= slo_p99_ms]
-        if meeting:
-            slo_level = max(level_load(lv) for lv in meeting)
-    return {
+            return level_load(before)
+    return None
+
+
+def _slo_level(usable: list[dict], slo_p99_ms: float | None):
+    """The highest completed level whose p99 met the SLO (None without an SLO or when none met it)."""
+    if slo_p99_ms is None:
+        return None
+    meeting = [lv for lv in usable if lv["status"] == "completed"
+               and lv["latency_ms"]["p99"] is not None and lv["latency_ms"]["p99"] <= slo_p99_ms]
+    return max((level_load(lv) for lv in meeting), default=None)
+
+
+def shape_key(shape: dict | None):
+    """A shape as a comparable key: (field, value)."""
+    return (shape["field"], shape["value"]) if shape else None
+
+
+def summarize_shapes(levels: list[dict], slo_p99_ms: float | None, thresholds: list[dict] | None = None,
+                     shapes: list[dict] | None = None) -> list[dict]:
+    """One entry per shape of a shape axis, in order: the peak, knee and SLO level over that shape's own
+    levels, by the rules `summarize` uses for the whole run, with the peak level's texts/s, tokens/s
+    and p99. `shapes` (the plan's, in order) defaults to the shapes of the levels as they appear."""
+    if shapes is None:
+        shapes = []
+        for level in levels:
+            if level.get("shape") and shape_key(level["shape"]) not in map(shape_key, shapes):
+                shapes.append(level["shape"])
+    out = []
+    for shape in shapes:
+        own = [lv for lv in levels if shape_key(lv.get("shape")) == shape_key(shape)]
+        usable = _usable(own, thresholds)
+        peak = _peak(usable)
+        out.append({
+            "field": shape["field"],
+            "value": shape["value"],
+            "peak_qps": peak["qps"] if peak else None,
+            "peak_level": level_load(peak) if peak else None,
+            "peak_texts_per_s": peak["texts_per_s"] if peak else None,
+            "peak_tokens_per_s": peak["tokens_per_s"] if peak else None,
+            "p99_ms_at_peak": peak["latency_ms"]["p99"] if peak else None,
+            "knee_level": _knee(usable),
+            "slo_max_level": _slo_level(usable, slo_p99_ms),
+        })
+    return out
+
+
+def summarize(levels: list[dict], slo_p99_ms: float | None, thresholds: list[dict] | None = None,
+              shapes: list[dict] | None = None) -> dict:
+    """Peak requests/s, the knee, and the highest level that met the p99 SLO.
+
+    Cancelled levels are left out (their window was cut short by a person, not by the server), and so
+    are levels whose error rate breaks the plan's error-rate thresholds (default: above 1 %): a level
+    that mostly failed measured a failing server, not its capacity. With a shape axis (levels with a
+    `shape`, or `shapes` given) `shapes` holds the same figures for each shape (`summarize_shapes`);
+    the run-wide ones stay over every level."""
+    usable = _usable(levels, thresholds)
+    peak = _peak(usable)
+    summary = {
         "peak_qps": peak["qps"] if peak else None,
         "peak_level": level_load(peak) if peak else None,
-        "knee_level": knee,
+        "knee_level": _knee(usable),
         "slo_p99_ms": slo_p99_ms,
-        "slo_max_level": slo_level,
+        "slo_max_level": _slo_level(usable, slo_p99_ms),
         "client_bound_levels": [level_load(lv) for lv in levels if lv.get("client", {}).get("client_bound")],
         "errored_levels": [level_load(lv) for lv in levels if errored(lv, thresholds)],
     }
+    if shapes or any(lv.get("shape") for lv in levels):
+        summary["shapes"] = summarize_shapes(levels, slo_p99_ms, thresholds, shapes or None)
+    return summary
 
 
 # The run-wide figures history and comparison show, as `summarize` stores them.

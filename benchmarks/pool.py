@@ -69,24 +69,37 @@ def _next_work(commands, parent_pid: int | None):
                 return None
 
 
+# What one shape of a plan's shape axis changes in a load process's requests: a level's work may carry
+# these (`shape_config`), and the process rebuilds its flavor and input source when they change.
+SHAPE_CONFIG = ("dimensions", "encoding", "batch", "chars_per_text", "salt", "tokens", "lengths")
+
+
+def _requests(proc: int, config: dict, tokenizer):
+    """The flavor, input source and URLs a load process sends its requests with."""
+    flavor = make_flavor(config["flavor"], config["model"], dimensions=config.get("dimensions"),
+                         encoding=config.get("encoding", "float"))
+    inputs = InputSource(
+        config["input"], batch=config["batch"], chars_per_text=config["chars_per_text"],
+        corpus=config.get("corpus"), salt=config["salt"],
+        seed=None if config.get("seed") is None else config["seed"] + 7919 * proc,
+        stream_index=proc, stream_count=config["processes"],
+        tokenizer=tokenizer, tokens_per_text=config.get("tokens"), lengths=config.get("lengths"),
+    )
+    return flavor, inputs, [flavor.url(u) for u in config["base_urls"]]
+
+
 def serve(proc: int, config: dict, commands, out, stop_event, cpu_clock_name: str,
           parent_pid: int | None = None) -> None:
-    """Body of one load thread or process: set up once, then run each level it is sent.
+    """Body of one load thread or process: set up once, then run each level it is sent. A level of
+    another shape (its work's `shape_config`) gets requests of that shape: the flavor and input source
+    are built again from it (its own salt keeps the new input stream's texts unique).
 
     `parent_pid` (load processes only): the controller's pid; the process leaves when it is gone."""
     try:
-        flavor = make_flavor(config["flavor"], config["model"], dimensions=config.get("dimensions"),
-                             encoding=config.get("encoding", "float"))
         # Each process reads the tokenizer the controller resolved (and fetched) for the sweep.
         tokenizer = load_tokenizer(config["tokenizer_path"]) if config.get("tokenizer_path") else None
-        inputs = InputSource(
-            config["input"], batch=config["batch"], chars_per_text=config["chars_per_text"],
-            corpus=config.get("corpus"), salt=config["salt"],
-            seed=None if config.get("seed") is None else config["seed"] + 7919 * proc,
-            stream_index=proc, stream_count=config["processes"],
-            tokenizer=tokenizer, tokens_per_text=config.get("tokens"), lengths=config.get("lengths"),
-        )
-        urls = [flavor.url(u) for u in config["base_urls"]]
+        flavor, inputs, urls = _requests(proc, config, tokenizer)
+        shape = {key: config.get(key) for key in SHAPE_CONFIG}
         headers = request_headers(config.get("api_key"))
         cpu_clock = getattr(time, cpu_clock_name)
         factory = _loop_factory()
@@ -99,6 +112,10 @@ def serve(proc: int, config: dict, commands, out, stop_event, cpu_clock_name: st
         if work is None:
             return
         try:
+            wanted = work.get("shape_config")
+            if wanted is not None and wanted != shape:
+                flavor, inputs, urls = _requests(proc, {**config, **wanted}, tokenizer)
+                shape = dict(wanted)
             runner = LevelRunner(work, proc=proc, flavor=flavor, urls=urls, headers=headers, inputs=inputs,
                                  out=out, stop_event=stop_event, cpu_clock=cpu_clock,
                                  outbound=config.get("outbound"))

@@ -80,8 +80,10 @@ def normalize_target(target: dict) -> dict:
 
 
 def check_combination(target: dict, plan: dict) -> None:
-    """Raise ConfigError when the plan asks for something the target's flavor cannot do."""
-    make_flavor(target["flavor"], target.get("model", ""), dimensions=plan["dimensions"], encoding=plan["encoding"])
+    """Raise ConfigError when the plan (any shape of its axis) asks for something the target's flavor cannot do."""
+    for _, shaped in plan_rule.shape_plans(plan):
+        make_flavor(target["flavor"], target.get("model", ""), dimensions=shaped["dimensions"],
+                    encoding=shaped["encoding"])
 
 
 class AbortWatch:
@@ -132,13 +134,24 @@ class Sweep:
     """One run of a plan against a target (use `run_sweep`)."""
 
     def __init__(self, target, plan, *, cancel, on_progress, on_level, telemetry, samples_sink, run_info,
-                 outbound=None, limits=None, tokenizers=None):
+                 outbound=None, limits=None, tokenizers=None, done_indices=None):
         self.target = normalize_target(target)
         self.outbound = outbound if outbound is not None else OutboundPolicy.from_environment()
         self.limits = limits or PlanLimits()
         self.tokenizers = tokenizers or TokenizerPolicy()
         self.plan = normalize_plan(plan, self.limits)
         check_combination(self.target, self.plan)
+        # The grid: every (shape, load) cell in order; without a shape axis, the plan's levels.
+        self.cells = plan_rule.plan_cells(self.plan)
+        # Cells a run this one resumes already measured: skipped, their indices kept for the rest.
+        self.done_indices = {int(i) for i in done_indices or ()}
+        # The plan of the shape being run: the plan with the axis's field set to the shape's value.
+        self.cell_plan = self.plan
+        self.shape: dict | None = None
+        self._shape_index = None  # which shape of the axis is probed and calibrated now
+        self._shapes_probed: list[dict] = []  # each shape's probe and calibration (`inputs.shapes`)
+        self._tokenizer = None
+        self._tokenizer_loaded = False
         self.cancel = cancel or CancelToken()
         self.on_progress = on_progress
         self.on_level = on_level
@@ -174,9 +187,11 @@ class Sweep:
         per_level = plan["warmup_s"] + plan["duration_s"]
         index = fields.get("level_index", 0)
         elapsed_in_level = fields.get("level_elapsed_s", 0.0)
-        remaining = max(0.0, per_level - elapsed_in_level) + per_level * (len(plan["levels"]) - index - 1)
-        levels_total = len(plan["levels"])
-        load = plan["levels"][index] if index < len(plan["levels"]) else None
+        cells = self.cells
+        remaining = max(0.0, per_level - elapsed_in_level) + per_level * (len(cells) - index - 1)
+        levels_total = len(cells)
+        load = cells[index]["load"] if index < len(cells) else None
+        shape = cells[index]["shape"] if index < len(cells) else None
         if plan["search"] == "capacity":
             # The search picks its levels as it goes: what is left is its time budget.
             levels_total, load = index + 1, self.current_load
@@ -185,6 +200,7 @@ class Sweep:
             "level_index": index,
             "levels_total": levels_total,
             "load": load,
+            **({"shape": shape} if shape else {}),
             "phase": fields.get("phase", "measure"),
             "level_elapsed_s": round(elapsed_in_level, 2),
             "level_total_s": per_level,
@@ -210,8 +226,36 @@ class Sweep:
 
     # ---- probe and calibration -------------------------------------------------------------
 
+    @property
+    def cell_salt(self) -> str:
+        """The salt of the running shape's texts: the run's for the first shape (and without an axis),
+        one of its own for each other shape, whose input streams start again: texts stay unique."""
+        return self.salt if not self._shape_index else f"{self.salt}s{self._shape_index}."
+
+    def _begin_shape(self, shape_index: int) -> None:
+        """Make shape `shape_index` of the axis the running one: its plan, and a probe and calibration
+        of its own (its dimensions and encoding are probed, its tokens calibrated). The document's
+        `probe` and `inputs` stay the first shape's; `inputs.shapes` holds each shape's."""
+        shape, shaped = plan_rule.shape_plans(self.plan)[shape_index]
+        self._shape_index, self.shape, self.cell_plan = shape_index, shape, shaped
+        first_probe, first_inputs = self.probe, self.inputs
+        self._probe_and_calibrate()
+        if shape is None:
+            return
+        self._shapes_probed.append({**shape, "probe": self.probe, "calibration": self.inputs["calibration"]})
+        if len(self._shapes_probed) > 1:
+            self.probe, self.inputs = first_probe, first_inputs
+        self.inputs["shapes"] = self._shapes_probed
+
+    def _shape_config(self) -> dict:
+        """What the load processes build a shape's requests from (benchmarks/pool.py, SHAPE_CONFIG)."""
+        plan = self.cell_plan
+        return {"dimensions": plan["dimensions"], "encoding": plan["encoding"], "batch": plan["batch"],
+                "chars_per_text": self.chars_per_text, "salt": self.cell_salt,
+                "tokens": plan_rule.median_tokens(plan), "lengths": Lengths.from_plan(plan)}
+
     def _send(self, texts: list[str]) -> dict:
-        plan = self.plan
+        plan = self.cell_plan
         result = probe_texts(self.target, texts, dimensions=plan["dimensions"], encoding=plan["encoding"],
                              timeout_s=min(plan["timeout_s"], 60), outbound=self.outbound,
                              max_vector_length=self.limits.max_vector_length)
@@ -225,7 +269,7 @@ class Sweep:
     def _full_length_unit_norm(self, text: str) -> bool:
         """Whether the server's full-length vector of `text` is a unit vector: one request without
         'dimensions'. Then every answer cut to the plan's dimensions must be a unit vector too."""
-        plan = self.plan
+        plan = self.cell_plan
         result = probe_texts(self.target, [text], dimensions=None, encoding=plan["encoding"],
                              timeout_s=min(plan["timeout_s"], 60), outbound=self.outbound,
                              max_vector_length=self.limits.max_vector_length)
@@ -235,22 +279,28 @@ class Sweep:
         return abs(result["norm"] - 1) <= NORM_TOLERANCE
 
     def _load_tokenizer(self):
-        """The target's tokenizer (fetched once into the data folder), or None when it names none."""
+        """The target's tokenizer (fetched once into the data folder, read once per sweep), or None when
+        it names none."""
         spec = self.target.get("tokenizer")
         if not spec:
             return None
-        try:
-            self.tokenizer_path = resolve_tokenizer(spec, policy=self.tokenizers, outbound=self.outbound)
-            return load_tokenizer(self.tokenizer_path, self.tokenizers.max_bytes)
-        except ConfigError as exc:
-            raise SweepError(str(exc)) from None
+        if not self._tokenizer_loaded:
+            try:
+                self.tokenizer_path = resolve_tokenizer(spec, policy=self.tokenizers, outbound=self.outbound)
+                self._tokenizer = load_tokenizer(self.tokenizer_path, self.tokenizers.max_bytes)
+            except ConfigError as exc:
+                raise SweepError(str(exc)) from None
+            self._tokenizer_loaded = True
+        return self._tokenizer
 
     def _probe_and_calibrate(self) -> None:
-        plan = self.plan
+        """Probe the target with the running shape's request (its dimensions and encoding) and calibrate
+        its texts to its tokens; a shape axis does this again for each shape (`_begin_shape`)."""
+        plan = self.cell_plan
         # A length distribution is calibrated at the count its texts centre on (its median).
         aim = plan_rule.median_tokens(plan)
         tokenizer = self._load_tokenizer()
-        sampler = InputSource("unique", salt=self.salt + "c", seed=plan["seed"], stream_index=99)
+        sampler = InputSource("unique", salt=self.cell_salt + "c", seed=plan["seed"], stream_index=99)
         guess = max(1, round(aim * CHARS_PER_TOKEN_GUESS))
         first_text = sampler.sample_text(guess)
         first = self._send([first_text])
@@ -258,7 +308,7 @@ class Sweep:
         self.dims = plan["dimensions"] or first["vector_length"]
         if plan["dimensions"]:
             # A text of its own stream: the calibration's texts stay those of its seed.
-            own = InputSource("unique", salt=self.salt + "n", seed=plan["seed"], stream_index=97)
+            own = InputSource("unique", salt=self.cell_salt + "n", seed=plan["seed"], stream_index=97)
             norm_text = own.sample_text(guess)
             self.unit_norm = self._full_length_unit_norm(norm_text)
         else:
@@ -315,14 +365,14 @@ class Sweep:
 
     def _calibrate_with_tokenizer(self, tokenizer, calibration: dict) -> None:
         """Texts cut by the tokenizer: check a few of them with it, and send one to see the server's count."""
-        plan = self.plan
+        plan = self.cell_plan
         aim = plan_rule.median_tokens(plan)
         if plan["input"] == "corpus":
             counts = [count(tokenizer, text) for text in plan["corpus"]]
             self.tokens_per_text_estimate = sum(counts) / len(counts)
             calibration.update(target_tokens=None, tokenizer_tokens={"min": min(counts), "max": max(counts)})
             return
-        cut = InputSource("unique", salt=self.salt + "t", seed=plan["seed"], stream_index=98,
+        cut = InputSource("unique", salt=self.cell_salt + "t", seed=plan["seed"], stream_index=98,
                           tokenizer=tokenizer, tokens_per_text=aim)
         texts = [cut.next_texts()[0] for _ in range(TOKENIZER_CHECK_TEXTS)]
         counts = [count(tokenizer, text) for text in texts]
@@ -347,6 +397,8 @@ class Sweep:
             "max_vector_length": self.limits.max_vector_length,
             "keep_samples": plan["keep_samples"], "arrival": plan["arrival"],
             "tokens_per_text_estimate": self.tokens_per_text_estimate, "token_source": self.token_source,
+            # A shape axis: the running shape's requests (the load processes rebuild them when it changes).
+            "shape_config": self._shape_config() if self.shape is not None else None,
         }
         work_by_process = {}
         if mode == "closed":
@@ -442,7 +494,7 @@ class Sweep:
             started_at = utc_now()
         level = build_level(list(partials.values()), index=index, mode=mode, load=load,
                             warmup_s=plan["warmup_s"], started_at=started_at, status=status,
-                            abort_reason=abort_reason, tokens_source=self.token_source)
+                            abort_reason=abort_reason, tokens_source=self.token_source, shape=self.shape)
         limit_ms = slo_rule.Slo.from_plan(plan).goodput_limit_ms
         if limit_ms is not None:
             level["goodput"] = slo_rule.goodput(level, limit_ms, plan["timeout_s"])
@@ -496,17 +548,16 @@ class Sweep:
                 self.telemetry.start()
             if self.cancel.cancelled:
                 self.status, self.status_reason = "cancelled", "cancelled before the first level"
-            else:
-                self._probe_and_calibrate()
+            elif self._remaining_cells() or plan["search"] == "capacity":
+                levels_per_shape = len(plan["levels"])
+                first = self._remaining_cells()[0]["index"] // levels_per_shape if plan["shape_field"] else 0
+                self._begin_shape(first)
                 config = {
                     "flavor": self.target["flavor"], "model": self.target.get("model", ""),
-                    "dimensions": plan["dimensions"], "encoding": plan["encoding"],
                     "base_urls": self.target["base_urls"], "api_key": self.target.get("api_key"),
-                    "input": plan["input"], "batch": plan["batch"], "chars_per_text": self.chars_per_text,
-                    "corpus": plan["corpus"], "salt": self.salt, "seed": plan["seed"],
-                    "outbound": self.outbound,
-                    "tokenizer_path": self.tokenizer_path, "tokens": plan_rule.median_tokens(plan),
-                    "lengths": Lengths.from_plan(plan),
+                    "input": plan["input"], "corpus": plan["corpus"], "seed": plan["seed"],
+                    "outbound": self.outbound, "tokenizer_path": self.tokenizer_path,
+                    **self._shape_config(),
                 }
                 pool = LoadPool(config, plan["processes"])
                 pool.start()
@@ -528,13 +579,33 @@ class Sweep:
             self._close_telemetry()
         return self._document(started_at)
 
+    def _remaining_cells(self) -> list[dict]:
+        """The cells still to measure: every cell of the grid but those a resumed run had finished."""
+        return [cell for cell in self.cells if cell["index"] not in self.done_indices]
+
     def _run_levels(self, pool) -> None:
+        """Each cell of the grid in order: each shape (outer), each load level (inner). A level the abort
+        policy stops ends its shape (higher load would only fail harder); the next shape still runs."""
         plan = self.plan
-        for index, load in enumerate(plan["levels"]):
-            if self.cancel.cancelled or pool is None:
+        remaining = self._remaining_cells()
+        if pool is None:
+            if remaining and self.status == "succeeded":
+                self.status, self.status_reason = "cancelled", f"cancelled before level {remaining[0]['index']}"
+            return
+        levels_per_shape = len(plan["levels"])
+        aborted_shape = None
+        reasons = []
+        for cell in remaining:
+            index, load, shape = cell["index"], cell["load"], cell["shape"]
+            shape_index = index // levels_per_shape if shape is not None else 0
+            if aborted_shape is not None and shape_index == aborted_shape:
+                continue
+            if self.cancel.cancelled:
                 if self.status == "succeeded":
                     self.status, self.status_reason = "cancelled", f"cancelled before level {index}"
                 break
+            if shape_index != self._shape_index:
+                self._begin_shape(shape_index)
             level = self._run_level(pool, index, load)
             if level["status"] == "cancelled" and level["duration_s"] <= 0:
                 self.status, self.status_reason = "cancelled", f"cancelled during the warm-up of level {index}"
@@ -546,10 +617,21 @@ class Sweep:
                 self.status, self.status_reason = "cancelled", f"cancelled during level {index}"
                 break
             if level["status"] == "aborted":
-                # Higher load would only fail harder: the sweep ends here, its levels stand.
-                self.aborted_at_level = load
-                self.status_reason = f"stopped after level {index} (load {load}): {level['abort_reason']}"
-                break
+                # Higher load would only fail harder: this shape ends here, its levels stand.
+                if self.aborted_at_level is None:
+                    self.aborted_at_level = load
+                reason = f"stopped after level {index} (load {load}): {level['abort_reason']}"
+                if shape is None:
+                    reasons.append(reason)
+                    break
+                aborted_shape = shape_index
+                later = any(c["index"] // levels_per_shape > shape_index for c in remaining)
+                reasons.append(f"{shape['field']} {shape['value']}: {reason}"
+                               + ("; the next shape went on" if later else ""))
+        if reasons and self.status == "succeeded":
+            self.status_reason = "; ".join(reasons)
+        elif reasons:
+            self.status_reason = "; ".join([*reasons, self.status_reason])
 
     def _close_telemetry(self) -> None:
         if self.telemetry is None or self._telemetry_closed:
@@ -571,7 +653,7 @@ class Sweep:
         run.update({k: v for k, v in self.run_info.items()
                     if k not in ("status", "status_reason", "aborted_at_level")})
         verdict = judge_run(plan, self.levels, status=self.status, aborted_at_level=self.aborted_at_level,
-                            capacity=self.capacity)
+                            capacity=self.capacity, planned_levels=len(self._remaining_cells()))
         run.update(verdict=verdict["verdict"], verdict_reasons=verdict["reasons"],
                    unreachable_s=verdict["unreachable_s"])
         return {
@@ -584,7 +666,8 @@ class Sweep:
             "client": client_info(plan["processes"]),
             "telemetry_notes": self.telemetry_notes,
             "levels": self.levels,
-            "summary": summarize(self.levels, plan["slo_p99_ms"], plan["thresholds"]),
+            "summary": summarize(self.levels, plan["slo_p99_ms"], plan["thresholds"],
+                                 shapes=[shape for shape, _ in plan_rule.shape_plans(plan) if shape is not None]),
             **({"capacity": self.capacity} if plan["search"] == "capacity" else {}),
         }
 
@@ -595,7 +678,8 @@ def run_sweep(target: dict, plan: dict, *, cancel: CancelToken | None = None,
               telemetry=None,
               samples_sink: Callable[[int, list[tuple]], None] | None = None,
               run_info: dict | None = None, outbound: OutboundPolicy | None = None,
-              limits: PlanLimits | None = None, tokenizers: TokenizerPolicy | None = None) -> dict:
+              limits: PlanLimits | None = None, tokenizers: TokenizerPolicy | None = None,
+              done_indices=None) -> dict:
     """Run a plan against a target and return the full `embperf.run/1` document.
 
     Synchronous: the load runs in its own thread (one process) or spawned processes, this thread
@@ -608,8 +692,10 @@ def run_sweep(target: dict, plan: dict, *, cancel: CancelToken | None = None,
     the installation's bounds for the plan (benchmarks.plan; the defaults when not given).
     `tokenizers` says which tokenizer files the target may name (benchmarks.tokens.TokenizerPolicy;
     by default any local path, as for the CLI; the portal's workers pass their folder's policy).
+    `done_indices`: the indices of levels (cells of a shape axis's grid, benchmarks.plan.plan_cells) that
+    a run this one resumes already measured; they are skipped, and every other level keeps its index.
     """
     sweep = Sweep(target, plan, cancel=cancel, on_progress=on_progress, on_level=on_level,
                   telemetry=telemetry, samples_sink=samples_sink, run_info=run_info, outbound=outbound,
-                  limits=limits, tokenizers=tokenizers)
+                  limits=limits, tokenizers=tokenizers, done_indices=done_indices)
     return sweep.run()

@@ -10,7 +10,7 @@ level within the SLO (`errored`): a level whose errors breach them measured a fa
 """
 from collections.abc import Mapping
 
-from benchmarks.plan import DEFAULT_THRESHOLDS, format_threshold, show
+from benchmarks.plan import DEFAULT_THRESHOLDS, format_threshold, plan_cells, show
 
 PASSED, FAILED = "passed", "failed"
 
@@ -82,17 +82,28 @@ def errored(level: Mapping, thresholds: list[Mapping] | None) -> bool:
     return any(breached(t, rate) for t in rules)
 
 
+def _shape_text(level: Mapping) -> str:
+    """A level's shape for a reason, "tokens 512: " (empty without a shape axis)."""
+    shape = level.get("shape")
+    if not shape:
+        return ""
+    value = shape["value"]
+    return f"{shape['field']} {value if isinstance(value, str) else show(value)}: "
+
+
 def judge(plan: Mapping, levels: list[Mapping], *, status: str, aborted_at_level=None,
           planned_levels: int | None = None) -> dict:
     """The verdict of a finished run: {"verdict": "passed" | "failed", "reasons": [str],
     "unreachable_s": seconds the target refused connections over all levels, "thresholds": the rules
     judged, as written}.
 
-    planned_levels: how many levels the run was to measure (default: the plan's levels)."""
+    planned_levels: how many levels the run was to measure (default: the plan's levels, every cell of
+    a shape axis's grid)."""
     thresholds = thresholds_of(plan)
     reasons = []
     for threshold in thresholds:
-        broken = [f"{show(_load(lv))} ({_value(threshold['figure'], figure_value(lv, threshold['figure']))})"
+        figure = threshold["figure"]
+        broken = [f"{show(_load(lv))} ({_shape_text(lv)}{_value(figure, figure_value(lv, figure))})"
                   for lv in levels if applies(threshold, lv)
                   and breached(threshold, figure_value(lv, threshold["figure"]))]
         if broken:
@@ -100,7 +111,7 @@ def judge(plan: Mapping, levels: list[Mapping], *, status: str, aborted_at_level
     unreachable = round(sum(float(lv.get("unreachable_s") or 0.0) for lv in levels), 1)
     if unreachable > 0:
         reasons.append(f"target unreachable for {unreachable:g} s")
-    planned = len((plan or {}).get("levels") or []) if planned_levels is None else planned_levels
+    planned = len(plan_cells(plan or {})) if planned_levels is None else planned_levels
     measured = sum(1 for lv in levels if lv.get("status") == "completed")
     if aborted_at_level is not None:
         missing = max(planned - len(levels), 0)
@@ -117,12 +128,12 @@ def judge(plan: Mapping, levels: list[Mapping], *, status: str, aborted_at_level
 
 
 def judge_run(plan: Mapping, levels: list[Mapping], *, status: str, aborted_at_level=None,
-              capacity: Mapping | None = None) -> dict:
+              capacity: Mapping | None = None, planned_levels: int | None = None) -> dict:
     """`judge` for a run of any plan. A capacity search (benchmarks/capacity.py) fails levels on
     purpose to find its limit, so its thresholds are judged on the capacity's level alone, and a
     search that found no capacity fails with the search's reason."""
     if (plan or {}).get("search") != "capacity":
-        return judge(plan, levels, status=status, aborted_at_level=aborted_at_level)
+        return judge(plan, levels, status=status, aborted_at_level=aborted_at_level, planned_levels=planned_levels)
     index = (capacity or {}).get("level_index")
     judged = [lv for lv in levels if index is not None and lv.get("index") == index]
     result = judge(plan, judged, status=status, aborted_at_level=aborted_at_level, planned_levels=len(judged))
