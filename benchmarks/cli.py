@@ -45,6 +45,7 @@ PLAN_OPTIONS = {
     "capacity_precision": "--precision", "capacity_trials": "--trials", "capacity_budget_s": "--budget",
     "capacity_max_load": "--max-load", "length": "--length", "tokens_min": "--tokens-min",
     "tokens_max": "--tokens-max", "tokens_sigma": "--tokens-sigma",
+    "shape_field": "--shape", "shape_values": "--shape",
 }
 
 EXIT_FLAWED = 3  # the sweep ran, but its verdict is failed (a threshold breached, unreachable, aborted)
@@ -72,6 +73,16 @@ def _levels(text: str) -> list[float]:
     if not values:
         raise argparse.ArgumentTypeError("give at least one level")
     return [int(v) if v == int(v) else v for v in values]
+
+
+def _shape(text: str) -> tuple[str, list]:
+    """--shape FIELD=V1,V2,...: the field a shape axis sweeps and its values (the plan rule checks them)."""
+    field, sep, values = text.partition("=")
+    parts = [part.strip() for part in values.split(",") if part.strip()]
+    if not sep or not field.strip() or not parts:
+        raise argparse.ArgumentTypeError(f"--shape takes a field and its values, e.g. tokens=32,128,512 or "
+                                         f"encoding=float,base64; not {text!r}")
+    return field.strip().lower(), parts
 
 
 def _gpus(text: str) -> list[int]:
@@ -118,6 +129,10 @@ def _add_run_parser(sub) -> argparse.ArgumentParser:
     plan.add_argument("--max-error-rate", type=fraction, default=DEFAULT_MAX_ERROR_RATE,
                       help="the error-rate threshold of every level: exit with status 3 when a level's error "
                            "rate is above this (0..1, default 0.01; 1 never)")
+    plan.add_argument("--shape", type=_shape, metavar="FIELD=VALUES",
+                      help="sweep one request shape across the levels, a grid run shape by shape: "
+                           "tokens=32,128,512, batch=1,8,32, encoding=float,base64 or dimensions=256,1024 "
+                           "(2 to 16 values; shapes × levels at most EMBPERF_MAX_LEVELS)")
     plan.add_argument("--threshold", action="append", default=[], metavar="RULE",
                       help="a pass/fail threshold, e.g. 'p99_ms <= 500', 'qps >= 200 at 16, 32' "
                            "(figures: p50_ms p90_ms p99_ms mean_ms error_rate qps tokens_per_s); repeatable; "
@@ -264,6 +279,9 @@ def plan_from_args(args) -> dict:
         "corpus": corpus, "processes": args.processes, "keep_samples": False, "seed": args.seed,
         "thresholds": thresholds_from_args(args),
     }
+    shape = getattr(args, "shape", None)
+    if shape:
+        plan.update(shape_field=shape[0], shape_values=shape[1])
     if args.command == "capacity":
         plan.update(search="capacity", slo_p90_ms=args.slo_p90_ms, slo_p50_ms=args.slo_p50_ms,
                     slo_mean_ms=args.slo_mean_ms, slo_error_rate=args.slo_error_rate,
@@ -280,6 +298,14 @@ def thresholds_from_args(args) -> list:
     if max_error_rate is not None and not any(rule.strip().lower().startswith("error_rate") for rule in rules):
         rules.append(f"error_rate <= {max_error_rate:g}")
     return rules
+
+
+def shape_text(shape: dict | None) -> str:
+    """A level's shape the way the CLI shows it: "tokens 512", "encoding base64" ('' without an axis)."""
+    if not shape:
+        return ""
+    value = shape["value"]
+    return f"{shape['field']} {value if isinstance(value, str) else figure(value)}"
 
 
 def answers_text(level: dict) -> str:
@@ -307,9 +333,12 @@ def results_table(document: dict) -> Table:
     search = "capacity" in document
     goodput = any("goodput" in level for level in document["levels"])
     table = Table(title=f"embperf: {document['target'].get('model') or document['target']['base_urls'][0]}")
+    shaped = any(level.get("shape") for level in document["levels"])
     if search:
         table.add_column("step", justify="right")
         table.add_column("phase")
+    if shaped:
+        table.add_column(document["plan"].get("shape_field") or "shape", justify="right", no_wrap=True)
     # The figures keep their width on a narrow terminal; the phase and note columns wrap instead.
     table.add_column("rate/s" if open_loop else "concurrency", justify="right", no_wrap=True)
     for name in ("QPS", *(("goodput/s",) if goodput else ()), "avg ms", "P99 ms", "error rate", "tokens/s"):
@@ -341,6 +370,7 @@ def results_table(document: dict) -> Table:
             load = f"{load} in flight"  # the synchronous level of an open-loop search
         table.add_row(
             *((str(step.get("step", "")), step.get("phase", "")) if search else ()),
+            *((shape_value(level.get("shape")),) if shaped else ()),
             load, figure(level["qps"]),
             *((figure((level.get("goodput") or {}).get("per_s")),) if goodput else ()),
             figure(level["latency_ms"]["mean"]),
@@ -349,6 +379,34 @@ def results_table(document: dict) -> Table:
             ", ".join(notes),
         )
     return table
+
+
+def shape_value(shape: dict | None) -> str:
+    """A shape's value alone, for the table's shape column."""
+    if not shape:
+        return ""
+    return shape["value"] if isinstance(shape["value"], str) else figure(shape["value"])
+
+
+def shape_lines(document: dict) -> list[str]:
+    """One line per shape of a shape axis, with its best cell (summary.shapes)."""
+    lines = []
+    for shape in document["summary"].get("shapes") or []:
+        head = f"{shape_text(shape)}:"
+        if shape["peak_qps"] is None:
+            lines.append(f"{head} no level counted (each errored, cancelled or not measured)")
+            continue
+        text = (f"{head} peak {figure(shape['peak_qps'])} req/s at {figure(shape['peak_level'])} "
+                f"({figure(shape['peak_texts_per_s'])} texts/s, {figure(shape['peak_tokens_per_s'])} tokens/s, "
+                f"p99 {figure(shape['p99_ms_at_peak'])} ms)")
+        if shape["knee_level"] is not None:
+            text += f"; knee at {figure(shape['knee_level'])}"
+        if document["summary"].get("slo_p99_ms") is not None:
+            best = shape["slo_max_level"]
+            text += (f"; p99 <= {figure(document['summary']['slo_p99_ms'])} ms up to level {figure(best)}"
+                     if best is not None else "; no level met the p99 SLO")
+        lines.append(text)
+    return lines
 
 
 def capacity_lines(document: dict) -> list[str]:
@@ -398,12 +456,14 @@ def summary_lines(document: dict) -> list[str]:
     lines = capacity_lines(document)
     if summary["peak_qps"] is not None:
         lines.append(f"peak {figure(summary['peak_qps'])} req/s at {figure(summary['peak_level'])}")
-    if summary["knee_level"] is not None and "capacity" not in document:  # a search's levels run in no order
+    # A search's levels run in no order, and a shape axis's knee is each shape's own (its line below).
+    if summary["knee_level"] is not None and "capacity" not in document and not summary.get("shapes"):
         lines.append(f"knee at {figure(summary['knee_level'])} (after it, throughput grows < 10 % while p99 grows)")
     if summary["slo_p99_ms"] is not None:
         best = summary["slo_max_level"]
         lines.append(f"p99 <= {figure(summary['slo_p99_ms'])} ms up to level {figure(best)}" if best is not None
                      else f"no level met p99 <= {figure(summary['slo_p99_ms'])} ms")
+    lines.extend(shape_lines(document))
     if summary.get("errored_levels"):
         lines.append("left out of the peak, knee and SLO level (error rate above its threshold): level "
                      + ", ".join(figure(load) for load in summary["errored_levels"]))
@@ -454,7 +514,8 @@ class LiveView:
         if self.live is None:
             return
         second = p.get("second") or {}
-        text = (f"level {p['level_index'] + 1}/{p['levels_total']}  {self.unit} {figure(p['load'])}  {p['phase']:<7}"
+        text = ((f"{shape_text(p['shape'])}  " if p.get("shape") else "")
+                + f"level {p['level_index'] + 1}/{p['levels_total']}  {self.unit} {figure(p['load'])}  {p['phase']:<7}"
                 f"  {p['level_elapsed_s']:5.1f}/{p['level_total_s']:g} s"
                 f"  ok {p['completed']:,}  failed {p['failed']:,}")
         if second:
@@ -466,7 +527,8 @@ class LiveView:
     def level(self, level: dict) -> None:
         unit = "concurrency" if level.get("concurrency") is not None else "rate"
         goodput = level.get("goodput")
-        text = (f"level {level['index'] + 1} ({unit} {figure(level_load(level))}): "
+        text = ((f"{shape_text(level['shape'])}: " if level.get("shape") else "")
+                + f"level {level['index'] + 1} ({unit} {figure(level_load(level))}): "
                 f"{figure(level['qps'])} req/s, p99 {figure(level['latency_ms']['p99'])} ms, "
                 f"errors {percent(level['error_rate'])}"
                 + (f", goodput {figure(goodput['per_s'])} req/s" if goodput else "")
