@@ -14,6 +14,7 @@ as far as the host can hold them.
 """
 import csv
 import io
+import uuid
 
 import pytest
 from django.urls import reverse
@@ -21,6 +22,7 @@ from django.urls import reverse
 from benchmarks import capacity
 from benchmarks.compare import capacity_delta, capacity_uncertainty
 from benchmarks.simulator import running_simulator
+from portal.history.comparison import build_comparison
 from portal.history.timeline import build_history, dashboard_regressions
 from portal.sweeps.models import Plan, Run, Target
 from portal.sweeps.services import create_run
@@ -186,4 +188,26 @@ def test_the_dashboard_lists_capacities_and_the_capacity_regression(client, sear
         r.capacity_answer["load"] for r in reversed(searches["runs"])]
     assert [p.id for p in page.context["regressions"]] == [searches["runs"][2].pk]
     assert "Capacity -" in page.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_slower_run_in_the_baselines_segment_does_not_widen_the_baselines_noise(searches):
+    """Two repeats after the baseline make three counting runs in its segment with the slower one: the
+    baseline's capacity spread is taken without the run judged against it, so the slower run stays
+    flagged (with it, consecutive differences 0 and 10 would give a spread of 5 and hide it)."""
+    first, repeat, slower = searches["runs"]
+    extra = Run.objects.get(pk=repeat.pk)
+    extra.pk = None
+    extra.uuid = uuid.uuid4()
+    extra.label = "repeat 2"
+    extra.is_baseline = False
+    extra.save()
+    try:
+        Run.objects.filter(pk=extra.pk).update(created=repeat.created)
+        history = build_history(Run.objects.filter(team=searches["team"]))
+        assert [p.id for p in history.points if p.regressions] == [slower.pk]
+        comparison = build_comparison([first, slower], first)
+        assert comparison.capacity()["cells"][1]["delta"]["verdict"] == "worse"
+    finally:
+        extra.delete()
 

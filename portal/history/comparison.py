@@ -131,7 +131,7 @@ def repeated_run_noise(runs: list[Run]) -> tuple[dict[int, dict[float, dict[str,
                                                   dict[int, float | None]]:
     """({run id: {load: {metric: between-run noise}}}, {run id: its capacity's between-run spread}) for
     each compared run, from the other succeeded runs of its segment (same target, plan and
-    configuration; see portal/history/segments.py)."""
+    configuration; see portal/history/segments.py), the compared runs left out."""
     pairs = {(r.target_id, r.plan_id) for r in runs if r.target_id and r.plan_id}
     if not pairs:
         return {}, {}
@@ -147,8 +147,10 @@ def repeated_run_noise(runs: list[Run]) -> tuple[dict[int, dict[float, dict[str,
         key = (target_id, plan_id, config_fingerprint(target_config, plan_config, server_config))
         if key in wanted:
             members[key].append((created, run_id, capacity_value(answer)))
-    repeats = {r.pk: Repeat(id=r.pk, created=r.created, key=str(repeat_key(r)),
-                            counts=r.status == Run.Status.SUCCEEDED, capacity=capacity_value(r.capacity_answer))
+    # The compared runs are no repeats of one another: a slower candidate in the baseline's segment
+    # must not widen the noise that judges it (nor the baseline the candidate's).
+    repeats = {r.pk: Repeat(id=r.pk, created=r.created, key=str(repeat_key(r)), counts=False,
+                            capacity=capacity_value(r.capacity_answer))
                for r in runs}
     for key, found in members.items():
         # The newest REPEAT_WINDOW + 1 are enough: each run leaves only itself out.

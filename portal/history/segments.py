@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from benchmarks.compare import METRICS, between_run_noise
 from portal.sweeps.snapshots import config_changes, config_fingerprint, snapshot_fields
 
-__all__ = ["REPEAT_WINDOW", "Repeat", "capacity_noise", "capacity_value", "config_changes", "config_fingerprint",
-           "repeat_noise", "snapshot_fields", "usable_level"]
+__all__ = ["REPEAT_WINDOW", "Repeat", "RepeatIndex", "capacity_noise", "capacity_value", "config_changes",
+           "config_fingerprint", "repeat_noise", "snapshot_fields", "usable_level"]
 
 # Repeats (latest first) of one configuration that feed its between-run noise.
 REPEAT_WINDOW = 20
@@ -52,17 +52,34 @@ def usable_level(values: dict[str, float | None]) -> bool:
     return rate is None or rate <= ERRORED_LEVEL_RATE
 
 
-def _by_key(repeats: list[Repeat]) -> dict[str, list[Repeat]]:
-    by_key: dict[str, list[Repeat]] = defaultdict(list)
-    for r in repeats:
-        if r.counts:
-            by_key[r.key].append(r)
-    return by_key
+class RepeatIndex:
+    """Repeats by configuration, for the between-run noise of any of them with some runs left out."""
 
+    def __init__(self, repeats: Iterable[Repeat]):
+        self.repeats = sorted(repeats, key=lambda r: (r.created, r.id))
+        self.by_id = {r.id: r for r in self.repeats}
+        self.by_key: dict[str, list[Repeat]] = defaultdict(list)
+        for r in self.repeats:
+            if r.counts:
+                self.by_key[r.key].append(r)
 
-def _others(by_key: dict[str, list[Repeat]], run: Repeat) -> list[Repeat]:
-    """The latest REPEAT_WINDOW counting runs of `run`'s configuration, `run` left out."""
-    return [r for r in by_key.get(run.key, []) if r.id != run.id][-REPEAT_WINDOW:]
+    def others(self, run: Repeat, exclude: frozenset[int] = frozenset()) -> list[Repeat]:
+        """The latest REPEAT_WINDOW counting runs of `run`'s configuration, `run` and `exclude` left out."""
+        return [r for r in self.by_key.get(run.key, []) if r.id != run.id and r.id not in exclude][-REPEAT_WINDOW:]
+
+    def noise(self, run_id: int, exclude: Iterable[int] = ()) -> dict[float, dict[str, float | None]]:
+        """{load: {metric: between-run noise or None}} of one run's levels."""
+        run = self.by_id[run_id]
+        others = self.others(run, frozenset(exclude))
+        noise: dict[float, dict[str, float | None]] = {}
+        for load in run.levels:
+            series = [r.levels[load] for r in others if load in r.levels and usable_level(r.levels[load])]
+            noise[load] = {m: between_run_noise([v.get(m) for v in series]) for m in METRICS}
+        return noise
+
+    def capacity(self, run_id: int, exclude: Iterable[int] = ()) -> float | None:
+        """The between-run spread of the capacity of one run's configuration, or None."""
+        return between_run_noise([r.capacity for r in self.others(self.by_id[run_id], frozenset(exclude))])
 
 
 def repeat_noise(repeats: Iterable[Repeat], wanted: Iterable[int] | None = None
@@ -71,27 +88,14 @@ def repeat_noise(repeats: Iterable[Repeat], wanted: Iterable[int] | None = None
 
     The noise of a run's figure is between_run_noise over the same figure of the latest REPEAT_WINDOW
     other counting runs with the run's configuration, in time order."""
-    repeats = sorted(repeats, key=lambda r: (r.created, r.id))
-    by_key = _by_key(repeats)
+    index = RepeatIndex(repeats)
     wanted_ids = None if wanted is None else set(wanted)
-    out: dict[int, dict[float, dict[str, float | None]]] = {}
-    for run in repeats:
-        if wanted_ids is not None and run.id not in wanted_ids:
-            continue
-        others = _others(by_key, run)
-        noise: dict[float, dict[str, float | None]] = {}
-        for load in run.levels:
-            series = [r.levels[load] for r in others if load in r.levels and usable_level(r.levels[load])]
-            noise[load] = {m: between_run_noise([v.get(m) for v in series]) for m in METRICS}
-        out[run.id] = noise
-    return out
+    return {r.id: index.noise(r.id) for r in index.repeats if wanted_ids is None or r.id in wanted_ids}
 
 
 def capacity_noise(repeats: Iterable[Repeat], wanted: Iterable[int] | None = None) -> dict[int, float | None]:
     """{run id: the between-run spread of its set-up's capacity, or None}: between_run_noise over the
     capacities of the other counting runs of its configuration, as repeat_noise does for level figures."""
-    repeats = sorted(repeats, key=lambda r: (r.created, r.id))
-    by_key = _by_key(repeats)
+    index = RepeatIndex(repeats)
     wanted_ids = None if wanted is None else set(wanted)
-    return {run.id: between_run_noise([r.capacity for r in _others(by_key, run)])
-            for run in repeats if wanted_ids is None or run.id in wanted_ids}
+    return {r.id: index.capacity(r.id) for r in index.repeats if wanted_ids is None or r.id in wanted_ids}

@@ -25,11 +25,10 @@ from benchmarks.verdict import FAILED
 from portal.history.models import LevelStats
 from portal.history.segments import (
     Repeat,
-    capacity_noise,
+    RepeatIndex,
     capacity_value,
     config_changes,
     config_fingerprint,
-    repeat_noise,
     snapshot_fields,
     usable_level,
 )
@@ -154,7 +153,7 @@ def _regression_text(metric: str, delta, load: float, count: int, compared: int)
 
 
 def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dict[int, dict],
-                     between: dict[int, dict], capacity_spread: dict[int, float | None] | None = None) -> None:
+                     between: dict[int, dict], index: RepeatIndex | None = None) -> None:
     """Fill each candidate's `regressions` with the watched figures that are worse than the baseline's
     beyond the noise, summarised per figure: 'Requests/s -12.3 % at 32 (worse at 4 of 6 levels)',
     'Error rate +98.0 pp at 16 (worse at 3 of 6 levels)'; and a failed verdict when the baseline's
@@ -164,26 +163,40 @@ def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dic
     with each side's noise the larger of its level's own and its segment's between-run noise. A capacity
     search's answer is judged by benchmarks.compare.capacity_delta, against the answers' own uncertainty
     and their set-ups' spread over repeats: 'Capacity -22 % at p99 ≤ 200 ms (40 → 31 req/s, beyond ±2)'.
+
+    `between` is each run's between-run noise from its other repeats. With `index` (the repeats), the
+    baseline's is taken without the candidate judged against it: a slower run in the baseline's own
+    segment must not widen the noise that would flag it.
     """
-    capacity_spread = capacity_spread or {}
+    judged = {"base": between.get(baseline.id, {})}  # the baseline's noise, the judged candidate left out
+
     def noise(point: RunPoint, load: float, level: dict, metric: str) -> float | None:
         return combine_noise(within.get(level["id"], {}).get(metric), repeat(point, load, metric))
 
     def repeat(point: RunPoint, load: float, metric: str) -> float | None:
-        return between.get(point.id, {}).get(load, {}).get(metric)
+        source = judged["base"] if point.id == baseline.id else between.get(point.id, {})
+        return source.get(load, {}).get(metric)
 
     for point in candidates:
         point.regressions = []
         if point.id == baseline.id or point.status not in CHECKED_STATUSES:
             continue
+        base_capacity_spread = capacity_spread = None
+        if index is not None and baseline.id in index.by_id:
+            if point.fingerprint == baseline.fingerprint:
+                judged["base"] = index.noise(baseline.id, exclude=[point.id])
+            else:
+                judged["base"] = between.get(baseline.id, {})
+            base_capacity_spread = index.capacity(baseline.id, exclude=[point.id])
+            capacity_spread = index.capacity(point.id) if point.id in index.by_id else None
         if point.verdict == FAILED and baseline.verdict != FAILED:
             # The baseline met the plan's thresholds (or was not judged); this run did not.
             reasons = "; ".join(point.verdict_reasons[:2]) or "a threshold was breached"
             more = len(point.verdict_reasons) - 2
             point.regressions.append(f"Verdict failed: {reasons}" + (f" (and {more} more)" if more > 0 else ""))
         if baseline.capacity and point.capacity:
-            delta = capacity_delta(baseline.capacity, point.capacity, base_spread=capacity_spread.get(baseline.id),
-                                   spread=capacity_spread.get(point.id))
+            delta = capacity_delta(baseline.capacity, point.capacity, base_spread=base_capacity_spread,
+                                   spread=capacity_spread)
             if delta["verdict"] == "worse":
                 point.regressions.append(_capacity_regression_text(baseline.capacity, point.capacity, delta))
         if baseline.capacity or point.capacity:
@@ -236,11 +249,11 @@ def find_regressions(points: list[RunPoint], within: dict[int, dict]) -> tuple[R
     runs after the newest baseline of `points` (one target and plan, oldest first). Returns the
     baseline and each run's between-run noise."""
     baseline = next((p for p in reversed(points) if p.is_baseline), None)
-    repeats = _repeats(points)
-    between = repeat_noise(repeats)
+    index = RepeatIndex(_repeats(points))
+    between = {r.id: index.noise(r.id) for r in index.repeats}
     if baseline is not None:
         later = [p for p in points if (p.created, p.id) > (baseline.created, baseline.id)]
-        flag_regressions(baseline, later, within, between, capacity_noise(repeats))
+        flag_regressions(baseline, later, within, between, index)
     return baseline, between
 
 
