@@ -11,7 +11,7 @@ WHEN = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
 
 
 def point(n: int, qps: float, p99: float, fingerprint: str = "tuned") -> RunPoint:
-    levels = {8.0: {"id": n * 10, "qps": qps, "p99_ms": p99, "error_rate": 0.0}}
+    levels = {("", 8.0): {"id": n * 10, "qps": qps, "p99_ms": p99, "error_rate": 0.0}}
     return RunPoint(id=n, created=WHEN + dt.timedelta(hours=n), label="", notes="", status="succeeded",
                     is_baseline=n == 1, fingerprint=fingerprint, levels=levels, verdict="passed")
 
@@ -35,14 +35,14 @@ def test_a_twenty_percent_slower_run_without_repeats_is_one():
 def test_with_repeats_on_both_sides_the_measured_spread_decides():
     baseline, tuned = point(1, 400, 100, "default"), point(2, 410, 105)
     # Repeats measured a 0.5 ms spread of p99 on each side: +5 ms is beyond 3 sigma and above 2 %.
-    between = {p.id: {8.0: {"qps": 2.0, "p99_ms": 0.5, "error_rate": None}} for p in (baseline, tuned)}
+    between = {p.id: {("", 8.0): {"qps": 2.0, "p99_ms": 0.5, "error_rate": None}} for p in (baseline, tuned)}
     flag_regressions(baseline, [tuned], WITHIN, between)
     assert [r.split(" at ")[0] for r in tuned.regressions] == ["p99 latency +5.0 %"]
 
 
 def test_repeats_on_one_side_only_keep_the_wide_floor():
     baseline, tuned = point(1, 400, 100, "default"), point(2, 410, 105)
-    between = {baseline.id: {8.0: {"qps": 2.0, "p99_ms": 0.5, "error_rate": None}}}
+    between = {baseline.id: {("", 8.0): {"qps": 2.0, "p99_ms": 0.5, "error_rate": None}}}
     flag_regressions(baseline, [tuned], WITHIN, between)
     assert tuned.regressions == []
 

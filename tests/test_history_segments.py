@@ -101,9 +101,9 @@ def test_tuning_steps_are_not_noise(sequence):
     # The baseline has no repeats. At 64 the slower run's repeats are #2 and #3 (#7 failed there): too
     # few for an estimate. At 1 they are #2, #3 and #7, all alike: a spread of a few percent at most.
     assert all(v is None for by_metric in noise[baseline.pk].values() for v in by_metric.values())
-    assert noise[slower.pk][64.0]["qps"] is None
-    qps_at_1 = next(p for p in hist.points if p.id == tuned_a.pk).levels[1.0]["qps"]
-    assert 0 < noise[slower.pk][1.0]["qps"] < 0.05 * qps_at_1
+    assert noise[slower.pk][("", 64.0)]["qps"] is None
+    qps_at_1 = next(p for p in hist.points if p.id == tuned_a.pk).levels[("", 1.0)]["qps"]
+    assert 0 < noise[slower.pk][("", 1.0)]["qps"] < 0.05 * qps_at_1
 
 
 def test_history_page_and_dashboard_agree(client, owner, sequence, target, sweep_plan):

@@ -221,6 +221,13 @@ class PlanSerializer(RuleCheckedSerializer):
     warmup_s = serializers.FloatField(required=False)
     duration_s = serializers.FloatField(required=False)
     tokens = serializers.IntegerField(required=False)
+    shape_field = serializers.ChoiceField(
+        choices=Plan.ShapeField.choices, required=False, allow_blank=True, allow_null=True,
+        help_text="A shape axis: run the levels once per value of tokens, batch, encoding or dimensions "
+                  "(docs/request-shapes.md); blank or null for none.")
+    shape_values = serializers.ListField(
+        child=serializers.JSONField(), required=False, allow_null=True, max_length=64,
+        help_text="The shape axis's values in order, e.g. [32, 128, 512] or [\"float\", \"base64\"].")
     length = serializers.ChoiceField(
         choices=Plan.Length.choices, required=False,
         help_text="fixed (every text `tokens` long), uniform (tokens_min to tokens_max) or lognormal (median "

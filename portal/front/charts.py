@@ -26,8 +26,8 @@ def percentile_x(p: float) -> float:
 def run_charts(run: Run) -> list[dict]:
     """The run page's charts (empty while the run has no finished level)."""
     levels = list(Level.objects.filter(run=run).order_by("index").values(
-        "id", "index", "concurrency", "rate", "qps", "tokens_per_s", "latency_p50_ms", "latency_p90_ms",
-        "latency_p99_ms", "latency_mean_ms", "gpu_util_mean", timeseries=F("data__timeseries"),
+        "id", "index", "concurrency", "rate", "qps", "texts_per_s", "tokens_per_s", "latency_p50_ms", "latency_p90_ms",
+        "latency_p99_ms", "latency_mean_ms", "gpu_util_mean", "shape_value", timeseries=F("data__timeseries"),
         gpu_timeseries=F("data__gpu__timeseries"), outcome=F("data__capacity_step__outcome")))
     if not levels:
         return []
@@ -52,11 +52,14 @@ def run_charts(run: Run) -> list[dict]:
                "axes": [y_axis("y", "Latency (ms)")],
                "datasets": [series("p50", "latency_p50_ms", 0), series("p90", "latency_p90_ms", 2),
                             series("p99", "latency_p99_ms", 1)]}
+    shape_field = (run.plan_config or {}).get("shape_field")
+    if shape_field:
+        throughput, latency = _shape_charts(shape_field, levels, x)
     distribution = {
         "id": "run-distribution", "title": "Latency distribution per level",
         "x": {"title": "Percentile", "log": False, "ticks": "percentile", "max": PERCENTILE_AXIS_MAX},
         "axes": [y_axis("y", "Latency (ms)")], "legendTitle": "Level",
-        "datasets": [{"label": f"{lv['load']:g}", "axis": "y", "color": i, "dashed": False,
+        "datasets": [{"label": _cell_label(lv), "axis": "y", "color": i, "dashed": False,
                       "data": [{"x": percentile_x(p), "y": ms} for p, ms in stats[lv["id"]].curve]}
                      for i, lv in enumerate(levels) if stats.get(lv["id"]) and stats[lv["id"]].curve],
     }
@@ -78,7 +81,8 @@ def run_charts(run: Run) -> list[dict]:
         if gpu_ts:
             sets.append({"label": "GPU utilization (%)", "axis": "y3", "color": 4, "dashed": True,
                          "data": [{"x": g["t"], "y": g.get("util")} for g in gpu_ts if g.get("util") is not None]})
-        variants[str(lv["index"])] = {"label": f"{run.level_key} {lv['load']:g}", "datasets": sets}
+        shape = f"{lv['shape_value']} · " if lv["shape_value"] else ""
+        variants[str(lv["index"])] = {"label": f"{shape}{run.level_key} {lv['load']:g}", "datasets": sets}
     # The timeline opens on the last level: the highest load, where a run usually gets interesting.
     shown = str(levels[-1]["index"])
     timeline = {
@@ -88,11 +92,44 @@ def run_charts(run: Run) -> list[dict]:
                  y_axis("y3", "GPU utilization (%)", "right", 100)],
         "datasets": variants[shown]["datasets"], "variants": variants, "variant": shown,
     }
-    charts = [throughput, latency, distribution, timeline]
+    charts = [*throughput, *latency, distribution, timeline] if shape_field else [
+        throughput, latency, distribution, timeline]
     capacity = (run.document or {}).get("capacity")
     if capacity:
         charts.insert(0, _capacity_chart(capacity, levels, x))
     return charts
+
+
+SHAPE_TITLES = {"tokens": "tokens per text", "batch": "texts per request", "encoding": "encoding",
+                "dimensions": "dimensions"}
+
+
+def _cell_label(lv: dict) -> str:
+    """A level's name in a legend: its load, after its shape value on a shape axis ("512 · 16")."""
+    return f"{lv['shape_value']} · {lv['load']:g}" if lv.get("shape_value") else f"{lv['load']:g}"
+
+
+def _shape_charts(field: str, levels: list[dict], x: dict) -> tuple[list[dict], list[dict]]:
+    """A shape axis's curves: one per shape value of requests/s, texts/s and tokens/s against load, and
+    of p99 against load."""
+    shapes = list(dict.fromkeys(lv["shape_value"] for lv in levels))
+    legend = SHAPE_TITLES.get(field, field).capitalize()
+
+    def per_shape(key: str) -> list[dict]:
+        return [{"label": shape, "axis": "y", "color": i, "dashed": False,
+                 "data": [{"x": lv["load"], "y": lv[key]} for lv in levels
+                          if lv["shape_value"] == shape and lv[key] is not None]}
+                for i, shape in enumerate(shapes)]
+
+    def chart(key: str, chart_id: str, title: str, axis: str) -> dict:
+        return {"id": chart_id, "title": f"{title} vs load, per {SHAPE_TITLES.get(field, field)}", "x": x,
+                "axes": [y_axis("y", axis)], "datasets": per_shape(key), "legendTitle": legend}
+
+    throughput = [chart("qps", "run-throughput", "Requests/s", "Requests/s (req/s)"),
+                  chart("texts_per_s", "run-texts", "Texts/s", "Texts/s"),
+                  chart("tokens_per_s", "run-tokens", "Tokens/s", "Tokens/s")]
+    latency = [chart("latency_p99_ms", "run-latency", "p99 latency", "p99 latency (ms)")]
+    return throughput, latency
 
 
 def _capacity_chart(capacity: dict, levels: list[dict], x: dict) -> dict:

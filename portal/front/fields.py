@@ -142,3 +142,33 @@ class KeyValueField(forms.CharField):
                 raise ValidationError(f"Line {number}: “{key}” is already set above; give each key once.")
             pairs[key] = val
         return pairs
+
+
+class ShapeValuesField(forms.CharField):
+    """'32, 128, 512' or 'float, base64' -> [32, 128, 512] / ["float", "base64"]; blank -> None. Which
+    values a shape axis may hold is the plan rule's (benchmarks.plan, through PlanForm.clean)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value):
+        if isinstance(value, (list, tuple)):
+            return ", ".join(format_number(v) if isinstance(v, int | float) else str(v) for v in value)
+        return value
+
+    def to_python(self, value):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        parts = [part for part in re.split(r"[,\s;]+", (value or "").strip()) if part]
+        if not parts:
+            return None
+        out = []
+        for part in parts:
+            try:
+                number = float(part)
+            except ValueError:
+                out.append(part)
+                continue
+            out.append(int(number) if number.is_integer() else number)
+        return out

@@ -4,7 +4,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 
 from benchmarks.plan import PLAN_DEFAULTS
 from portal.accounts.access import teams_for_user
-from portal.front.fields import KeyValueField, LevelsField, ThresholdsField, URLListField
+from portal.front.fields import KeyValueField, LevelsField, ShapeValuesField, ThresholdsField, URLListField
 from portal.sweeps import rules
 from portal.sweeps.models import Plan, QueueGrant, Run, Target
 from portal.sweeps.services import run_start_errors
@@ -137,6 +137,10 @@ OPTIONAL_WITH_DEFAULT = ("search", "capacity_precision", "capacity_trials", "len
 
 class PlanForm(TeamChoiceMixin, forms.ModelForm):
     levels = LevelsField(label="Levels", required=False)
+    shape_values = ShapeValuesField(
+        label="…its values",
+        help_text="Comma-separated, run in the order given: the whole list of levels runs once per value, e.g. "
+                  "tokens 32, 128, 512, 2048; texts per request 1, 8, 32; encoding float, base64.")
     thresholds = ThresholdsField(
         label="Thresholds (pass/fail)",
         help_text="One per line: figure <= or >= number, optionally “at” some levels, e.g. “p99_ms <= 500”, "
@@ -163,6 +167,7 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
             "slo_error_rate": "SLO error rate",
             "slo_goodput_share": "SLO goodput share",
             "search": "Search",
+            "shape_field": "Sweep a request shape",
             "length": "Text lengths",
             "tokens_min": "Shortest text (tokens)",
             "tokens_max": "Longest text (tokens)",
@@ -193,6 +198,8 @@ class PlanForm(TeamChoiceMixin, forms.ModelForm):
                                  "latency limit.",
             "search": "Capacity: embperf finds the highest load (req/s in open loop, concurrency in closed loop) "
                       "that meets the SLO, probing and bisecting; the levels are then its own (docs/capacity.md).",
+            "shape_field": "Optional: run the levels once per value of this field (a grid of shape × load); "
+                           "the run page draws one curve per value and compare aligns on (shape, load).",
             "capacity_precision": "Bisect until the lowest failing load is within this share of the capacity "
                                   "(0.05: 5 %; at least 1 in concurrency).",
             "capacity_trials": "A load at the boundary passes only when it passes this many times in a row.",

@@ -14,8 +14,9 @@ from django.views.decorators.http import require_POST
 
 from benchmarks.capacity import summary_text as capacity_summary
 from benchmarks.document import token_notes
+from benchmarks.plan import plan_cells
 from portal.accounts.access import can_write, get_owned_or_404, teams_for_user
-from portal.front.charts import run_charts
+from portal.front.charts import SHAPE_TITLES, run_charts
 from portal.front.forms import PlanForm, RunFilterForm, RunForm, TargetForm
 from portal.front.presets import PLAN_PRESETS, PRESET_LABELS
 from portal.history.timeline import compare_link
@@ -271,6 +272,7 @@ def level_rows(run: Run) -> list[dict]:
                 "joules_per_1k_tokens": level.joules_per_1k_tokens,
                 "goodput_per_s": (data.get("goodput") or {}).get("per_s"),
                 "capacity_step": data.get("capacity_step") or {},
+                "shape": level.shape_value,
                 "answers": data.get("answers") or {},
                 "input_tokens": data.get("input_tokens") or {},
                 # A capacity search's synchronous level is closed loop in an open-loop run.
@@ -283,10 +285,12 @@ def level_rows(run: Run) -> list[dict]:
 def _results_context(run: Run) -> dict:
     rows = level_rows(run)
     tokens_short, token_lines = token_notes(run.document or {})
+    shape_field = (run.plan_config or {}).get("shape_field")
     return {
         "tokens_short": tokens_short,
         "token_lines": token_lines,
-        "level_notes": [(r["load"], note) for r in rows for note in r["notes"]],
+        "level_notes": [(f"{shape_field} {r['shape']}, " if r["shape"] else "", r["load"], note)
+                        for r in rows for note in r["notes"]],
         "run": run,
         "rows": rows,
         "load_label": "Rate (req/s)" if run.level_key == "rate" else "Concurrency",
@@ -294,6 +298,8 @@ def _results_context(run: Run) -> dict:
                         for key in ("vram_peak_mib", "gpu_util_mean", "power_mean_w", "joules_per_1k_tokens")),
         "any_client_bound": any(r["client_bound"] for r in rows),
         "show_goodput": any(r["goodput_per_s"] is not None for r in rows),
+        "shape_title": SHAPE_TITLES.get(shape_field, shape_field or "").capitalize(),
+        "shape_best": list((run.summary or {}).get("shapes") or []) if shape_field else [],
         "show_answers": any(r["answers"].get("bytes_mean") is not None for r in rows),
         "show_input_tokens": any(r["input_tokens"] for r in rows),
         "capacity_text": capacity_summary(capacity) if (capacity := (run.document or {}).get("capacity")) else "",
@@ -350,7 +356,7 @@ def run_detail(request, pk):
     run = get_owned_or_404(Run, request.user, pk)
     context = _results_context(run)
     context["waiting_note"] = waiting_note(run)
-    context["levels_total"] = len(run.plan_config.get("levels") or [])
+    context["levels_total"] = len(plan_cells(run.plan_config or {}))
     context["elapsed_s"] = (run.finished - run.started).total_seconds() if run.started and run.finished else None
     context.update(_continuation_context(request.user, run))
     context["queue_text"] = run.queue_text()
@@ -398,7 +404,7 @@ def run_progress(request, pk):
         "finished": run.finished.isoformat() if run.finished else None,
         "started_display": date_format(timezone.localtime(run.started), "Y-m-d H:i:s") if run.started else None,
         "worker_host": run.worker_host,
-        "levels_total": len(run.plan_config.get("levels") or []),
+        "levels_total": len(plan_cells(run.plan_config or {})),
         "levels_done": run.levels.count(),
         "queue_position": run.queue_position(),
         "queue_text": run.queue_text(),

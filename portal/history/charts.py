@@ -38,19 +38,25 @@ def comparison_charts(comparison: Comparison) -> list[dict]:
     data = comparison.to_dict()
     x_title = LOAD_TITLES.get(data["load_key"], "Load")
     charts = []
+    shapes = list(dict.fromkeys(row["shape"] for row in data["rows"]))
     for metric in data["metrics"]:
         key = metric["key"]
         datasets = []
         for i, run in enumerate(data["runs"]):
-            points = []
-            for row in data["rows"]:
-                if row["metric"] != key:
-                    continue
-                value = row["cells"][i]["value"]
-                if value is not None:
-                    points.append({"x": row["load"], "y": value * 100 if key == "error_rate" else value})
-            datasets.append({"label": run["title"] + (" (baseline)" if run["is_reference"] else ""),
-                             "axis": "y", "color": i, "dashed": False, "data": points})
+            for n, shape in enumerate(shapes):
+                # One curve per run; on a shape axis one per run and shape, a colour per shape, the
+                # baseline solid and the other runs dashed.
+                points = []
+                for row in data["rows"]:
+                    if row["metric"] != key or row["shape"] != shape:
+                        continue
+                    value = row["cells"][i]["value"]
+                    if value is not None:
+                        points.append({"x": row["load"], "y": value * 100 if key == "error_rate" else value})
+                label = run["title"] + (" (baseline)" if run["is_reference"] else "")
+                datasets.append({"label": f"{label} · {shape}" if shape else label, "axis": "y",
+                                 "color": n if shape else i, "dashed": bool(shape) and not run["is_reference"],
+                                 "data": points})
         charts.append({
             "id": f"compare-{key}",
             "title": f"{metric['label']} vs load",

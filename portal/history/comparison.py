@@ -48,7 +48,19 @@ METRIC_COLUMNS = {
     "error_rate": "error_rate",
     "goodput": "goodput_per_s",
 }
-HEADLINE_FIELDS = ("id", "run_id", "index", "concurrency", "rate", "client_bound", *METRIC_COLUMNS.values())
+HEADLINE_FIELDS = ("id", "run_id", "index", "concurrency", "rate", "client_bound", "shape_value",
+                   *METRIC_COLUMNS.values())
+
+
+def cell_order(cell: tuple[str, float]) -> tuple:
+    """Cells (shape value, load) in a grid's order: shapes by number where they are numbers (32 before
+    128), then by name; loads ascending."""
+    shape, load = cell
+    try:
+        rank = (1, float(shape), "")
+    except ValueError:
+        rank = (2, 0.0, shape)
+    return (rank if shape else (0, 0.0, ""), load)
 
 
 class ComparisonError(ValueError):
@@ -157,7 +169,7 @@ def repeated_run_noise(runs: list[Run]) -> tuple[dict[int, dict[float, dict[str,
         for created, run_id, value in sorted(found, key=lambda m: m[:2])[-(REPEAT_WINDOW + 1):]:
             repeats[run_id] = Repeat(id=run_id, created=created, key=str(key), counts=True, capacity=value)
     for lv in headline_levels(list(repeats)):
-        repeats[lv.run_id].levels[lv.load] = {m: level_value(lv, m) for m in METRIC_COLUMNS}
+        repeats[lv.run_id].levels[lv.cell] = {m: level_value(lv, m) for m in METRIC_COLUMNS}
     wanted_ids = [r.pk for r in runs]
     return (repeat_noise(repeats.values(), wanted=wanted_ids),
             capacity_noise(repeats.values(), wanted=wanted_ids))
@@ -241,7 +253,7 @@ def config_fields(run: Run, gpu_names: list[str]) -> dict[str, str]:
 class Comparison:
     """Runs aligned level by level against a baseline; see to_dict() for the shape."""
 
-    def __init__(self, runs: list[Run], baseline: Run, levels: dict[int, dict[float, Level]],
+    def __init__(self, runs: list[Run], baseline: Run, levels: dict[int, dict[tuple, Level]],
                  stats: dict[int, LevelStats], repeats: dict[int, dict], metrics: list[str] | None = None,
                  loads: list[float] | None = None, capacity_spread: dict[int, float | None] | None = None):
         self.runs = runs
@@ -251,7 +263,10 @@ class Comparison:
         self._levels = levels
         self._stats = stats
         self._repeats = repeats
-        self.all_loads = sorted({load for by_load in levels.values() for load in by_load})
+        # Levels are aligned on their cell: (shape value, load), ("", load) without a shape axis.
+        self.all_cells = sorted({cell for by_cell in levels.values() for cell in by_cell}, key=cell_order)
+        self.all_loads = sorted({load for _, load in self.all_cells})
+        self.shaped = any(shape for shape, _ in self.all_cells)
         unknown = [load for load in loads or [] if load not in self.all_loads]
         if unknown:
             raise ComparisonError(f"Level {unknown[0]:g} is in none of the compared runs; their levels are "
@@ -261,7 +276,10 @@ class Comparison:
         has_goodput = any(lv.goodput_per_s is not None for by_load in levels.values() for lv in by_load.values())
         self.metrics = [m for m in METRICS if (m in metrics if metrics is not None else m != "goodput" or has_goodput)]
         self.loads = [load for load in self.all_loads if loads is None or load in loads]
+        self.cells = [cell for cell in self.all_cells if cell[1] in self.loads]
         self.picked = {"metrics": metrics is not None, "levels": loads is not None}
+        fields = {(r.plan_config or {}).get("shape_field") for r in runs} - {None, ""}
+        self.shape_field = fields.pop() if len(fields) == 1 else ("shape" if fields else None)
         modes = {r.level_key for r in runs}
         self.load_key = modes.pop() if len(modes) == 1 else "load"
         self.rows = self._build_rows()
@@ -273,12 +291,12 @@ class Comparison:
 
     def _repeat(self, run: Run, level: Level, metric: str) -> float | None:
         """The between-run noise of a run's figure from its repeats, None with fewer than three."""
-        return self._repeats.get(run.pk, {}).get(level.load, {}).get(metric)
+        return self._repeats.get(run.pk, {}).get(level.cell, {}).get(metric)
 
     def _build_rows(self) -> list[dict]:
         rows = []
-        for load in self.loads:
-            base_level = self._levels[self.baseline.pk].get(load)
+        for cell in self.cells:
+            base_level = self._levels[self.baseline.pk].get(cell)
             for metric_key in self.metrics:
                 metric = METRICS[metric_key]
                 cells = []
@@ -286,7 +304,7 @@ class Comparison:
                 base_noise = self._noise(self.baseline, base_level, metric_key) if base_level else None
                 base_repeated = bool(base_level) and self._repeat(self.baseline, base_level, metric_key) is not None
                 for run in self.runs:
-                    level = self._levels[run.pk].get(load)
+                    level = self._levels[run.pk].get(cell)
                     value = level_value(level, metric_key) if level else None
                     noise = self._noise(run, level, metric_key) if level else None
                     delta = None
@@ -296,7 +314,7 @@ class Comparison:
                                                floor=change_floor(metric_key, repeated)).to_dict()
                     cells.append({"run": run.pk, "value": value, "noise": noise, "delta": delta,
                                   "client_bound": bool(level and level.client_bound)})
-                rows.append({"load": load, "metric": metric_key, "cells": cells})
+                rows.append({"shape": cell[0], "load": cell[1], "metric": metric_key, "cells": cells})
         return rows
 
     def capacity(self) -> dict | None:
@@ -357,6 +375,7 @@ class Comparison:
             "k_sigma": K_SIGMA,
             "load_key": self.load_key,
             "loads": self.loads,
+            "shape_field": self.shape_field,
             "runs": [
                 {
                     "id": r.pk,
@@ -427,6 +446,10 @@ class Comparison:
                             d["diff"], "" if d["pct"] is None else round(d["pct"], 3),
                             str(d["verdict"] in ("better", "worse")).lower()]
                 lines.append(line)
+        if self.shaped:
+            # A shape axis: its value first on each level's line (run-wide lines have none).
+            shapes = [self.shape_field, *(row["shape"] for row in self.rows)]
+            lines = [[shapes[i] if i < len(shapes) else "", *line] for i, line in enumerate(lines)]
         return csv_text(lines)
 
     def to_markdown(self) -> str:
@@ -437,6 +460,9 @@ class Comparison:
         load_title = {"concurrency": "Concurrency", "rate": "Rate (req/s)"}.get(self.load_key, "Load")
         header = [load_title, "Metric", f"{run_title(self.baseline)} (baseline)"]
         align = ["right", "left", "right"]
+        if self.shaped:
+            header.insert(0, (self.shape_field or "shape").capitalize())
+            align.insert(0, "left")
         for r in self.candidates:
             header += [run_title(r), "Δ", "Δ %"]
             align += ["right", "right", "right"]
@@ -447,6 +473,8 @@ class Comparison:
             label = metric.label + ("" if metric.key == "error_rate" else f" ({metric.unit})")
             cells = row["cells"]
             line = [_load_text(row["load"]), label, _fmt_value(metric.key, cells[base_index]["value"])]
+            if self.shaped:
+                line.insert(0, _md_text(row["shape"]))
             for run, cell in zip(self.runs, cells, strict=True):
                 if run.pk == self.baseline.pk:
                     continue
@@ -516,10 +544,10 @@ def build_comparison(runs: list[Run], baseline: Run, *, metrics: list[str] | Non
         raise ComparisonError(f"Pick between {MIN_RUNS} and {MAX_RUNS} runs to compare (got {len(runs)}).")
     if baseline.pk not in {r.pk for r in runs}:
         raise ComparisonError(f"The baseline run #{baseline.pk} is not one of the compared runs.")
-    levels: dict[int, dict[float, Level]] = {r.pk: {} for r in runs}
+    levels: dict[int, dict[tuple, Level]] = {r.pk: {} for r in runs}
     all_levels = headline_levels([r.pk for r in runs])
     for lv in all_levels:
-        levels[lv.run_id][lv.load] = lv
+        levels[lv.run_id][lv.cell] = lv
     stats = LevelStats.objects.for_levels(all_levels)
     repeats, capacity_spread = repeated_run_noise(runs)
     return Comparison(runs, baseline, levels, stats, repeats, metrics=metrics, loads=loads,

@@ -22,6 +22,7 @@ from benchmarks.compare import (
 from benchmarks.document import key_figures, level_load
 from benchmarks.slo import limit_lines
 from benchmarks.verdict import FAILED
+from portal.history.comparison import cell_order
 from portal.history.models import LevelStats
 from portal.history.segments import (
     Repeat,
@@ -106,13 +107,14 @@ def _run_points(runs) -> dict[int, RunPoint]:
 
 
 def _attach_levels(points: dict[int, RunPoint], level_filter: Q) -> None:
-    rows = Level.objects.filter(level_filter).values_list("id", "run_id", "concurrency", "rate",
+    rows = Level.objects.filter(level_filter).values_list("id", "run_id", "concurrency", "rate", "shape_value",
                                                          *LEVEL_COLUMNS.values())
-    for level_id, run_id, concurrency, rate, *values in rows:
+    for level_id, run_id, concurrency, rate, shape, *values in rows:
         point = points.get(run_id)
         if point is not None:
-            load = level_load({"concurrency": concurrency, "rate": rate})
-            point.levels[load] = {"id": level_id, **dict(zip(LEVEL_COLUMNS, values, strict=True))}
+            # Keyed by cell (shape value, load): a shape axis's levels share loads (Level.cell).
+            cell = (shape, level_load({"concurrency": concurrency, "rate": rate}))
+            point.levels[cell] = {"id": level_id, **dict(zip(LEVEL_COLUMNS, values, strict=True))}
 
 
 def _within_noise(level_filter: Q) -> dict[int, dict]:
@@ -147,9 +149,15 @@ def capacity_text(answer: dict) -> str:
     return ", ".join(limit_lines(answer.get("slo") or {}))
 
 
-def _regression_text(metric: str, delta, load: float, count: int, compared: int) -> str:
+def cell_label(cell: tuple[str, float]) -> str:
+    """A cell as the history names it: '32', or '512 · 32' on a shape axis."""
+    shape, load = cell
+    return f"{shape} · {load:g}" if shape else f"{load:g}"
+
+
+def _regression_text(metric: str, delta, cell: tuple, count: int, compared: int) -> str:
     change = f"{delta.diff * 100:+.1f} pp" if metric == "error_rate" else f"{delta.pct:+.1f} %"
-    return f"{METRICS[metric].label} {change} at {load:g} (worse at {count} of {compared} levels)"
+    return f"{METRICS[metric].label} {change} at {cell_label(cell)} (worse at {count} of {compared} levels)"
 
 
 def flag_regressions(baseline: RunPoint, candidates: list[RunPoint], within: dict[int, dict],
@@ -261,7 +269,7 @@ def find_regressions(points: list[RunPoint], within: dict[int, dict]) -> tuple[R
 class History:
     points: list[RunPoint]
     baseline: RunPoint | None
-    loads: list[float]
+    loads: list[tuple[str, float]]  # the cells (shape value, load) of its runs, in grid order
     segments: list[Segment] = field(default_factory=list)
     between_noise: dict[int, dict] = field(default_factory=dict)
 
@@ -289,7 +297,7 @@ class History:
                     if len(values) >= 2:
                         mean = sum(values) / len(values)
                         sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-                        bands[metric][f"{load:g}"] = {"mean": mean, "sd": sd, "min": min(values),
+                        bands[metric][cell_label(load)] = {"mean": mean, "sd": sd, "min": min(values),
                                                       "max": max(values), "n": len(values)}
             out.append({"start": start, "end": start + len(seg.points) - 1, "changes": seg.changes,
                         "runs": len(seg.points), "bands": bands})
@@ -303,12 +311,12 @@ class History:
             "runs": [
                 {"id": p.id, "created": p.created.isoformat(), "label": p.label, "notes": p.notes,
                  "baseline": p.is_baseline, "regressions": p.regressions, "status": p.status,
-                 "qps": {f"{load:g}": v["qps"] for load, v in p.levels.items()},
-                 "p99_ms": {f"{load:g}": v["p99_ms"] for load, v in p.levels.items()},
+                 "qps": {cell_label(cell): v["qps"] for cell, v in p.levels.items()},
+                 "p99_ms": {cell_label(cell): v["p99_ms"] for cell, v in p.levels.items()},
                  "figures": p.figures, "capacity": _capacity_point(p.capacity)}
                 for p in self.points
             ],
-            "loads": [f"{load:g}" for load in self.loads],
+            "loads": [cell_label(cell) for cell in self.loads],
             "segments": self.segment_spread(),
         }
 
@@ -330,7 +338,7 @@ def build_history(runs) -> History:
     level_filter = Q(run__in=runs.values("id"))
     _attach_levels(points, level_filter)
     ordered = sorted(points.values(), key=lambda p: (p.created, p.id))
-    loads = sorted({load for p in ordered for load in p.levels})
+    loads = sorted({cell for p in ordered for cell in p.levels}, key=cell_order)
     baseline, between = find_regressions(ordered, _within_noise(level_filter))
     return History(points=ordered, baseline=baseline, loads=loads, segments=segments_of(ordered),
                    between_noise=between)

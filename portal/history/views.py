@@ -124,8 +124,8 @@ def _comparison_table(data: dict) -> list[dict]:
     metrics = {m["key"]: m for m in data["metrics"]}
     groups: list[dict] = []
     for row in data["rows"]:
-        if not groups or groups[-1]["load"] != row["load"]:
-            groups.append({"load": row["load"], "rows": []})
+        if not groups or (groups[-1]["shape"], groups[-1]["load"]) != (row["shape"], row["load"]):
+            groups.append({"shape": row["shape"], "load": row["load"], "rows": []})
         metric = metrics[row["metric"]]
         cells = []
         for run, cell in zip(data["runs"], row["cells"], strict=True):

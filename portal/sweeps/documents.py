@@ -34,6 +34,15 @@ def gpu_totals(doc: dict) -> dict:
     }
 
 
+def shape_text(value) -> str:
+    """A shape axis value as a level column holds it: "512", "base64"; "" for none."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)[:32]
+
+
 def level_columns(doc: dict) -> dict:
     """Map one level of a result document onto Level's columns."""
     latency = doc.get("latency_ms") or {}
@@ -58,6 +67,7 @@ def level_columns(doc: dict) -> dict:
         "latency_max_ms": latency.get("max"),
         "error_rate": doc.get("error_rate") or 0,
         "goodput_per_s": (doc.get("goodput") or {}).get("per_s"),
+        "shape_value": shape_text((doc.get("shape") or {}).get("value")),
         "errors": doc.get("errors") or {},
         "client_bound": bool(client.get("client_bound")),
         **gpu_totals(doc),

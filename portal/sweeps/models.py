@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from benchmarks.document import SCHEMA, key_figures, level_load, public_target
-from benchmarks.plan import PLAN_BOUNDS, PLAN_DEFAULTS
+from benchmarks.plan import PLAN_BOUNDS, PLAN_DEFAULTS, plan_cells
 from benchmarks.slo import DEFAULT_ERROR_RATE, limit_lines
 from benchmarks.verdict import describe, judge_run, thresholds_of
 from portal.accounts.models import Team
@@ -234,13 +234,20 @@ class Plan(models.Model):
         BASE64 = "base64", "base64"
 
     class Search(models.TextChoices):
-        LEVELS = "levels", "Run the plan's levels"
-        CAPACITY = "capacity", "Find the capacity under the SLO"
+        LEVELS = "levels", "Levels"
+        CAPACITY = "capacity", "Capacity"
 
     class Length(models.TextChoices):
-        FIXED = "fixed", "Fixed: every text the same length"
-        UNIFORM = "uniform", "Uniform between a shortest and a longest"
-        LOGNORMAL = "lognormal", "Log-normal around a median"
+        FIXED = "fixed", "Fixed"
+        UNIFORM = "uniform", "Uniform"
+        LOGNORMAL = "lognormal", "Log-normal"
+
+    class ShapeField(models.TextChoices):
+        NONE = "", "None"
+        TOKENS = "tokens", "Tokens per text"
+        BATCH = "batch", "Texts per request"
+        ENCODING = "encoding", "Encoding"
+        DIMENSIONS = "dimensions", "Dimensions"
 
     class Input(models.TextChoices):
         UNIQUE = "unique", "Unique text per request"
@@ -263,6 +270,9 @@ class Plan(models.Model):
     tokens_max = models.PositiveIntegerField(null=True, blank=True)
     tokens_sigma = models.FloatField(null=True, blank=True)
     batch = models.PositiveIntegerField(default=PLAN_DEFAULTS["batch"], help_text="Texts per request.")
+    # A shape axis (benchmarks.plan): the plan's levels are run once per value of this field, a grid.
+    shape_field = models.CharField(max_length=12, choices=ShapeField.choices, blank=True, default="")
+    shape_values = models.JSONField(null=True, blank=True, default=None)
     dimensions = models.PositiveIntegerField(null=True, blank=True)
     encoding = models.CharField(max_length=10, choices=Encoding.choices, default=PLAN_DEFAULTS["encoding"])
     timeout_s = models.FloatField(default=PLAN_DEFAULTS["timeout_s"])
@@ -321,6 +331,8 @@ class Plan(models.Model):
             "abort_error_rate": self.abort_error_rate,
             "abort_window_s": self.abort_window_effective_s,
             **{name: getattr(self, name) for name in (*self.SLO_FIELDS, *self.SEARCH_FIELDS, *self.LENGTH_FIELDS)},
+            "shape_field": self.shape_field or None,
+            "shape_values": list(self.shape_values) if self.shape_field and self.shape_values else None,
             "input": self.input_mode,
             "corpus": self.corpus_text.splitlines() if self.input_mode == self.Input.CORPUS else None,
             "processes": self.processes,
@@ -338,7 +350,8 @@ class Plan(models.Model):
                    "thresholds", *SLO_FIELDS, *SEARCH_FIELDS, *LENGTH_FIELDS)
     # What a person sets on a plan, on the page and through the API, in the form's order.
     EDITABLE_FIELDS = ("name", "description", "search", "mode", "levels", "arrival", "max_in_flight", "warmup_s",
-                       "duration_s", "tokens", *LENGTH_FIELDS, "batch", "dimensions", "encoding", "timeout_s",
+                       "duration_s", "shape_field", "shape_values", "tokens", *LENGTH_FIELDS, "batch", "dimensions",
+                       "encoding", "timeout_s",
                        "abort_error_rate", "abort_window_s", *SLO_FIELDS, *SEARCH_FIELDS[1:], "thresholds",
                        "input_mode", "corpus_text", "processes", "keep_samples")
 
@@ -347,6 +360,8 @@ class Plan(models.Model):
         """The unsaved Plan that `to_spec()` describes (the inverse: a plan section of a result document
         becomes a plan of `team`). Values the spec leaves out, or gives as null, take the model's defaults."""
         fields = {key: spec[key] for key in cls.SPEC_FIELDS if spec.get(key) is not None}
+        if spec.get("shape_field"):
+            fields.update(shape_field=spec["shape_field"], shape_values=list(spec.get("shape_values") or []))
         if spec.get("input"):
             fields["input_mode"] = spec["input"]
         if spec.get("corpus"):
@@ -360,6 +375,10 @@ class Plan(models.Model):
         if self.search == self.Search.CAPACITY and values["slo_error_rate"] is None:
             values["slo_error_rate"] = DEFAULT_ERROR_RATE
         return limit_lines(values)
+
+    def cell_count(self) -> int:
+        """How many levels a run of the plan measures: each level once per shape value."""
+        return len(plan_cells(self.to_spec())) if self.search != self.Search.CAPACITY else 0
 
     def length_text(self) -> str:
         """Tokens per text in a reader's words: '512', 'uniform 256 to 768', 'log-normal, median 512, sigma 0.5'
@@ -765,6 +784,8 @@ class Level(models.Model):
     latency_p999_ms = models.FloatField(null=True, blank=True)
     latency_max_ms = models.FloatField(null=True, blank=True)
     error_rate = models.FloatField(default=0)
+    # The value of the plan's shape axis this level ran with ("512", "base64"); "" without an axis.
+    shape_value = models.CharField(max_length=32, blank=True, default="")
     # Requests/s whose latency met the plan's SLO; null for a plan without a latency SLO.
     goodput_per_s = models.FloatField(null=True, blank=True)
     errors = models.JSONField(default=dict, blank=True)
@@ -786,6 +807,12 @@ class Level(models.Model):
     def load(self) -> float | None:
         """Concurrency (closed loop) or arrival rate (open loop)."""
         return level_load({"concurrency": self.concurrency, "rate": self.rate})
+
+    @property
+    def cell(self) -> tuple[str, float | None]:
+        """Where the level sits in its run's grid: (shape value, load); ("", load) without a shape axis.
+        Runs are compared cell by cell."""
+        return (self.shape_value, self.load)
 
 
 class RawSampleChunk(models.Model):

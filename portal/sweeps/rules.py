@@ -31,6 +31,7 @@ PLAN_SPEC_FIELDS = {
     "dimensions": "dimensions", "encoding": "encoding", "timeout_s": "timeout_s",
     "abort_error_rate": "abort_error_rate", "abort_window_s": "abort_window_s",
     "input": "input_mode", "processes": "processes", "keep_samples": "keep_samples", "thresholds": "thresholds",
+    "shape_field": "shape_field", "shape_values": "shape_values",
     **{name: name for name in (*Plan.SLO_FIELDS, *Plan.SEARCH_FIELDS, *Plan.LENGTH_FIELDS)},
 }
 
@@ -176,6 +177,10 @@ def target_errors(values: Mapping, *, team, stored: Target | None = None,
 def plan_spec(values: Mapping) -> dict:
     """The engine plan spec of a plan's model-field values (those present)."""
     spec = {engine: values[field] for engine, field in PLAN_SPEC_FIELDS.items() if field in values}
+    if "shape_field" in spec:
+        spec["shape_field"] = spec["shape_field"] or None  # "" on the page: no shape axis
+    if "shape_values" in spec and spec["shape_values"] in ("", []):
+        spec["shape_values"] = None
     if values.get("input_mode") == Plan.Input.CORPUS:
         spec["corpus"] = [line for line in (values.get("corpus_text") or "").splitlines() if line.strip()]
     return spec
@@ -190,4 +195,8 @@ def plan_errors(values: dict) -> dict[str, list[str]]:
     checked, errors = checked_plan(plan_spec(values))
     if "thresholds" not in errors and values.get("thresholds") is not None:
         values["thresholds"] = checked["thresholds"]
+    if "shape_values" in values and not errors:
+        # Stored as the rule reads them (numbers as numbers), none without a shape field.
+        values["shape_values"] = checked["shape_values"]
+        values["shape_field"] = checked["shape_field"] or ""
     return errors

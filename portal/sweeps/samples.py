@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.db import close_old_connections, connection, transaction
 
+from benchmarks.plan import plan_cells
 from portal.sweeps.models import RawSampleChunk
 
 # Columns of the raw-sample CSV, in order. Documented in docs/api.md; names are stable.
@@ -127,11 +128,12 @@ def store_samples(run_id: int, level_index: int, samples: Sequence[Sequence], *,
 
 def writer_for_run(run) -> Callable[[int, list[tuple]], None]:
     """The `samples_sink` to hand the engine for this run: `sink(level_index, batch)`."""
-    levels = list((run.plan_config or {}).get("levels") or [])
+    # Level i of the run is cell i of its plan's grid (one cell per level without a shape axis).
+    loads = [cell["load"] for cell in plan_cells(run.plan_config or {})]
     run_id = run.pk
 
     def sink(level_index: int, batch: list[tuple]) -> None:
-        load = levels[level_index] if 0 <= level_index < len(levels) else None
+        load = loads[level_index] if 0 <= level_index < len(loads) else None
         store_samples(run_id, level_index, batch, load=load)
 
     return sink

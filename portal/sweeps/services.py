@@ -312,6 +312,8 @@ def resume_plan(run: Run) -> list:
     if (run.plan_config or {}).get("search") == "capacity":
         # Each level of a capacity search is chosen from the ones before it: it cannot continue halfway.
         raise RunStateError(f"Run {run.pk} is a capacity search, which cannot be resumed; run it again instead.")
+    if (run.plan_config or {}).get("shape_field"):
+        raise RunStateError(f"Run {run.pk} sweeps a shape axis, whose grid cannot be resumed; run it again instead.")
     levels = list((run.plan_config or {}).get("levels") or [])
     remaining = levels[len(run.finished_levels()):]
     if not remaining:
