@@ -107,3 +107,17 @@ def test_a_grid_is_stored_shown_compared_and_judged_cell_by_cell(grid_runs, clie
     flagged = next(p for p in history.points if p.id == slower.pk).regressions
     # Every cell got slower; the flag names the worst one by its shape and load.
     assert any(re.search(r" at (32|256) · [12] \(worse at \d of 4 levels\)", text) for text in flagged), flagged
+
+
+@pytest.mark.django_db
+def test_the_shape_presets_fill_the_form_and_save(client, owner, team):
+    client.force_login(owner)
+    for key, field in (("length-sweep", "tokens"), ("batch-sweep", "batch"), ("encoding", "encoding")):
+        form = client.get(reverse("plan-create") + f"?preset={key}").context["form"]
+        assert form["shape_field"].value() == field and form["description"].value().endswith(".")
+        data = {name: form[name].value() for name in form.fields if form[name].value() is not None}
+        data["levels"] = form["levels"].field.prepare_value(form["levels"].value())
+        data["shape_values"] = form["shape_values"].field.prepare_value(form["shape_values"].value())
+        data = {k: v for k, v in data.items() if not isinstance(v, bool)}
+        response = client.post(reverse("plan-create"), data)
+        assert response.status_code == 302, (key, response.context["form"].errors)

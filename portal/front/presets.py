@@ -81,7 +81,54 @@ PLAN_PRESETS: dict[str, dict] = {
         "dimensions": None,
         "timeout_s": 30,
     },
+    "length-sweep": {
+        "name": "Length sweep",
+        "description": "How do throughput and latency change with the input length? Tokens per text 32 to 8,192 at "
+                       "a fixed concurrency of 16: long inputs show what chunked prefill and the batch token "
+                       "budget do.",
+        "mode": "closed",
+        "levels": [16],
+        "shape_field": "tokens",
+        "shape_values": [32, 128, 512, 2048, 8192],
+        "warmup_s": 10,
+        "duration_s": 60,
+        "tokens": 512,
+        "batch": 1,
+        "dimensions": None,
+        "timeout_s": 60,
+    },
+    "batch-sweep": {
+        "name": "Batch sweep",
+        "description": "Is it better to send many texts per request or many requests? Texts per request 1 to 64 at "
+                       "concurrency 1 and 16: compare texts/s, and the latency each batch size costs.",
+        "mode": "closed",
+        "levels": [1, 16],
+        "shape_field": "batch",
+        "shape_values": [1, 4, 16, 64],
+        "warmup_s": 10,
+        "duration_s": 60,
+        "tokens": 256,
+        "batch": 1,
+        "dimensions": None,
+        "timeout_s": 60,
+    },
+    "encoding": {
+        "name": "Float vs base64",
+        "description": "Does the JSON encoding of the vectors cost more than the model? The same load with float and "
+                       "base64 answers: response bytes, the client's decode time and its share of the latency.",
+        "mode": "closed",
+        "levels": [1, 16, 64],
+        "shape_field": "encoding",
+        "shape_values": ["float", "base64"],
+        "warmup_s": 10,
+        "duration_s": 60,
+        "tokens": 512,
+        "batch": 8,
+        "dimensions": None,
+        "timeout_s": 30,
+    },
 }
 
 PRESET_LABELS = {"classic": "Classic sweep", "smoke": "Smoke test", "open-loop": "Arrival-rate sweep",
-                 "capacity": "Capacity under an SLO", "mixed-lengths": "Mixed lengths"}
+                 "capacity": "Capacity under an SLO", "mixed-lengths": "Mixed lengths", "length-sweep": "Length sweep",
+                 "batch-sweep": "Batch sweep", "encoding": "Float vs base64"}
