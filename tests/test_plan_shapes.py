@@ -121,3 +121,13 @@ def test_the_shape_presets_fill_the_form_and_save(client, owner, team):
         data = {k: v for k, v in data.items() if not isinstance(v, bool)}
         response = client.post(reverse("plan-create"), data)
         assert response.status_code == 302, (key, response.context["form"].errors)
+
+
+def test_the_exports_name_each_cell(grid_runs, owner):
+    before, _ = grid_runs
+    api = token_client(owner)
+    rows = list(csv.DictReader(io.StringIO(api.get(f"/api/v1/runs/{before.pk}/export/?format=csv").content.decode())))
+    assert [(r["shape_field"], r["shape_value"], r["concurrency"]) for r in rows] == [
+        ("tokens", "32", "1"), ("tokens", "32", "2"), ("tokens", "256", "1"), ("tokens", "256", "2")]
+    markdown = api.get(f"/api/v1/runs/{before.pk}/export/?format=md").content.decode()
+    assert "| Tokens · concurrency |" in markdown and "| 256 · 2 |" in markdown

@@ -94,6 +94,8 @@ LEVEL_COLUMNS = (
     ("capacity_step", lambda doc, lv: (lv.get("capacity_step") or {}).get("step")),
     ("capacity_phase", lambda doc, lv: (lv.get("capacity_step") or {}).get("phase")),
     ("capacity_outcome", lambda doc, lv: (lv.get("capacity_step") or {}).get("outcome")),
+    ("shape_field", lambda doc, lv: (lv.get("shape") or {}).get("field")),
+    ("shape_value", lambda doc, lv: (lv.get("shape") or {}).get("value")),
     ("answer_bytes_mean", lambda doc, lv: (lv.get("answers") or {}).get("bytes_mean")),
     ("answer_decode_ms_mean", lambda doc, lv: (lv.get("answers") or {}).get("decode_ms_mean")),
     ("answer_decode_share", lambda doc, lv: (lv.get("answers") or {}).get("decode_share")),
@@ -126,6 +128,8 @@ def levels_markdown(run: Run) -> str:
     doc = run.to_document()
     section = doc["run"]
     load_name = "Rate (req/s)" if doc["plan"].get("mode") == "open" else "Concurrency"
+    if doc["plan"].get("shape_field"):
+        load_name = f"{doc['plan']['shape_field'].capitalize()} · {load_name.lower()}"
     title = (
         f"**Run {section['id']}** {md_escape(section['label']) + ' ' if section['label'] else ''}"
         f"– target {md_escape(doc['target'].get('name', '?'))}, "
@@ -158,7 +162,8 @@ def levels_markdown(run: Run) -> str:
         latency = lv.get("latency_ms") or {}
         gpu = gpu_totals(lv)
         load = figure(level_load(lv))
-        load_text = load
+        shape = (lv.get("shape") or {}).get("value")
+        load_text = f"{md_escape(str(shape))} · {load}" if shape is not None else load
         if lv.get("status") in ("aborted", "cancelled"):
             load_text += f" ({lv['status']})"
         if (lv.get("client") or {}).get("client_bound"):
