@@ -36,11 +36,7 @@ def record_count(hist: HdrHistogram, count: int) -> None:
 
 def merge_counts(encoded: Iterable[str | None]) -> HdrHistogram:
     """One count histogram holding every value of the given encoded count histograms."""
-    total = new_count_histogram()
-    for text in encoded:
-        if text:
-            total.add(decode(text))
-    return total
+    return merge(encoded, empty=new_count_histogram)
 
 
 def count_summary(hist: HdrHistogram) -> dict:
@@ -77,9 +73,10 @@ def decode(text: str) -> HdrHistogram:
     return HdrHistogram.decode(text.encode("ascii") if isinstance(text, str) else text)
 
 
-def merge(encoded: Iterable[str | None]) -> HdrHistogram:
-    """One histogram holding every value of the given encoded histograms (exact: counts add)."""
-    total = new_histogram()
+def merge(encoded: Iterable[str | None], *, empty=None) -> HdrHistogram:
+    """One histogram holding every value of the given encoded histograms (exact: counts add), added into
+    `empty()` (a new latency histogram by default)."""
+    total = (empty or new_histogram)()
     for text in encoded:
         if text:
             total.add(decode(text))

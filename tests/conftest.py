@@ -102,3 +102,14 @@ def plan(team):
     return Plan.objects.create(
         team=team, name="smoke", levels=[1, 4], warmup_s=0.5, duration_s=2, tokens=32, dimensions=64, timeout_s=5
     )
+
+
+@pytest.fixture
+def tokenizer_file(tmp_path):
+    """A small WordPiece tokenizer saved as a tokenizer.json (tests/test_engine_tokens.py `wordpiece`)."""
+    from tests.test_engine_tokens import wordpiece
+
+    path = tmp_path / "tokenizer.json"
+    wordpiece().save(str(path))
+    return str(path)
+

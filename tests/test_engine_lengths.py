@@ -18,20 +18,9 @@ from benchmarks.simulator import running_simulator
 from benchmarks.sweep import run_sweep
 from benchmarks.tokens import count
 from tests.test_engine_sweep import assert_portal_accepts
-from tests.test_engine_tokens import FAST, wordpiece
+from tests.test_engine_tokens import FAST, target, wordpiece
 
 Z_P90 = 1.2816  # the standard normal's 90th percentile
-
-
-@pytest.fixture
-def tokenizer_file(tmp_path):
-    path = tmp_path / "tokenizer.json"
-    wordpiece().save(str(path))
-    return str(path)
-
-
-def target(sim, **extra):
-    return {"name": "sim", "flavor": "openai", "base_urls": [sim.base_url], "model": "sim-embed", **extra}
 
 
 def plan(**overrides):

@@ -43,13 +43,6 @@ def byte_level_bpe() -> Tokenizer:
     return tokenizer
 
 
-@pytest.fixture
-def tokenizer_file(tmp_path):
-    path = tmp_path / "tokenizer.json"
-    wordpiece().save(str(path))
-    return str(path)
-
-
 def target(sim, **extra):
     return {"name": "sim", "flavor": "openai", "base_urls": [sim.base_url], "model": "sim-embed", **extra}
 
