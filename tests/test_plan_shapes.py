@@ -89,7 +89,7 @@ def test_a_grid_is_stored_shown_compared_and_judged_cell_by_cell(grid_runs, clie
     assert [d["label"] for d in charts["run-texts"]["datasets"]] == ["32", "256"]
     assert [d["label"] for d in charts["run-latency"]["datasets"]] == ["32", "256"]
     html = page.content.decode()
-    assert 'id="shape-best"' in html and "<th>Tokens per text</th>" in html
+    assert 'id="shape-best"' in html and "<th>Tokens per text</th>" in html and 'id="run-shape-axis"' in html
     with pytest.raises(RunStateError, match="shape axis"):
         Run.objects.filter(pk=before.pk).update(status=Run.Status.FAILED)
         resume_plan(Run.objects.get(pk=before.pk))
