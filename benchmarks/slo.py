@@ -97,6 +97,11 @@ def goodput(level: Mapping, limit_ms: float, timeout_s: float) -> dict:
     }
 
 
+def limit_text(slo: Mapping) -> str:
+    """An SLO's limits in one line: 'p99 ≤ 200 ms, error rate ≤ 1.00%'."""
+    return ", ".join(limit_lines(slo))
+
+
 def limit_lines(slo: Mapping) -> list[str]:
     """An SLO's limits in a reader's words ("p99 ≤ 500 ms", "error rate ≤ 1.00%"), from `Slo.to_dict()`
     or a plan's fields."""

@@ -94,7 +94,7 @@ def run_charts(run: Run) -> list[dict]:
     }
     charts = [*throughput, *latency, distribution, timeline] if shape_field else [
         throughput, latency, distribution, timeline]
-    capacity = (run.document or {}).get("capacity")
+    capacity = run.capacity_answer
     if capacity:
         charts.insert(0, _capacity_chart(capacity, levels, x))
     return charts

@@ -302,7 +302,7 @@ def _results_context(run: Run) -> dict:
         "shape_best": list((run.summary or {}).get("shapes") or []) if shape_field else [],
         "show_answers": any(r["answers"].get("bytes_mean") is not None for r in rows),
         "show_input_tokens": any(r["input_tokens"] for r in rows),
-        "capacity_text": capacity_summary(capacity) if (capacity := (run.document or {}).get("capacity")) else "",
+        "capacity_text": capacity_summary(capacity) if (capacity := run.capacity_answer) else "",
         "capacity": capacity,
     }
 

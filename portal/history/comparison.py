@@ -22,7 +22,7 @@ from benchmarks.compare import (
     compare_values,
 )
 from benchmarks.numbers import MISSING, figure
-from benchmarks.slo import limit_lines
+from benchmarks.slo import limit_text
 from benchmarks.tables import csv_text, markdown_table
 from portal.history.models import LevelStats
 from portal.history.segments import (
@@ -334,7 +334,7 @@ class Comparison:
                 cell.update(load=answer.get("load"), lowest_fail=answer.get("lowest_fail"),
                             uncertainty=capacity_uncertainty(answer), binding=answer.get("binding"),
                             status=answer.get("status"), unit=answer.get("unit"),
-                            slo=", ".join(limit_lines(answer.get("slo") or {})))
+                            slo=limit_text(answer.get("slo") or {}))
             if run.pk != self.baseline.pk:
                 delta = capacity_delta(base, answer, base_spread=self._capacity_spread.get(self.baseline.pk),
                                        spread=self._capacity_spread.get(run.pk))

@@ -20,7 +20,7 @@ from benchmarks.compare import (
     compare_values,
 )
 from benchmarks.document import key_figures, level_load
-from benchmarks.slo import limit_lines
+from benchmarks.slo import limit_text
 from benchmarks.verdict import FAILED
 from portal.history.comparison import cell_order
 from portal.history.models import LevelStats
@@ -144,11 +144,6 @@ def _repeats(points: list[RunPoint]) -> list[Repeat]:
             for p in points]
 
 
-def capacity_text(answer: dict) -> str:
-    """'p99 ≤ 200 ms, error rate ≤ 1.00%': the SLO a capacity was found under."""
-    return ", ".join(limit_lines(answer.get("slo") or {}))
-
-
 def cell_label(cell: tuple[str, float]) -> str:
     """A cell as the history names it: '32', or '512 · 32' on a shape axis."""
     shape, load = cell
@@ -245,7 +240,7 @@ def _capacity_regression_text(base: dict, answer: dict, delta: dict) -> str:
     """'Capacity -22 % at p99 ≤ 200 ms (40 → 31 req/s, beyond ±2)' or 'No capacity at p99 ≤ 200 ms
     (baseline 40 req/s)'."""
     unit = " req/s" if answer.get("unit") == "rate" else " in flight"
-    slo = capacity_text(answer)
+    slo = limit_text(answer.get("slo") or {})
     if delta["pct"] is None:
         return f"No capacity at {slo} (baseline {base['load']:g}{unit})"
     return (f"Capacity {delta['pct']:+.0f} % at {slo} ({base['load']:g} → {answer['load']:g}{unit}, "
@@ -327,7 +322,8 @@ def _capacity_point(answer: dict | None) -> dict | None:
     if not answer:
         return None
     return {"load": answer.get("load"), "lowest_fail": answer.get("lowest_fail"), "unit": answer.get("unit"),
-            "binding": answer.get("binding"), "status": answer.get("status"), "slo": capacity_text(answer)}
+            "binding": answer.get("binding"), "status": answer.get("status"),
+            "slo": limit_text(answer.get("slo") or {})}
 
 
 def build_history(runs) -> History:
